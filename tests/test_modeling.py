@@ -1,0 +1,294 @@
+"""AculaConfig and the models: shapes, the reference pooling, losses wiring, foreign backbones, Trainer."""
+
+import pytest
+import torch
+from transformers import (
+    ASTConfig,
+    ASTFeatureExtractor,
+    Trainer,
+    TrainingArguments,
+    Wav2Vec2Config,
+    Wav2Vec2FeatureExtractor,
+)
+
+from modeling_acula import (
+    PRESETS,
+    AculaConfig,
+    AculaForAudioClassification,
+    AculaForPreTraining,
+    AculaModel,
+)
+from modeling_acula.configuration_acula import ALIGNMENT_LOSS_KINDS
+from modeling_acula.losses import ALIGNMENT_LOSSES
+from modeling_acula.modeling_acula import patchify
+
+
+def tiny_config(**overrides) -> AculaConfig:
+    """A few-thousand-parameter model on the real 256 x 64 spectrogram size."""
+    settings = dict(
+        patch_size=[16, 16],
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        decoder_hidden_size=16,
+        decoder_num_hidden_layers=1,
+        decoder_num_attention_heads=2,
+        projection_hidden_size=24,
+        projection_dim=8,
+        projection_dropout=0.0,
+        teacher_hidden_size=12,
+    )
+    settings.update(overrides)
+    return AculaConfig(**settings)
+
+
+def spectrograms(batch: int = 4, seed: int = 0) -> torch.Tensor:
+    return torch.rand(batch, 1, 256, 64, generator=torch.Generator().manual_seed(seed))
+
+
+# --- configuration -------------------------------------------------------------------------------------------
+
+
+def test_default_config_is_opera_gt():
+    config = AculaConfig()
+    assert config.spectrogram_size == [256, 64] and config.patch_size == [4, 4]
+    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (384, 12, 6)
+    assert config.mlp_ratio == 4.0 and config.qkv_bias and config.layer_norm_eps == 1e-6
+    assert config.grid_size == (64, 16) and config.num_patches == 1024
+    assert config.mask_ratio == 0.7
+    assert (config.projection_dim, config.projection_hidden_size, config.projection_dropout) == (512, 1024, 0.2)
+
+
+def test_loss_names_agree_with_losses_module():
+    assert set(ALIGNMENT_LOSS_KINDS) == set(ALIGNMENT_LOSSES)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"patch_size": [5, 4]}, "must divide spectrogram_size"),
+        ({"hidden_size": 100, "num_attention_heads": 6}, "multiple of num_attention_heads"),
+        ({"mask_ratio": 1.0}, "mask_ratio"),
+        ({"alignment_loss": "cosine"}, "alignment_loss must be one of"),
+        ({"teacher_pooling": "max"}, "teacher_pooling"),
+        ({"patch_size": [4, 4, 4]}, "pair of ints"),
+    ],
+)
+def test_inconsistent_config_raises(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        AculaConfig(**overrides)
+
+
+def test_teacher_hidden_size_mismatch_is_named():
+    config = AculaConfig()  # the released code's text head expected 2048 for MedGemma's 2560: we check it
+    with pytest.raises(ValueError, match="has hidden size 2048.*teacher_hidden_size=2560"):
+        config.check_teacher_hidden_size(2048)
+    config.check_teacher_hidden_size(2560)
+
+
+def test_foreign_backbone_refuses_masked_audio_modeling():
+    with pytest.raises(ValueError, match="Masked-audio modeling needs the native ViT"):
+        AculaConfig(audio_backbone_config={"model_type": "wav2vec2"})
+
+
+def test_presets_and_round_trip(tmp_path):
+    assert set(PRESETS) == {"opera-gt", "cpu-small"}
+    small = AculaConfig.from_preset("cpu-small", num_labels=3)
+    small.save_pretrained(tmp_path)
+    loaded = AculaConfig.from_pretrained(tmp_path)
+    assert loaded.to_dict() == small.to_dict()
+    assert loaded.patch_size == [16, 16] and loaded.teacher_hidden_size == 384
+    with pytest.raises(ValueError, match="Unknown preset"):
+        AculaConfig.from_preset("vit-huge")
+
+
+def test_preset_parameter_counts():
+    """The OPERA-GT encoder is a ViT-Small: about 21.7M parameters (of which 0.39M fixed positions)."""
+    opera = AculaModel(AculaConfig.from_preset("opera-gt"))
+    assert sum(p.numel() for p in opera.parameters()) == 21_694_848
+    trainable = sum(p.numel() for p in opera.parameters() if p.requires_grad)
+    assert trainable == 21_694_848 - 1025 * 384
+    small = AculaModel(AculaConfig.from_preset("cpu-small"))
+    assert sum(p.numel() for p in small.parameters()) < 3_000_000
+
+
+# --- encoder -------------------------------------------------------------------------------------------------
+
+
+def test_encoder_shapes_and_reference_pooling():
+    model = AculaModel(tiny_config()).eval()
+    x = spectrograms(3)
+    out = model(x, output_hidden_states=True)
+    assert out.last_hidden_state.shape == (3, 1 + 64, 32)
+    assert out.pooler_output.shape == (3, 32)
+    assert len(out.hidden_states) == 3
+    expected = model.layernorm(out.last_hidden_state[:, 1:].mean(dim=1))  # mean of patches, CLS excluded, then LN
+    torch.testing.assert_close(out.pooler_output, expected)
+    # (batch, time, mel) is accepted too
+    torch.testing.assert_close(model(x[:, 0]).pooler_output, out.pooler_output)
+
+
+def test_encoder_embedding_does_not_depend_on_batch_composition():
+    model = AculaModel(tiny_config()).eval()
+    x = spectrograms(4)
+    with torch.no_grad():
+        batched = model(x).pooler_output
+        single = torch.cat([model(x[i : i + 1]).pooler_output for i in range(4)])
+    torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-5)
+
+
+def test_wrong_input_shape_is_a_clear_error():
+    model = AculaModel(tiny_config())
+    with pytest.raises(ValueError, match=r"input_values must have shape \(batch, 1, 256, 64\)"):
+        model(torch.rand(2, 1, 128, 64))
+
+
+def test_positions_are_fixed_and_cls_is_learned():
+    model = AculaModel(tiny_config())
+    assert not model.embeddings.position_embeddings.requires_grad
+    assert model.embeddings.cls_token.requires_grad
+    assert model.embeddings.position_embeddings[0, 0].abs().sum() == 0  # CLS row of the sine-cosine table
+
+
+# --- pre-training --------------------------------------------------------------------------------------------
+
+
+def test_pretraining_losses_and_gradients():
+    config = tiny_config(alignment_loss_weight=0.5, mam_loss_weight=2.0)
+    model = AculaForPreTraining(config)
+    x, teacher = spectrograms(6), torch.randn(6, 12)
+    out = model(x, teacher_embeds=teacher)
+    assert out.audio_embeds.shape == (6, 8) and out.text_embeds.shape == (6, 8)
+    torch.testing.assert_close(out.loss, 0.5 * out.alignment_loss + 2.0 * out.mam_loss)
+    # 70 % of the 64 patches are masked
+    assert out.mask.shape == (6, 64) and torch.all(out.mask.sum(dim=1) == 45)
+    out.loss.backward()
+    for name in ("acula.embeddings.patch_embeddings.projection.weight", "mam_decoder.decoder_pred.weight",
+                 "audio_projection.fc1.weight", "text_projection.fc2.weight"):
+        grad = model.get_parameter(name).grad
+        assert grad is not None and grad.abs().sum() > 0, name
+
+
+def test_mam_loss_counts_masked_patches_only():
+    model = AculaForPreTraining(tiny_config()).eval()
+    x = spectrograms(2)
+    noise = torch.rand(2, 64, generator=torch.Generator().manual_seed(1))
+    out = model(x, noise=noise)
+    target = patchify(x, (16, 16))
+    per_patch = (out.reconstruction - target).pow(2).mean(-1)
+    masked = out.mask.bool()
+    torch.testing.assert_close(out.mam_loss, per_patch[masked].mean())
+    assert not torch.isclose(out.mam_loss, per_patch[~masked].mean())
+    assert out.alignment_loss is None and out.text_embeds is None
+
+
+def test_wrong_teacher_vector_size_is_a_clear_error():
+    model = AculaForPreTraining(tiny_config())
+    with pytest.raises(ValueError, match="teacher_hidden_size=12"):
+        model(spectrograms(2), teacher_embeds=torch.randn(2, 2560))
+
+
+@pytest.mark.parametrize("kind", ALIGNMENT_LOSS_KINDS)
+def test_every_alignment_loss_trains(kind):
+    model = AculaForPreTraining(tiny_config(alignment_loss=kind, use_mam=False))
+    out = model(spectrograms(6), teacher_embeds=torch.randn(6, 12))
+    assert torch.isfinite(out.loss) and out.mam_loss is None
+    out.loss.backward()
+    assert model.audio_projection.fc1.weight.grad.abs().sum() > 0
+
+
+def test_pretraining_weights_load_into_the_encoder(tmp_path):
+    model = AculaForPreTraining(tiny_config()).eval()
+    model.save_pretrained(tmp_path)
+    encoder = AculaModel.from_pretrained(tmp_path).eval()
+    x = spectrograms(2)
+    torch.testing.assert_close(encoder(x).pooler_output, model.acula(x).pooler_output)
+
+
+# --- foreign backbones ---------------------------------------------------------------------------------------
+
+
+def _ast_setup():
+    ast = ASTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                    max_length=128, num_mel_bins=64, frequency_stride=16, time_stride=16)
+    extractor = ASTFeatureExtractor(num_mel_bins=64, max_length=128)
+    return ast, extractor
+
+
+def _wav2vec2_setup():
+    w2v = Wav2Vec2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                         conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 4), num_conv_pos_embeddings=16,
+                         num_conv_pos_embedding_groups=2)
+    extractor = Wav2Vec2FeatureExtractor(sampling_rate=16000, return_attention_mask=True)
+    return w2v, extractor
+
+
+@pytest.mark.parametrize("setup", [_ast_setup, _wav2vec2_setup], ids=["ast", "wav2vec2"])
+def test_foreign_backbone_alignment_with_its_own_feature_extractor(setup):
+    backbone_config, extractor = setup()
+    config = tiny_config(use_mam=False, audio_backbone_config=backbone_config.to_dict(),
+                         preservation_loss="feature_distillation")
+    assert config.audio_embedding_size == 32
+    model = AculaForPreTraining(config).train()
+    assert type(model.acula).__name__ in ("ASTModel", "Wav2Vec2Model")
+    waves = [torch.randn(16000 * 2, generator=torch.Generator().manual_seed(i)).numpy() for i in range(4)]
+    inputs = extractor(waves, sampling_rate=16000, return_tensors="pt")
+    teacher = torch.randn(4, 12)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+
+    first = model(**inputs, teacher_embeds=teacher)
+    assert first.mam_loss is None
+    # the frozen starting copy equals the backbone before any update
+    assert first.preservation_loss.item() == pytest.approx(0.0, abs=1e-10)
+    first.loss.backward()
+    optimizer.step()
+    second = model(**inputs, teacher_embeds=teacher)
+    assert second.preservation_loss.item() > 0
+    # the reference copy is neither a submodule nor saved
+    assert not any("reference" in name for name in model.state_dict())
+
+
+def test_classification_with_foreign_backbone():
+    backbone_config, extractor = _ast_setup()
+    config = tiny_config(use_mam=False, audio_backbone_config=backbone_config.to_dict(), num_labels=3)
+    model = AculaForAudioClassification(config)
+    inputs = extractor([torch.randn(16000).numpy()] * 2, sampling_rate=16000, return_tensors="pt")
+    out = model(**inputs, labels=torch.tensor([0, 2]))
+    assert out.logits.shape == (2, 3) and torch.isfinite(out.loss)
+
+
+# --- classification with Trainer -----------------------------------------------------------------------------
+
+
+class _SpectrogramDataset(torch.utils.data.Dataset):
+    def __init__(self, n: int):
+        generator = torch.Generator().manual_seed(0)
+        self.labels = torch.arange(n) % 2
+        # class 1 is louder in the low mel bins: learnable in a few steps
+        self.inputs = torch.rand(n, 1, 256, 64, generator=generator) * 0.1
+        self.inputs[self.labels == 1, :, :, :16] += 0.8
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return {"input_values": self.inputs[i], "labels": self.labels[i]}
+
+
+def test_classifier_trains_with_trainer(tmp_path):
+    config = tiny_config(num_labels=2, id2label={0: "normal", 1: "murmur"}, label2id={"normal": 0, "murmur": 1})
+    model = AculaForAudioClassification(config)
+    data = _SpectrogramDataset(32)
+    args = TrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=8, num_train_epochs=6, learning_rate=3e-3,
+        logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, seed=0,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=data)
+    result = trainer.train()
+    losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
+    assert losses[-1] < losses[0]
+    assert result.training_loss > 0
+    model.eval()
+    with torch.no_grad():
+        predictions = model(data.inputs).logits.argmax(-1)
+    assert (predictions == data.labels).float().mean() >= 0.9
