@@ -38,7 +38,8 @@ def test_only_adapters_and_heads_get_gradients():
     assert with_grad <= trainable
     allowed = ("lora_A", "lora_B", "audio_projection", "text_projection", "mam_decoder", "alignment_head")
     assert all(any(key in name for key in allowed) for name in trainable), sorted(trainable)
-    assert any("lora_A" in name for name in with_grad)
+    # peft starts lora_B at zero, so at the first step only lora_B receives a gradient
+    assert any("lora_B" in name for name in with_grad)
     assert any("alignment_head" in name and "logit_scale" in name for name in with_grad)
     # the frozen base encoder gets nothing, and the sine-cosine tables stay fixed
     assert not any("base_layer" in name or "patch_embeddings" in name for name in trainable)

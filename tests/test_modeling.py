@@ -218,7 +218,8 @@ def _ast_setup():
 def _wav2vec2_setup():
     w2v = Wav2Vec2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
                          conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 4), num_conv_pos_embeddings=16,
-                         num_conv_pos_embedding_groups=2)
+                         num_conv_pos_embedding_groups=2, hidden_dropout=0.0, attention_dropout=0.0,
+                         activation_dropout=0.0, feat_proj_dropout=0.0, layerdrop=0.0, mask_time_prob=0.0)
     extractor = Wav2Vec2FeatureExtractor(sampling_rate=16000, return_attention_mask=True)
     return w2v, extractor
 

@@ -1,0 +1,494 @@
+"""Feature extractor for AcuLa: waveforms -> the reference 256 x 64 log-mel spectrogram of OPERA / AcuLa."""
+
+from __future__ import annotations
+
+import copy
+import math
+import numbers
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import soundfile
+import soxr
+import torch
+from transformers.audio_utils import mel_filter_bank
+from transformers.feature_extraction_sequence_utils import SequenceFeatureExtractor
+from transformers.feature_extraction_utils import BatchFeature
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+# Name of the per-device cache of the STFT window and mel filter bank; never serialised.
+_CACHE_ATTRIBUTE = "_spectrogram_constants_cache"
+
+
+class AculaFeatureExtractor(SequenceFeatureExtractor):
+    r"""
+    Constructs an AcuLa feature extractor.
+
+    Turns raw waveforms (any sampling rate, mono or multi-channel, float or integer PCM) into the log-mel spectrogram
+    the OPERA-GT / AcuLa encoders were trained on. The numbers follow the authors' librosa recipe:
+
+    1. resample to `sampling_rate` (16 kHz) with soxr and average the channels;
+    2. zero-pad at the end or crop from the start to `num_samples` (8 s + 3,000 samples);
+    3. centred STFT (zero padding of `n_fft // 2` on both sides), periodic Hann window of `n_fft`, power spectrum;
+    4. Slaney-scale mel filter bank with Slaney area normalisation (`f_min`-`f_max`, `num_mel_bins` filters);
+    5. `power_to_db(ref=max, amin, top_db)`: dB relative to the clip's maximum, clipped below `max - top_db`;
+    6. min-max normalisation of each clip (or window) to [0, 1]; a constant (e.g. silent) clip gives all zeros.
+
+    The spectrogram is computed with `torch.stft`, batched, on the CPU or on any `device` passed to `__call__`.
+
+    Recordings longer than `num_samples` are cropped by default (the reference behaviour). With a sliding window
+    (`window_seconds` / `hop_seconds` here, or `sliding_window=True` in `__call__`) every window of every recording
+    is returned together with a `recording_index` that says which input each window came from, so that window
+    embeddings can be pooled per recording.
+
+    This feature extractor inherits from [`~feature_extraction_sequence_utils.SequenceFeatureExtractor`] which
+    contains most of the main methods. Users should refer to this superclass for more information regarding those
+    methods.
+
+    Args:
+        feature_size (`int`, *optional*):
+            Size of the feature dimension; defaults to (and must equal) `num_mel_bins`.
+        sampling_rate (`int`, *optional*, defaults to 16000):
+            Sampling rate (Hz) the audio is resampled to before the spectrogram is computed.
+        num_mel_bins (`int`, *optional*, defaults to 64):
+            Number of mel filters.
+        n_fft (`int`, *optional*, defaults to 1024):
+            FFT size; also the length of the periodic Hann window.
+        hop_length (`int`, *optional*, defaults to 512):
+            Hop between STFT frames, in samples.
+        f_min (`float`, *optional*, defaults to 50.0):
+            Lowest frequency (Hz) of the mel filter bank.
+        f_max (`float`, *optional*, defaults to 8000.0):
+            Highest frequency (Hz) of the mel filter bank; at most `sampling_rate / 2`.
+        num_samples (`int`, *optional*, defaults to 131000):
+            Length (in samples at `sampling_rate`) every clip or window is padded or cropped to. With the defaults
+            this gives `1 + num_samples // hop_length = 256` frames.
+        top_db (`float`, *optional*, defaults to 80.0):
+            Dynamic range kept below the clip's maximum, in dB. `None` disables the clipping.
+        amin (`float`, *optional*, defaults to 1e-10):
+            Floor of the mel power before the logarithm.
+        window_seconds (`float`, *optional*):
+            Length of a sliding window in seconds. `None` (the default) crops / pads every recording to one clip.
+            Must not be longer than `num_samples / sampling_rate`.
+        hop_seconds (`float`, *optional*):
+            Hop between sliding windows in seconds; defaults to `window_seconds` (non-overlapping windows).
+        max_windows_per_chunk (`int`, *optional*, defaults to 64):
+            Largest number of clips / windows sent through one batched STFT; bounds the memory used on long inputs
+            or large batches.
+        resample_quality (`str`, *optional*, defaults to `"HQ"`):
+            soxr quality recipe used when the input rate differs from `sampling_rate`.
+        compute_dtype (`str`, *optional*, defaults to `"float64"`):
+            Precision of the STFT and mel computation (`"float64"` or `"float32"`); the output is float32 either way.
+            float64 matches librosa to about 1e-8; torch's float32 STFT is off by up to about 3e-4 (0.02 dB) in bins
+            70-80 dB below the clip's maximum, at roughly 2/3 of the CPU time. Devices without float64 (MPS) use
+            float32.
+        padding_value (`float`, *optional*, defaults to 0.0):
+            Value used to pad waveforms (zeros, as in the reference).
+        return_attention_mask (`bool`, *optional*, defaults to `False`):
+            Every output has the same fixed size, so no attention mask is returned.
+    """
+
+    model_input_names = ["input_values"]
+
+    def __init__(
+        self,
+        feature_size: int | None = None,
+        sampling_rate: int = 16000,
+        num_mel_bins: int = 64,
+        n_fft: int = 1024,
+        hop_length: int = 512,
+        f_min: float = 50.0,
+        f_max: float = 8000.0,
+        num_samples: int = 131000,
+        top_db: float | None = 80.0,
+        amin: float = 1e-10,
+        window_seconds: float | None = None,
+        hop_seconds: float | None = None,
+        max_windows_per_chunk: int = 64,
+        resample_quality: str = "HQ",
+        compute_dtype: str = "float64",
+        padding_value: float = 0.0,
+        return_attention_mask: bool = False,
+        **kwargs,
+    ):
+        feature_size = num_mel_bins if feature_size is None else feature_size
+        # `num_frames` is derived, not a setting; accept it (e.g. from a hand-written config) only if consistent.
+        saved_num_frames = kwargs.pop("num_frames", None)
+        super().__init__(
+            feature_size=feature_size,
+            sampling_rate=sampling_rate,
+            padding_value=padding_value,
+            return_attention_mask=return_attention_mask,
+            **kwargs,
+        )
+        self.num_mel_bins = num_mel_bins
+        self.n_fft = n_fft
+        self.hop_length = hop_length
+        self.f_min = f_min
+        self.f_max = f_max
+        self.num_samples = num_samples
+        self.top_db = top_db
+        self.amin = amin
+        self.window_seconds = window_seconds
+        self.hop_seconds = hop_seconds
+        self.max_windows_per_chunk = max_windows_per_chunk
+        self.resample_quality = resample_quality
+        self.compute_dtype = compute_dtype
+        self._validate_settings()
+        if saved_num_frames is not None and saved_num_frames != self.num_frames:
+            raise ValueError(
+                f"`num_frames`={saved_num_frames} does not match num_samples={num_samples} and "
+                f"hop_length={hop_length}, which give {self.num_frames} frames."
+            )
+        setattr(self, _CACHE_ATTRIBUTE, {})
+
+    # ------------------------------------------------------------------ settings
+
+    def _validate_settings(self) -> None:
+        positive_ints = ("sampling_rate", "num_mel_bins", "n_fft", "hop_length", "num_samples", "max_windows_per_chunk")
+        for name in positive_ints:
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+        if self.feature_size != self.num_mel_bins:
+            raise ValueError(
+                f"`feature_size` ({self.feature_size}) must equal `num_mel_bins` ({self.num_mel_bins})."
+            )
+        if not 0 <= self.f_min < self.f_max <= self.sampling_rate / 2:
+            raise ValueError(
+                f"Need 0 <= f_min < f_max <= sampling_rate / 2, got f_min={self.f_min}, f_max={self.f_max}, "
+                f"sampling_rate={self.sampling_rate}."
+            )
+        if self.compute_dtype not in ("float32", "float64"):
+            raise ValueError(f"`compute_dtype` must be 'float32' or 'float64', got {self.compute_dtype!r}.")
+        if not self.amin > 0:
+            raise ValueError(f"`amin` must be > 0, got {self.amin}.")
+        if self.top_db is not None and not self.top_db >= 0:
+            raise ValueError(f"`top_db` must be >= 0 or None, got {self.top_db}.")
+        if self.window_seconds is not None or self.hop_seconds is not None:
+            self._window_and_hop_samples(self.window_seconds, self.hop_seconds)
+
+    @property
+    def num_frames(self) -> int:
+        """Number of STFT frames per clip (centred frames): `1 + num_samples // hop_length`."""
+        return 1 + self.num_samples // self.hop_length
+
+    @property
+    def spectrogram_size(self) -> tuple[int, int]:
+        """`(num_frames, num_mel_bins)`: the spatial size of `input_values`, to check a model config against."""
+        return (self.num_frames, self.num_mel_bins)
+
+    def _window_and_hop_samples(self, window_seconds: float | None, hop_seconds: float | None) -> tuple[int, int]:
+        """Sliding-window length and hop in samples; the window defaults to the model's `num_samples`."""
+        window = self.num_samples if window_seconds is None else int(round(window_seconds * self.sampling_rate))
+        if window <= 0:
+            raise ValueError(f"`window_seconds` must be > 0, got {window_seconds}.")
+        if window > self.num_samples:
+            raise ValueError(
+                f"`window_seconds`={window_seconds} ({window} samples) is longer than the model's input of "
+                f"{self.num_samples} samples ({self.num_samples / self.sampling_rate:.4f} s)."
+            )
+        hop = window if hop_seconds is None else int(round(hop_seconds * self.sampling_rate))
+        if hop <= 0:
+            raise ValueError(f"`hop_seconds` must be > 0, got {hop_seconds}.")
+        return window, hop
+
+    def to_dict(self) -> dict[str, Any]:
+        """Serialises the settings (not the cached window / filter bank tensors) to a Python dictionary."""
+        output = {key: copy.deepcopy(value) for key, value in self.__dict__.items() if key != _CACHE_ATTRIBUTE}
+        output["feature_extractor_type"] = self.__class__.__name__
+        return output
+
+    def __deepcopy__(self, memo: dict) -> AculaFeatureExtractor:
+        new = self.__class__.__new__(self.__class__)
+        memo[id(self)] = new
+        for key, value in self.__dict__.items():
+            setattr(new, key, {} if key == _CACHE_ATTRIBUTE else copy.deepcopy(value, memo))
+        return new
+
+    # ------------------------------------------------------------------ audio I/O
+
+    def load_audio(self, path: str | os.PathLike) -> tuple[np.ndarray, int]:
+        """
+        Reads an audio file with soundfile (libsndfile is bundled: WAV, FLAC, OGG, MP3) and mixes it down to mono.
+
+        No resampling is done: pass the returned rate to `__call__`.
+
+        Args:
+            path (`str` or `os.PathLike`):
+                Path of the audio file.
+
+        Returns:
+            `tuple[np.ndarray, int]`: the mono waveform as float32 in [-1, 1] and its sampling rate.
+        """
+        try:
+            data, rate = soundfile.read(os.fspath(path), dtype="float32", always_2d=True)
+        except (soundfile.LibsndfileError, RuntimeError, OSError, TypeError) as err:
+            raise ValueError(f"Could not read audio file {os.fspath(path)!r}: {err}") from err
+        if data.size == 0:
+            raise ValueError(f"Audio file {os.fspath(path)!r} contains no samples.")
+        return data.mean(axis=1, dtype=np.float32), int(rate)
+
+    @staticmethod
+    def _split_batch(raw_audio: Any) -> list[Any]:
+        """Splits the input into a list of items: one waveform, a 2-D (batch, samples) array, or a list."""
+        if isinstance(raw_audio, (np.ndarray, torch.Tensor)):
+            if raw_audio.ndim == 0:
+                raise ValueError("Audio item 0 is a scalar; expected a 1-D waveform.")
+            if raw_audio.ndim == 1:
+                return [raw_audio]
+            if raw_audio.ndim == 2:
+                if raw_audio.shape[0] == 0:
+                    raise ValueError("Empty audio input: the batch array has no rows.")
+                return list(raw_audio)
+            raise ValueError(
+                f"A batch array must be 1-D (one waveform) or 2-D (batch, samples), got shape {tuple(raw_audio.shape)}"
+                " (item 0 onwards); pass multi-channel recordings as a list of 2-D arrays."
+            )
+        if isinstance(raw_audio, (list, tuple)):
+            if len(raw_audio) == 0:
+                raise ValueError("Empty audio input: got an empty list.")
+            if all(isinstance(value, numbers.Number) for value in raw_audio):
+                return [raw_audio]  # one waveform given as a list of numbers
+            return list(raw_audio)
+        raise TypeError(
+            f"`raw_audio` must be a numpy array, a torch tensor or a list of them, got {type(raw_audio).__name__}."
+        )
+
+    def _to_mono_float(self, item: Any, index: int) -> np.ndarray:
+        """Converts one item to a finite float32 mono waveform, scaling integer PCM to [-1, 1]."""
+        if isinstance(item, torch.Tensor):
+            item = item.detach().cpu()
+            if item.is_floating_point() and item.dtype not in (torch.float32, torch.float64):
+                item = item.float()  # numpy has no bfloat16
+            item = item.numpy()
+        array = np.asarray(item)
+        if array.dtype.kind == "i":
+            # Signed PCM: full scale is 2 ** (bits - 1), as soundfile reads it.
+            array = array.astype(np.float32) / np.float32(-np.iinfo(array.dtype).min)
+        elif array.dtype.kind == "f":
+            array = array.astype(np.float32, copy=False)
+        else:
+            raise TypeError(
+                f"Audio item {index} has dtype {array.dtype}; expected float32/float64 or signed integer PCM."
+            )
+        if array.ndim == 0 or array.ndim > 2:
+            raise ValueError(
+                f"Audio item {index} has {array.ndim} dimensions (shape {array.shape}); expected a 1-D waveform or a"
+                " 2-D multi-channel array."
+            )
+        if array.size == 0:
+            raise ValueError(f"Audio item {index} is empty (shape {array.shape}).")
+        if array.ndim == 2:
+            # The smaller axis holds the channels: soundfile gives (frames, channels), torchaudio (channels, frames).
+            channel_axis = 0
+            array = array.mean(axis=channel_axis, dtype=np.float32)
+        if not np.isfinite(array).all():
+            bad = int(np.size(array) - np.isfinite(array).sum())
+            raise ValueError(f"Audio item {index} contains {bad} NaN or Inf samples.")
+        return np.ascontiguousarray(array)
+
+    def _resample(self, waveform: np.ndarray, rate: int, index: int) -> np.ndarray:
+        if rate == self.sampling_rate:
+            return waveform
+        resampled = soxr.resample(waveform, rate, self.sampling_rate, quality=self.resample_quality)
+        if resampled.size == 0:
+            raise ValueError(
+                f"Audio item {index} has {waveform.size} samples at {rate} Hz: nothing is left after resampling to "
+                f"{self.sampling_rate} Hz."
+            )
+        return np.asarray(resampled, dtype=np.float32)
+
+    @staticmethod
+    def _rates_per_item(sampling_rate: int | Sequence[int] | None, num_items: int) -> list[int]:
+        if sampling_rate is None:
+            raise ValueError(
+                "`sampling_rate` is required for every audio item (none was given for items 0.."
+                f"{num_items - 1}): a wrong rate silently ruins the spectrogram, so it is never assumed."
+            )
+        rates = list(sampling_rate) if isinstance(sampling_rate, (list, tuple)) else [sampling_rate] * num_items
+        if len(rates) != num_items:
+            raise ValueError(f"Got {len(rates)} sampling rates for {num_items} audio items.")
+        for index, rate in enumerate(rates):
+            if rate is None:
+                raise ValueError(f"Audio item {index} has no sampling rate.")
+            if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not rate > 0:
+                raise ValueError(f"Audio item {index} has a non-positive or invalid sampling rate {rate!r}.")
+            if rate != int(rate):
+                raise ValueError(f"Audio item {index} has a non-integer sampling rate {rate!r}.")
+        return [int(rate) for rate in rates]
+
+    # ------------------------------------------------------------------ spectrogram
+
+    def _spectrogram_constants(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """The periodic Hann window and the (num_mel_bins, n_fft // 2 + 1) filter bank, built once per device/dtype."""
+        cache = getattr(self, _CACHE_ATTRIBUTE, None)
+        if cache is None:
+            cache = {}
+            setattr(self, _CACHE_ATTRIBUTE, cache)
+        # The settings are part of the key so that changing an attribute after construction cannot use stale tensors.
+        key = (str(device), dtype, self.n_fft, self.num_mel_bins, self.f_min, self.f_max, self.sampling_rate)
+        if key not in cache:
+            window = torch.hann_window(self.n_fft, periodic=True, dtype=dtype, device=device)
+            # float32 filters are bit-exact with librosa.filters.mel(..., htk=False, norm="slaney").
+            filters = mel_filter_bank(
+                num_frequency_bins=self.n_fft // 2 + 1,
+                num_mel_filters=self.num_mel_bins,
+                min_frequency=self.f_min,
+                max_frequency=self.f_max,
+                sampling_rate=self.sampling_rate,
+                norm="slaney",
+                mel_scale="slaney",
+                dtype=np.float32,
+            )
+            mel_filters = torch.from_numpy(np.ascontiguousarray(filters.T)).to(device=device, dtype=dtype)
+            cache[key] = (window, mel_filters)
+        return cache[key]
+
+    def _log_mel(self, waveforms: torch.Tensor) -> torch.Tensor:
+        """(batch, num_samples) waveforms -> (batch, num_frames, num_mel_bins) normalised log-mel spectrograms."""
+        window, mel_filters = self._spectrogram_constants(waveforms.device, waveforms.dtype)
+        stft = torch.stft(
+            waveforms,
+            n_fft=self.n_fft,
+            hop_length=self.hop_length,
+            win_length=self.n_fft,
+            window=window,
+            center=True,
+            pad_mode="constant",  # librosa >= 0.10 pads centred frames with zeros
+            return_complex=True,
+        )
+        power = stft.real.square() + stft.imag.square()  # (batch, freq, frames)
+        mel = torch.matmul(mel_filters, power)  # (batch, mel, frames)
+        log_mel = 10.0 * torch.log10(torch.clamp(mel, min=self.amin))
+        # power_to_db(ref=np.max): relative to the clip's maximum, so the clip's maximum becomes 0 dB.
+        log_mel = log_mel - log_mel.amax(dim=(1, 2), keepdim=True)
+        if self.top_db is not None:
+            log_mel = torch.clamp(log_mel, min=-float(self.top_db))
+        low = log_mel.amin(dim=(1, 2), keepdim=True)
+        value_range = log_mel.amax(dim=(1, 2), keepdim=True) - low
+        # A constant clip (silence) has no range: define its spectrogram as zeros rather than 0 / 0 = NaN.
+        normalised = torch.where(
+            value_range > 0, (log_mel - low) / torch.where(value_range > 0, value_range, 1.0), 0.0
+        )
+        return normalised.transpose(1, 2)
+
+    def _segments(
+        self, waveforms: list[np.ndarray], sliding: bool, window: int, hop: int
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """Yields `(recording index, segment)`; segments are views of at most `num_samples` samples."""
+        for index, waveform in enumerate(waveforms):
+            if not sliding:
+                yield index, waveform[: self.num_samples]
+                continue
+            num_windows = 1 if waveform.size <= window else 1 + math.ceil((waveform.size - window) / hop)
+            for position in range(num_windows):
+                yield index, waveform[position * hop : position * hop + window]
+
+    def _features_in_chunks(
+        self, segments: Iterator[tuple[int, np.ndarray]], device: torch.device
+    ) -> tuple[torch.Tensor, list[int]]:
+        """Zero-pads segments to `num_samples` and runs at most `max_windows_per_chunk` of them per STFT call."""
+        outputs, recording_index, chunk = [], [], []
+        dtype = getattr(torch, self.compute_dtype)
+        if dtype == torch.float64 and device.type == "mps":
+            logger.warning_once("MPS has no float64: computing the spectrogram in float32.")
+            dtype = torch.float32
+
+        def flush() -> None:
+            batch = np.zeros((len(chunk), self.num_samples), dtype=np.float32)
+            batch += np.float32(self.padding_value)
+            for row, segment in enumerate(chunk):
+                batch[row, : segment.size] = segment
+            waveforms = torch.from_numpy(batch).to(device=device, dtype=dtype)
+            outputs.append(self._log_mel(waveforms).to(torch.float32))
+            chunk.clear()
+
+        for index, segment in segments:
+            recording_index.append(index)
+            chunk.append(segment)
+            if len(chunk) == self.max_windows_per_chunk:
+                flush()
+        if chunk:
+            flush()
+        return torch.cat(outputs, dim=0), recording_index
+
+    # ------------------------------------------------------------------ public API
+
+    def __call__(
+        self,
+        raw_audio: np.ndarray | torch.Tensor | list[np.ndarray] | list[torch.Tensor] | list[float],
+        sampling_rate: int | list[int] | None = None,
+        return_tensors: str | None = "pt",
+        device: str | torch.device | None = None,
+        sliding_window: bool | None = None,
+        window_seconds: float | None = None,
+        hop_seconds: float | None = None,
+        **kwargs,
+    ) -> BatchFeature:
+        """
+        Computes the log-mel spectrograms of one or several recordings.
+
+        Args:
+            raw_audio (`np.ndarray`, `torch.Tensor`, `list[np.ndarray]`, `list[torch.Tensor]` or `list[float]`):
+                One 1-D waveform, a 2-D `(batch, samples)` array, or a list of waveforms of any lengths. A list item
+                may be 2-D multi-channel audio; its smaller axis is taken as the channel axis and averaged. Floating
+                point samples are used as they are; signed integer PCM (int16, int32) is scaled to [-1, 1].
+            sampling_rate (`int` or `list[int]`):
+                Sampling rate of the input in Hz (one for all items, or one per item). Required: audio at another
+                rate than `self.sampling_rate` is resampled with soxr.
+            return_tensors (`str`, *optional*, defaults to `"pt"`):
+                `"pt"` for torch tensors (left on `device`) or `"np"` for numpy arrays.
+            device (`str` or `torch.device`, *optional*):
+                Device the spectrogram is computed on (e.g. `"cuda"`); defaults to the CPU.
+            sliding_window (`bool`, *optional*):
+                Whether to return every window of every recording instead of one cropped / padded clip each.
+                Defaults to `True` when `window_seconds` is set (here or in the config), `False` otherwise.
+            window_seconds (`float`, *optional*):
+                Window length for this call; defaults to `self.window_seconds`, then to `num_samples / sampling_rate`.
+            hop_seconds (`float`, *optional*):
+                Hop between windows for this call; defaults to `self.hop_seconds`, then to the window length.
+
+        Returns:
+            [`BatchFeature`]: with
+            - **input_values** -- float32 `(num_clips, 1, num_frames, num_mel_bins)` spectrograms in [0, 1]; one
+              clip per recording, or one per window in sliding-window mode.
+            - **recording_index** -- int64 `(num_clips,)`, only in sliding-window mode: the input item each window
+              comes from.
+        """
+        if kwargs:
+            logger.warning_once(f"{self.__class__.__name__} ignores the unused arguments {sorted(kwargs)}.")
+        if return_tensors not in ("pt", "np"):
+            raise ValueError(f"`return_tensors` must be 'pt' or 'np', got {return_tensors!r}.")
+
+        window_seconds = self.window_seconds if window_seconds is None else window_seconds
+        hop_seconds = self.hop_seconds if hop_seconds is None else hop_seconds
+        if sliding_window is None:
+            sliding_window = window_seconds is not None or hop_seconds is not None
+        window, hop = self._window_and_hop_samples(window_seconds, hop_seconds) if sliding_window else (0, 0)
+
+        items = self._split_batch(raw_audio)
+        rates = self._rates_per_item(sampling_rate, len(items))
+        waveforms = [
+            self._resample(self._to_mono_float(item, index), rate, index)
+            for index, (item, rate) in enumerate(zip(items, rates))
+        ]
+
+        device = torch.device("cpu") if device is None else torch.device(device)
+        features, recording_index = self._features_in_chunks(
+            self._segments(waveforms, sliding_window, window, hop), device
+        )
+        data: dict[str, Any] = {"input_values": features.unsqueeze(1)}
+        if sliding_window:
+            data["recording_index"] = torch.tensor(recording_index, dtype=torch.long, device=device)
+        if return_tensors == "np":
+            data = {key: value.cpu().numpy() for key, value in data.items()}
+            return BatchFeature(data=data, tensor_type="np")
+        return BatchFeature(data=data)
+
+
+__all__ = ["AculaFeatureExtractor"]

@@ -1,0 +1,119 @@
+"""Model cards for aligned encoders, rendered from `model_cards/acula_model_card.md` with huggingface_hub."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+DEFAULT_TEMPLATE = Path(__file__).resolve().parents[1] / "model_cards" / "acula_model_card.md"
+
+
+def _data_table(sources: Mapping[str, Mapping[str, Any]]) -> str:
+    lines = [f"| {name} | {info['count']} | {info.get('license') or 'not stated'} |" for name, info in sorted(sources.items())]
+    return "\n".join(lines) if lines else "| (none recorded) | | |"
+
+
+def _evaluation_section(evaluation: Sequence[Mapping[str, Any]] | None) -> str:
+    if not evaluation:
+        return "No evaluation was run with this training job. Use `eval_acula.py` to add linear-probe results."
+    rows = ["| task | dataset | metric | value |", "|---|---|---|---|"]
+    rows += [f"| {e['task']} | {e['dataset']} | {e['metric']} | {e['value']:.4f} |" for e in evaluation]
+    return "\n".join(rows)
+
+
+def render_model_card(
+    *,
+    repo_id: str,
+    config: Any,
+    run: Mapping[str, Any],
+    data_summary: Mapping[str, Any],
+    teacher_identity: Mapping[str, Any],
+    evaluation: Sequence[Mapping[str, Any]] | None = None,
+    template_path: str | os.PathLike | None = None,
+) -> ModelCard:
+    """Render the card of an aligned encoder.
+
+    Args:
+        repo_id (`str`): the Hub id (or local folder name) shown in the usage snippet.
+        config ([`AculaConfig`]): the encoder's configuration.
+        run (`Mapping`): training facts: `init_from`, `adaptation`, `optimisation`, `global_step`, `num_processes`,
+            `global_batch_size`, `final_losses` (dict), `window_seconds`.
+        data_summary (`Mapping`): what [`summarise_data`] recorded: `sources` (name -> count, licence),
+            `reports` (statistics), `leakage` (rule -> rows removed).
+        teacher_identity (`Mapping`): the teacher's identity (name, revision, layer, pooling, ...).
+        evaluation (`Sequence[Mapping]`, *optional*): rows with `task`, `dataset`, `metric`, `value`; written to the
+            card's `model-index` as well as to its table.
+        template_path (`str` or `os.PathLike`, *optional*): a Jinja template; defaults to the package's.
+    """
+    template_path = Path(template_path or DEFAULT_TEMPLATE)
+    if not template_path.is_file():
+        raise FileNotFoundError(f"Model card template not found: {template_path}")
+    eval_results = [
+        EvalResult(task_type="audio-classification", dataset_type=e["dataset"], dataset_name=e["dataset"],
+                   metric_type=e["metric"], metric_value=float(e["value"]), task_name=e["task"])
+        for e in evaluation or []
+    ]
+    card_data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag="audio-classification" if False else "feature-extraction",
+        license="cc-by-4.0" if data_summary.get("all_cc_by_4") else "other",
+        tags=["audio", "medical-audio", "auscultation", "acula", "not-for-diagnosis"],
+        model_name=repo_id.split("/")[-1],
+        eval_results=eval_results or None,
+        base_model=run.get("init_from") if run.get("init_from") and "/" in str(run.get("init_from")) else None,
+    )
+    uses_mam = bool(getattr(config, "use_mam", False))
+    reports = data_summary.get("reports", {})
+    leakage = data_summary.get("leakage", {})
+    final_losses = ", ".join(f"{name} {value:.4f}" for name, value in run.get("final_losses", {}).items())
+    teacher_description = (
+        f"`{teacher_identity.get('name')}`"
+        + (f" (revision {teacher_identity['revision']})" if teacher_identity.get("revision") else "")
+        + f", layer {teacher_identity.get('layer')}, {teacher_identity.get('pooling')} pooling, "
+        f"hidden size {teacher_identity.get('hidden_size')}, max {teacher_identity.get('max_length')} tokens"
+    )
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(template_path),
+        model_name=repo_id.split("/")[-1],
+        repo_id=repo_id,
+        hidden_size=getattr(config, "hidden_size", "?"),
+        window_seconds=run.get("window_seconds", "8.19"),
+        init_description=run.get("init_from") or "randomly initialised (no pretrained encoder given)",
+        encoder_description=(
+            f"ViT on {config.spectrogram_size[0]} x {config.spectrogram_size[1]} log-mel patches of "
+            f"{config.patch_size[0]} x {config.patch_size[1]}, width {config.hidden_size}, depth {config.num_hidden_layers}"
+        ),
+        teacher_description=teacher_description,
+        alignment_loss=config.alignment_loss,
+        alignment_loss_weight=config.alignment_loss_weight,
+        ssl_description=(
+            f"masked-audio modeling (mask ratio {config.mask_ratio})" if uses_mam else f"{config.preservation_loss}"
+        ),
+        ssl_weight=config.mam_loss_weight if uses_mam else config.preservation_loss_weight,
+        adaptation_description=run.get("adaptation", ""),
+        optimisation_description=run.get("optimisation", ""),
+        global_step=run.get("global_step", 0),
+        num_processes=run.get("num_processes", 1),
+        global_batch_size=run.get("global_batch_size", "?"),
+        final_losses=final_losses or "not recorded",
+        data_description=(
+            f"{data_summary.get('rows_used', 0)} recordings from `{data_summary.get('manifest')}` "
+            f"({data_summary.get('rows_in_manifest', 0)} rows in the manifest)."
+        ),
+        data_table=_data_table(data_summary.get("sources", {})),
+        report_description=(
+            f"{reports.get('source', 'template')} reports ({reports.get('accepted', 0)} accepted, "
+            f"{reports.get('fallback', 0)} LLM rewrites rejected and replaced by the template)."
+        ),
+        leakage_description=", ".join(f"{rule}: {count} rows removed" for rule, count in leakage.get("removed", {}).items())
+        or "no rule removed any row.",
+        evaluation_section=_evaluation_section(evaluation),
+    )
+
+
+__all__ = ["render_model_card"]

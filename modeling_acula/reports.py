@@ -1,0 +1,737 @@
+"""Clinical text for recordings: templated reports from metadata, validation, optional LLM rewrite.
+
+AcuLa aligns audio embeddings with a frozen text teacher's embeddings of one short clinical report
+per recording. `write_report` renders the metadata of a row as 2-3 deterministic sentences;
+`LLMReportRewriter` may rephrase them with a local causal LM, and every rewrite is checked by
+`validate_report` (findings kept, nothing invented, no error text from a failed call) and replaced by
+the template when it fails. Only an allow-list of fields is read: the split column, file names,
+licences and source paths never reach the text.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+# Fields that carry clinical or acquisition meaning, in the order the meta report lists them.
+REPORT_FIELDS = (
+    "source_dataset",
+    "modality",
+    "label",
+    "sublabel",
+    "diagnosis",
+    "sound_type",
+    "location",
+    "filter_mode",
+    "device",
+    "age",
+    "sex",
+    "covid_status",
+    "conditions",
+    "quality",
+)
+
+_MODALITY_NOUNS = {
+    "heart": "Heart sound",
+    "lung": "Lung sound",
+    "cough": "Cough",
+    "breath": "Breathing sound",
+    "speech": "Speech",
+}
+
+# Label / diagnosis codes of the dev pack (and the obvious neighbours of its sources) in clinical words.
+_TERMS = {
+    # PASCAL CHSC 2011
+    "extrastole": "extrasystole",
+    "extrahls": "extra heart sound",
+    "artifact": "artifact",
+    # HLS-CMDS
+    "av_block": "atrioventricular block",
+    "s3": "third heart sound (S3)",
+    "s4": "fourth heart sound (S4)",
+    "pleural_rub": "pleural friction rub",
+    "wheezing": "wheezing",
+    # KAUH
+    "copd": "chronic obstructive pulmonary disease (COPD)",
+    "bron": "BRON (a diagnosis code of the source)",
+    # Coswara recording tasks
+    "breathing-deep": "deep breathing",
+    "breathing-shallow": "shallow breathing",
+    "cough-heavy": "heavy cough",
+    "cough-shallow": "shallow cough",
+    "counting-normal": "counting at normal pace",
+    "counting-fast": "counting at fast pace",
+    "vowel-a": "sustained vowel /a/",
+    "vowel-e": "sustained vowel /e/",
+    "vowel-o": "sustained vowel /o/",
+}
+
+# The words of each code that a report (and any rewrite) must keep.
+_FINDING_TERMS = {
+    "copd": ["COPD"],
+    "bron": ["BRON"],
+    "s3": ["S3"],
+    "s4": ["S4"],
+    "extrahls": ["extra heart sound"],
+    "artifact": ["artifact"],
+}
+
+_SUBLABELS = {"noisynormal": "noisy recording", "noisymurmur": "noisy recording"}
+
+_COVID_STATUS = {
+    "healthy": "healthy",
+    "no_resp_illness_exposed": "no respiratory illness, exposed to COVID-19",
+    "resp_illness_not_identified": "respiratory illness not identified as COVID-19",
+    "positive_mild": "COVID-19 positive, mild",
+    "positive_moderate": "COVID-19 positive, moderate",
+    "positive_asymp": "COVID-19 positive, asymptomatic",
+    "recovered_full": "recovered from COVID-19",
+}
+_COVID_FINDINGS = {
+    "healthy": ["healthy"],
+    "no_resp_illness_exposed": ["exposed"],
+    "resp_illness_not_identified": ["respiratory illness"],
+    "positive_mild": ["positive"],
+    "positive_moderate": ["positive"],
+    "positive_asymp": ["positive"],
+    "recovered_full": ["recovered"],
+}
+
+_CONDITIONS = {
+    "ht": "hypertension",
+    "smoker": "smoker",
+    "cld": "chronic lung disease",
+    "ihd": "ischaemic heart disease",
+}
+
+# Coswara annotators rated audio quality 0 (bad), 1 (good), 2 (excellent).
+_QUALITY = {"0": "poor", "1": "good", "2": "excellent"}
+
+_FILTER_MODES = {
+    "bell": "bell mode (low frequencies)",
+    "diaphragm": "diaphragm mode (high frequencies)",
+    "extended": "extended mode (wide frequency range)",
+}
+
+_SEX = {"male": "male", "female": "female", "m": "male", "f": "female"}
+
+# Provenance, phrased for the text: where the recording comes from, never a file name.
+_PROVENANCE = {
+    "HLS-CMDS_manikin": "Manikin recording of simulated sounds, not from a patient.",
+    "KAUH_lung_sounds": "Clinical recording from hospital patients.",
+    "PASCAL_CHSC2011": "Clinical recording from a heart sound challenge collection.",
+    "Yaseen2018": "Recording from a curated heart valve disease collection.",
+    "Coswara_20200413": "Crowdsourced recording from a COVID-19 screening study.",
+}
+
+# HLS-CMDS auscultation sites. LC / RC are not expanded: the dev pack does not say what they stand for.
+_SITES = {
+    "apex": "the cardiac apex",
+    "lusb": "the left upper sternal border",
+    "llsb": "the left lower sternal border",
+    "rusb": "the right upper sternal border",
+    "lua": "the left upper anterior chest",
+    "rua": "the right upper anterior chest",
+    "lma": "the left middle anterior chest",
+    "rma": "the right middle anterior chest",
+    "lla": "the left lower anterior chest",
+    "rla": "the right lower anterior chest",
+}
+_KAUH_SURFACE = {"P": "posterior", "A": "anterior"}
+_KAUH_SIDE = {"L": "left", "R": "right"}
+_KAUH_LEVEL = {"U": "upper", "M": "middle", "L": "lower"}
+
+# KAUH sound-type codes: I / E = inspiratory / expiratory phase of the sound that follows.
+_KAUH_PHASES = {"I": "inspiratory", "E": "expiratory"}
+_KAUH_SOUNDS = {
+    "W": "wheezes",
+    "C": "crackles",
+    "B": "bronchial breath sounds",
+    "N": "normal breath sounds",
+    "CREP": "crepitations",
+    "BRONCHIAL": "bronchial breath sounds",
+}
+
+# Terms that name a finding. A rewrite mentioning one that the template does not mention invents it.
+_FINDING_VOCABULARY = (
+    "murmur", "wheez", "crackl", "crepitation", "rhonch", "friction rub", "stridor", "bronchial",
+    "pneumonia", "asthma", "copd", "chronic obstructive", "fibrosis", "effusion", "heart failure",
+    "regurgitation", "stenosis", "prolapse", "fibrillation", "block", "tachycardia", "bradycardia",
+    "extrasystole", "gallop", "click", "s3", "s4", "hypertension", "diabetes", "fever", "smoker",
+    "covid-19 positive", "bronchiectasis", "bronchitis", "tuberculosis", "cancer",
+)
+
+# Signs of a failed LLM call (or of a refusal) instead of a report.
+_FAILED_CALL_PATTERNS = (
+    (r"\berror\b", "error"),
+    (r"\bexceptions?\b", "exception"),
+    (r"traceback", "traceback"),
+    (r"rate[\s_-]?limit", "rate limit"),
+    (r"\bquota\b", "quota"),
+    (r"\bas an ai\b", "as an AI"),
+    (r"\bi (?:cannot|can't|can not|am unable|'m unable)\b", "refusal"),
+    (r"\b(?:i'm|i am) sorry\b", "apology"),
+    (r"\b(?:http|status(?: code)?)\s*[:/]?\s*[1-5]\d\d\b", "HTTP status"),
+    (r"\b(?:400|401|403|404|408|429|500|502|503|504)\b", "HTTP status code"),
+)
+# Also rejected in generated text (a ready-written report column is only checked for the signs above).
+_ERROR_PATTERNS = _FAILED_CALL_PATTERNS + (
+    (r"^\s*[\[{]|\{\s*\"|<\s*/?\s*(?:html|body|div)\b", "JSON or markup"),
+    (r"\b(?:none|nan|null|undefined)\b", "missing-value placeholder"),
+    (r"\b(?:train|training|val|validation|test|eval|evaluation)\s+(?:split|set|fold)\b", "mentions a data split"),
+)
+_MAX_REPORT_CHARS = 1200
+
+
+def _value(row: Mapping[str, Any], key: str) -> str | None:
+    """The row's value as a stripped string, or None when not recorded ("", None, NaN, "nan", "None")."""
+    value = row.get(key)
+    if value is None:
+        return None
+    if isinstance(value, float):
+        if value != value:  # NaN
+            return None
+        if value.is_integer():
+            value = int(value)
+    text = str(value).strip()
+    if text == "" or text.lower() in ("nan", "none", "null", "n/a", "na"):
+        return None
+    return text
+
+
+def readable(code: str) -> str:
+    """A label / diagnosis code in words: `mitral_regurgitation` -> `mitral regurgitation`."""
+    key = code.strip().lower()
+    if key in _TERMS:
+        return _TERMS[key]
+    return re.sub(r"[_\s]+", " ", code.strip()).lower() if not code.isupper() else code.strip()
+
+
+def _code_terms(code: str) -> list[str]:
+    """The words a report must keep for a label / diagnosis code."""
+    key = code.strip().lower()
+    if key in _FINDING_TERMS:
+        return list(_FINDING_TERMS[key])
+    return [readable(code)]
+
+
+def _split_codes(value: str) -> list[str]:
+    """`heart_failure+copd` -> [`heart_failure`, `copd`]; `asthma;smoker` -> [`asthma`, `smoker`]."""
+    return [part for part in re.split(r"[+;,/]", value) if part.strip()]
+
+
+def _join(parts: Sequence[str]) -> str:
+    parts = list(parts)
+    if len(parts) <= 1:
+        return "".join(parts)
+    return ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def describe_location(code: str) -> str:
+    """
+    An auscultation-site code in words.
+
+    HLS-CMDS codes (`LUSB` -> "the left upper sternal border") and the KAUH `surface side level` codes
+    (`P R L` -> "the posterior right lower chest") are expanded; a code that is not clear (`P L R`)
+    keeps its letters, with the part that is clear (`the posterior chest (site code P L R)`).
+    """
+    text = code.strip()
+    if text.lower() in _SITES:
+        return _SITES[text.lower()]
+    tokens = text.upper().split()
+    if tokens and tokens[0] in _KAUH_SURFACE and all(len(t) == 1 for t in tokens):
+        surface, rest = _KAUH_SURFACE[tokens[0]], tokens[1:]
+        if not rest:
+            return f"the {surface} chest"
+        # Side then level ("R L") or level then side ("U R"); "L" is a side first and a level second.
+        if len(rest) == 2 and rest[0] in _KAUH_SIDE and rest[1] in _KAUH_LEVEL:
+            return f"the {surface} {_KAUH_SIDE[rest[0]]} {_KAUH_LEVEL[rest[1]]} chest"
+        if len(rest) == 2 and rest[0] in ("U", "M") and rest[1] in _KAUH_SIDE:
+            return f"the {surface} {_KAUH_SIDE[rest[1]]} {_KAUH_LEVEL[rest[0]]} chest"
+        return f"the {surface} chest (site code {text})"
+    return f"site {text}"
+
+
+def describe_sound_type(code: str) -> str:
+    """KAUH sound-type codes in words: `I C E W` -> "inspiratory crackles and expiratory wheezes"."""
+    phrases: list[str] = []
+    phases: list[str] = []
+    for token in code.strip().split():
+        upper = token.upper()
+        if upper in _KAUH_PHASES:
+            phases.append(_KAUH_PHASES[upper])
+        elif upper in _KAUH_SOUNDS:
+            phrases.append(" ".join(filter(None, [_join(phases), _KAUH_SOUNDS[upper]])))
+            phases = []
+        else:
+            return f"sound type {code.strip()}"
+    if phases or not phrases:
+        return f"sound type {code.strip()}"
+    return _join(phrases)
+
+
+def _sound_type_terms(code: str) -> list[str]:
+    terms = []
+    for token in code.strip().split():
+        upper = token.upper()
+        if upper in _KAUH_SOUNDS and upper != "N":
+            terms.append(_KAUH_SOUNDS[upper].split()[0])  # "wheezes", "crackles", "bronchial", ...
+    return terms
+
+
+def _subject(row: Mapping[str, Any]) -> str:
+    age, sex = _value(row, "age"), _value(row, "sex")
+    sex = _SEX.get(sex.lower(), sex.lower()) if sex else None
+    manikin = "manikin" in (_value(row, "source_dataset") or "").lower()
+    noun = "manikin" if manikin else ("patient" if _value(row, "modality") in ("heart", "lung") else "participant")
+    if age is not None:
+        try:
+            age_number = float(age)
+            age = str(int(age_number)) if age_number.is_integer() else f"{age_number:g}"
+        except ValueError:
+            pass
+        article = "an" if re.match(r"(8|11|18)(\D|$)|8", age) else "a"  # "an 8-", "an 11-", "an 80-year-old"
+        return f"{article} {age}-year-old {sex + ' ' if sex else ''}{noun}"
+    if sex:
+        return f"a {sex} {noun}"
+    return ""
+
+
+def _findings_sentence(row: Mapping[str, Any]) -> str:
+    modality = (_value(row, "modality") or "").lower()
+    label, sublabel = _value(row, "label"), _value(row, "sublabel")
+    diagnosis, sound_type = _value(row, "diagnosis"), _value(row, "sound_type")
+    head = ""
+    if label:
+        key = label.lower()
+        organ = {"heart": "heart sounds", "lung": "lung sounds"}.get(modality, "sounds")
+        if modality in ("cough", "breath", "speech"):
+            head = f"Recording task: {readable(label)}"
+        elif key in ("normal", "abnormal"):
+            head = f"{key.capitalize()} {organ}"
+        elif key == "artifact":
+            head = "Recording dominated by artifact, without interpretable heart sounds"
+        elif diagnosis and diagnosis.lower() == key:
+            head, diagnosis = f"Diagnosis: {readable(label)}", None  # Yaseen: the label is the diagnosis
+        else:
+            head = f"Finding: {readable(label)}"
+    parts = [head] if head else []
+    if sublabel:
+        parts.append(f"in a {_SUBLABELS.get(sublabel.lower(), readable(sublabel))}")
+    if sound_type:
+        parts.append(f"with {describe_sound_type(sound_type)}")
+    sentence = " ".join(parts)
+    if diagnosis:
+        if diagnosis.lower() == "normal":
+            diagnoses = "normal (no disease)"
+        else:
+            diagnoses = _join([readable(code) for code in _split_codes(diagnosis)])
+        sentence = f"{sentence}; diagnosis: {diagnoses}" if sentence else f"Diagnosis: {diagnoses}"
+    return sentence + "." if sentence else ""
+
+
+def _context_sentence(row: Mapping[str, Any]) -> str:
+    parts = []
+    covid = _value(row, "covid_status")
+    if covid:
+        parts.append(f"COVID-19 status: {_COVID_STATUS.get(covid.lower(), readable(covid))}")
+    conditions = _value(row, "conditions")
+    if conditions:
+        names = [_CONDITIONS.get(c.strip().lower(), readable(c)) for c in _split_codes(conditions)]
+        parts.append(f"reported conditions: {_join(names)}")
+    quality = _value(row, "quality")
+    if quality:
+        parts.append(f"audio quality {_QUALITY.get(quality, quality)}")
+    if not parts:
+        return ""
+    text = "; ".join(parts)
+    return text[0].upper() + text[1:] + "."
+
+
+def _provenance_sentence(row: Mapping[str, Any]) -> str:
+    source = _value(row, "source_dataset")
+    if not source:
+        return ""
+    if source in _PROVENANCE:
+        return _PROVENANCE[source]
+    return f"Recording from the {readable(source)} collection."
+
+
+def write_report(row: Mapping[str, Any]) -> str:
+    """
+    A short deterministic clinical report (2-3 sentences) from a metadata row.
+
+    Reads only `REPORT_FIELDS`; empty fields are left out. Example (KAUH):
+    "Lung sound recording of a 70-year-old female patient at the posterior right middle chest, taken with
+    a 3M Littmann Electronic Stethoscope 3200 in bell mode (low frequencies). Normal lung sounds with
+    normal breath sounds; diagnosis: normal (no disease). Clinical recording from hospital patients."
+
+    Args:
+        row (`Mapping[str, Any]`): one manifest row.
+
+    Returns:
+        `str`: the report (may be empty only if the row has none of the fields).
+    """
+    modality = (_value(row, "modality") or "").lower()
+    noun = _MODALITY_NOUNS.get(modality, f"{readable(modality).capitalize()} sound" if modality else "Body sound")
+    first = f"{noun} recording"
+    subject = _subject(row)
+    if subject:
+        first += f" of {subject}"
+    location = _value(row, "location")
+    if location:
+        first += f" at {describe_location(location)}"
+    device, filter_mode = _value(row, "device"), _value(row, "filter_mode")
+    if device:
+        first += f", taken with {'an' if device[0].lower() in 'aeiou' else 'a'} {device}"
+    if filter_mode:
+        mode = _FILTER_MODES.get(filter_mode.lower(), f"{readable(filter_mode)} mode")
+        first += f" in {mode}" if device else f", stethoscope in {mode}"
+    first += "."
+    second = _findings_sentence(row)
+    # Context (COVID status, conditions, quality) and provenance share the third sentence.
+    third = " ".join(filter(None, [_context_sentence(row), _provenance_sentence(row)]))
+    return " ".join(filter(None, [first, second, third]))
+
+
+def write_meta_report(row: Mapping[str, Any]) -> str:
+    """
+    The authors' "meta report" style: `Key: Value, Key: Value, ...` over `REPORT_FIELDS` with values in
+    words, empty fields left out.
+
+    Args:
+        row (`Mapping[str, Any]`): one manifest row.
+    """
+    keys = {
+        "source_dataset": "Source",
+        "modality": "Modality",
+        "label": "Label",
+        "sublabel": "Sublabel",
+        "diagnosis": "Diagnosis",
+        "sound_type": "Sound type",
+        "location": "Auscultation site",
+        "filter_mode": "Stethoscope filter",
+        "device": "Device",
+        "age": "Age",
+        "sex": "Sex",
+        "covid_status": "COVID-19 status",
+        "conditions": "Conditions",
+        "quality": "Audio quality",
+    }
+    items = []
+    for field in REPORT_FIELDS:
+        value = _value(row, field)
+        if value is None:
+            continue
+        if field == "location":
+            value = re.sub(r"^the ", "", describe_location(value))
+        elif field == "sound_type":
+            value = describe_sound_type(value)
+        elif field == "covid_status":
+            value = _COVID_STATUS.get(value.lower(), readable(value))
+        elif field == "conditions":
+            value = _join([_CONDITIONS.get(c.strip().lower(), readable(c)) for c in _split_codes(value)])
+        elif field == "quality":
+            value = _QUALITY.get(value, value)
+        elif field == "diagnosis":
+            value = _join([readable(code) for code in _split_codes(value)])
+        elif field == "source_dataset":
+            value = _PROVENANCE.get(value, readable(value)).rstrip(".")
+        elif field in ("label", "sublabel", "modality", "filter_mode", "sex"):
+            value = _SUBLABELS.get(value.lower(), readable(value)) if field == "sublabel" else readable(value)
+        if not value[1:2].isupper():  # keep brand spellings such as "iStethoscope"
+            value = value[0].upper() + value[1:]
+        items.append(f"{keys[field]}: {value}")
+    return ", ".join(items)
+
+
+def findings(row: Mapping[str, Any]) -> list[str]:
+    """
+    Key terms every valid report of `row` must mention: modality, label, diagnosis, adventitious sound
+    types, "noisy" for noisy recordings, COVID-19 status and reported conditions.
+
+    Args:
+        row (`Mapping[str, Any]`): one manifest row.
+    """
+    terms: list[str] = []
+    modality = _value(row, "modality")
+    if modality:
+        terms.append(modality.lower())
+    label = _value(row, "label")
+    if label:
+        terms.extend(_code_terms(label))
+    if _value(row, "sublabel") and "noisy" in _value(row, "sublabel").lower():
+        terms.append("noisy")
+    diagnosis = _value(row, "diagnosis")
+    if diagnosis:
+        for code in _split_codes(diagnosis):
+            terms.extend(_code_terms(code))
+    sound_type = _value(row, "sound_type")
+    if sound_type:
+        terms.extend(_sound_type_terms(sound_type))
+    covid = _value(row, "covid_status")
+    if covid:
+        terms.extend(_COVID_FINDINGS.get(covid.lower(), [readable(covid)]))
+    conditions = _value(row, "conditions")
+    if conditions:
+        terms.extend(_CONDITIONS.get(c.strip().lower(), readable(c)) for c in _split_codes(conditions))
+    unique: dict[str, None] = {}
+    for term in terms:
+        unique.setdefault(term, None)
+    return list(unique)
+
+
+def _stem(word: str) -> str:
+    lowered = word.lower()
+    for suffix in ("ing", "es", "s", "e"):
+        if lowered.endswith(suffix) and len(lowered) - len(suffix) >= 4:
+            return lowered[: -len(suffix)]
+    return lowered
+
+
+def _term_pattern(term: str) -> re.Pattern:
+    """Word-start match tolerant to plural / -ing forms and to spaces vs hyphens between words."""
+    words = re.findall(r"[\w/]+", term)
+    if not words:
+        return re.compile(re.escape(term), re.IGNORECASE)
+    body = r"[\s\-]+(?:\(\w+\)[\s\-]+)?".join(re.escape(_stem(word)) + r"\w*" for word in words)
+    return re.compile(r"(?<![\w/])" + body, re.IGNORECASE)
+
+
+def mentions(text: str, term: str) -> bool:
+    """Whether `text` mentions `term` (case-insensitive, plural / -ing tolerant)."""
+    return _term_pattern(term).search(text) is not None
+
+
+def validate_report(text: str | None, row: Mapping[str, Any], *, template: str | None = None) -> str | None:
+    """
+    Why `text` is not a valid report of `row`, or `None` when it is.
+
+    Rejected: empty text; text over 1,200 characters; text that looks like an error from a failed LLM call
+    (error / exception / traceback / rate limit / "as an AI" / "I cannot" / HTTP codes / JSON or HTML);
+    placeholders such as "None" or "nan"; mention of a data split or of the audio file name; a dropped
+    term of `findings(row)`; a finding the template of the row does not mention (an invented finding).
+
+    Args:
+        text (`str`): the candidate report.
+        row (`Mapping[str, Any]`): the manifest row it describes.
+        template (`str`, *optional*): the row's template; computed with `write_report` when not given.
+
+    Returns:
+        `str | None`: a reason of the form `"<kind>: <detail>"`, or `None`.
+    """
+    if text is None or not str(text).strip():
+        return "empty: no text"
+    text = str(text)
+    if len(text) > _MAX_REPORT_CHARS:
+        return f"too long: {len(text)} characters"
+    for pattern, name in _ERROR_PATTERNS:
+        match = re.search(pattern, text, re.IGNORECASE | re.MULTILINE)
+        if match:
+            return f"error-like text: {name} ({match.group(0).strip()!r})"
+    for key in ("file", "path", "audio", "source_path"):
+        value = _value(row, key)
+        if value:
+            stem = Path(value.replace("\\", "/").split("::")[-1]).stem
+            if len(stem) >= 4 and stem.lower() in text.lower():
+                return f"leaks the file name: {stem!r}"
+    for term in findings(row):
+        if not mentions(text, term):
+            return f"missing finding: {term!r}"
+    template = write_report(row) if template is None else template
+    for term in _FINDING_VOCABULARY:
+        if mentions(text, term) and not mentions(template, term):
+            return f"invented finding: {term!r}"
+    return None
+
+
+def _reason_kind(reason: str) -> str:
+    return reason.split(":", 1)[0]
+
+
+DEFAULT_REWRITE_PROMPT = (
+    "Rewrite the following findings of a body-sound recording as 2 to 3 sentences of clinical prose. "
+    "Keep every finding, diagnosis and number exactly as given. Do not add any finding, diagnosis, "
+    "measurement or recommendation that is not in the text.\n\n"
+    "Findings: {template}\n\n"
+    "Report:"
+)
+
+
+class LLMReportRewriter:
+    """
+    Rephrase template reports with a local causal LM through a transformers `text-generation` pipeline.
+
+    Each rewrite is checked with [`validate_report`]; an invalid one (empty, error text, dropped or invented
+    finding, ...) is replaced by its template, and the reasons are counted. Decoding is greedy by default,
+    so the same model gives the same reports.
+
+    Args:
+        model (`str`, `os.PathLike` or callable): a local model folder / Hub id (loaded with
+            `pipeline("text-generation", model=...)`) or a ready pipeline (any callable with the pipeline's
+            call signature: a list of prompts in, a list of `[{"generated_text": ...}]` out).
+        prompt (`str`, *optional*): prompt with a `{template}` placeholder.
+        max_new_tokens (`int`, *optional*, defaults to 96): generation budget per report.
+        batch_size (`int`, *optional*, defaults to 8): prompts per pipeline call.
+        generate_kwargs (`dict`, *optional*): extra generation arguments (e.g. `{"do_sample": True}`).
+        device (`str` or `int`, *optional*): device for a pipeline built here.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        prompt: str = DEFAULT_REWRITE_PROMPT,
+        max_new_tokens: int = 96,
+        batch_size: int = 8,
+        generate_kwargs: Mapping[str, Any] | None = None,
+        device: str | int | None = None,
+    ) -> None:
+        if "{template}" not in prompt:
+            raise ValueError("prompt must contain a {template} placeholder.")
+        if callable(model) and not isinstance(model, (str, Path)):
+            self.pipeline = model
+        elif isinstance(model, (str, Path)):
+            from transformers import pipeline
+
+            self.pipeline = pipeline("text-generation", model=str(model), device=device)
+        else:
+            raise TypeError(
+                f"model must be a model path / id or a text-generation pipeline, got {type(model).__name__}."
+            )
+        tokenizer = getattr(self.pipeline, "tokenizer", None)
+        if tokenizer is not None:
+            if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+                tokenizer.pad_token = tokenizer.eos_token  # batching needs a pad token
+            tokenizer.padding_side = "left"  # decoder-only models continue from the right end
+        self.prompt = prompt
+        self.batch_size = batch_size
+        self.generate_kwargs = {"max_new_tokens": max_new_tokens, "do_sample": False, "return_full_text": False}
+        self.generate_kwargs.update(generate_kwargs or {})
+
+    def build_prompt(self, template: str) -> str:
+        return self.prompt.format(template=template)
+
+    @staticmethod
+    def _extract_text(output: Any) -> str:
+        """The generated text from one pipeline output (a dict, a list of dicts, or a string)."""
+        if isinstance(output, list):
+            output = output[0] if output else ""
+        if isinstance(output, Mapping):
+            output = output.get("generated_text", "")
+        if isinstance(output, list):  # chat format: a list of messages
+            output = output[-1].get("content", "") if output and isinstance(output[-1], Mapping) else ""
+        text = str(output).strip()
+        text = re.sub(r"^\s*report\s*:\s*", "", text, flags=re.IGNORECASE)
+        return text.split("\n\n", 1)[0].strip()  # the model may go on with another prompt
+
+    def generate(self, templates: Sequence[str]) -> list[str | Exception]:
+        """Raw rewrites of `templates`; a failed pipeline call gives the exception for each of its items."""
+        results: list[str | Exception] = []
+        for start in range(0, len(templates), self.batch_size):
+            batch = [self.build_prompt(t) for t in templates[start : start + self.batch_size]]
+            try:
+                outputs = self.pipeline(batch, batch_size=len(batch), **self.generate_kwargs)
+                if len(outputs) != len(batch):
+                    raise ValueError(f"pipeline returned {len(outputs)} outputs for {len(batch)} prompts")
+                results.extend(self._extract_text(output) for output in outputs)
+            except Exception as error:  # noqa: BLE001 - any failure of the LM must fall back, not crash or leak
+                logger.warning("report rewrite failed for %d prompts: %s", len(batch), error)
+                results.extend([error] * len(batch))
+        return results
+
+    def rewrite_all(
+        self, rows: Sequence[Mapping[str, Any]], templates: Sequence[str]
+    ) -> tuple[list[str], dict[str, Any]]:
+        """
+        Rewrite and validate every template; invalid rewrites fall back to the template.
+
+        Args:
+            rows (`Sequence[Mapping[str, Any]]`): manifest rows.
+            templates (`Sequence[str]`): their template reports (`write_report(row)`).
+
+        Returns:
+            `(reports, stats)`: `stats` has `"accepted"`, `"fallback"` and `"fallback_reasons"` (count per
+            kind of reason, e.g. `"missing finding"`, `"error-like text"`, `"generation failed"`).
+        """
+        if len(rows) != len(templates):
+            raise ValueError(f"{len(rows)} rows but {len(templates)} templates.")
+        reports: list[str] = []
+        reasons: Counter = Counter()
+        for row, template, rewrite in zip(rows, templates, self.generate(list(templates))):
+            reason = (
+                f"generation failed: {type(rewrite).__name__}"
+                if isinstance(rewrite, Exception)
+                else validate_report(rewrite, row, template=template)
+            )
+            if reason is None:
+                reports.append(rewrite)
+            else:
+                reasons[_reason_kind(reason)] += 1
+                reports.append(template)
+        stats = {
+            "total": len(reports),
+            "accepted": len(reports) - sum(reasons.values()),
+            "fallback": sum(reasons.values()),
+            "fallback_reasons": dict(reasons),
+        }
+        return reports, stats
+
+
+def build_reports(
+    manifest: Any,
+    report_column: str | None = None,
+    rewriter: LLMReportRewriter | Callable | None = None,
+) -> tuple[list[str], dict[str, Any]]:
+    """
+    One report per manifest row.
+
+    A ready-written report column (`report_column`, else `manifest.report_column`) is used as it is, after
+    checking that no cell is empty or looks like an error message (all offending rows are listed). Without
+    one, reports are templates (`write_report`), optionally rewritten by `rewriter`.
+
+    Args:
+        manifest ([`~modeling_acula.manifest.Manifest`]): the rows.
+        report_column (`str`, *optional*): column with ready-written reports.
+        rewriter ([`LLMReportRewriter`], *optional*): rewrites templates; ignored with a report column.
+
+    Returns:
+        `(reports, stats)`: `stats["source"]` is `"column"`, `"template"` or `"rewrite"`.
+    """
+    column = report_column or getattr(manifest, "report_column", None)
+    rows = list(manifest.rows)
+    if column is not None:
+        problems = []
+        reports = []
+        for i, row in enumerate(rows):
+            if column not in row:
+                raise ValueError(f"{manifest.describe_row(i)}: no report column {column!r}.")
+            text = row[column]
+            text = "" if text is None else str(text)
+            if not text.strip():
+                problems.append(f"{manifest.describe_row(i)}: empty report in column {column!r}")
+            else:
+                error_like = next(
+                    (name for pattern, name in _FAILED_CALL_PATTERNS if re.search(pattern, text, re.IGNORECASE)),
+                    None,
+                )
+                if error_like:
+                    problems.append(f"{manifest.describe_row(i)}: report looks like an error message ({error_like})")
+            reports.append(text.strip())
+        if problems:
+            raise ValueError(f"{len(problems)} invalid report(s):\n  " + "\n  ".join(problems))
+        return reports, {"source": "column", "total": len(reports), "accepted": len(reports), "fallback": 0}
+    templates = [write_report(row) for row in rows]
+    empty = [manifest.describe_row(i) for i, text in enumerate(templates) if not text.strip()]
+    if empty:
+        raise ValueError("rows without any report field (modality, label, ...): " + "; ".join(empty))
+    if rewriter is None:
+        return templates, {"source": "template", "total": len(templates), "accepted": len(templates), "fallback": 0}
+    reports, stats = rewriter.rewrite_all(rows, templates)
+    return reports, {"source": "rewrite", **stats}

@@ -1,0 +1,259 @@
+"""An on-disk cache of spectrograms, and the torch `Dataset` that the alignment training reads.
+
+Decoding + resampling + featurizing a recording gives the same tensor every time, so it is done once
+and stored. Layout (one safetensors file per recording, written atomically):
+
+    <folder>/<identity hash[:16]>/identity.json        the featurizer identity, for humans and checks
+    <folder>/<identity hash[:16]>/<key[:2]>/<key>.safetensors
+
+Choices:
+
+- Key = sha256 of (featurizer identity hash, resolved audio path, file size, mtime_ns). `os.stat` costs
+  nothing next to decoding, so every epoch can look up 100k recordings cheaply; editing or replacing a
+  file changes size or mtime and so misses the cache. A copy that keeps size and mtime (`cp -p` of
+  different content) would be missed; pass `key_mode="content"` to key on the file's sha256 instead
+  (reads every file once per lookup, still far cheaper than decoding, and survives moving the data).
+- A different featurizer identity gets its own sub-folder instead of being refused: several feature
+  settings can share one cache folder, and a stale entry can never be read for the wrong settings.
+- One file per key, written to a temporary file in the same folder and moved into place with
+  `os.replace` (atomic on POSIX and Windows): several processes (DDP ranks, DataLoader workers) may
+  write the same key at once; readers see either no file or a complete one. Two levels of folders
+  keep directories small at 100k recordings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch.utils.data import Dataset
+
+from .manifest import DEFAULT_SAMPLING_RATE, Manifest, decode_audio
+
+logger = logging.getLogger(__name__)
+
+CACHE_FORMAT_VERSION = 1
+KEY_MODES = ("stat", "content")
+_TENSOR_NAME = "input_values"
+
+
+def _json_default(value: Any) -> Any:
+    """Make featurizer identities JSON-able: arrays (e.g. mel filter banks) become a digest of their bytes."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        digest = hashlib.sha256(np.ascontiguousarray(value).tobytes()).hexdigest()
+        return {"ndarray_sha256": digest, "shape": list(value.shape), "dtype": str(value.dtype)}
+    if isinstance(value, (np.integer, np.floating, np.bool_)):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (tuple, set)):
+        return sorted(value) if isinstance(value, set) else list(value)
+    raise TypeError(f"featurizer identity value of type {type(value).__name__} is not JSON-serializable: {value!r}")
+
+
+def identity_hash(featurizer_identity: Mapping[str, Any]) -> str:
+    """sha256 of the canonical JSON of a featurizer identity (sorted keys)."""
+    if not isinstance(featurizer_identity, Mapping):
+        raise TypeError(f"featurizer_identity must be a mapping, got {type(featurizer_identity).__name__}.")
+    payload = {"cache_format": CACHE_FORMAT_VERSION, "featurizer": featurizer_identity}
+    text = json.dumps(payload, sort_keys=True, default=_json_default, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class SpectrogramCache:
+    """
+    Spectrograms on disk, one safetensors file per (featurizer identity, recording).
+
+    Args:
+        folder (`str` or `os.PathLike`): cache folder (created); entries go to a sub-folder per identity.
+        featurizer_identity (`Mapping[str, Any]`): everything that decides the spectrogram, e.g.
+            `feature_extractor.to_dict()` plus the sampling rate. Arrays are hashed by content.
+        key_mode (`str`, *optional*, defaults to `"stat"`): `"stat"` keys on path + size + mtime_ns,
+            `"content"` on the file's sha256 (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        folder: str | os.PathLike,
+        featurizer_identity: Mapping[str, Any],
+        *,
+        key_mode: str = "stat",
+    ) -> None:
+        if key_mode not in KEY_MODES:
+            raise ValueError(f"key_mode must be one of {KEY_MODES}, got {key_mode!r}.")
+        self.key_mode = key_mode
+        self.identity = dict(featurizer_identity)
+        self.identity_hash = identity_hash(featurizer_identity)
+        self.root = Path(folder).expanduser().resolve()
+        self.folder = self.root / self.identity_hash[:16]
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._write_identity()
+
+    def _write_identity(self) -> None:
+        identity_file = self.folder / "identity.json"
+        record = {"identity_sha256": self.identity_hash, "cache_format": CACHE_FORMAT_VERSION}
+        record["featurizer"] = json.loads(json.dumps(self.identity, sort_keys=True, default=_json_default))
+        if identity_file.exists():
+            try:
+                stored = json.loads(identity_file.read_text(encoding="utf-8")).get("identity_sha256")
+            except (json.JSONDecodeError, OSError):
+                stored = None
+            if stored is not None and stored != self.identity_hash:
+                raise ValueError(
+                    f"spectrogram cache {self.folder} belongs to featurizer identity {stored}, not "
+                    f"{self.identity_hash}; remove the folder or use another cache folder."
+                )
+            if stored is not None:
+                return
+        self._atomic_write(identity_file, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2), "utf-8"))
+
+    @staticmethod
+    def _atomic_write(target: Path, write: Callable[[str], None]) -> None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        os.close(handle)
+        try:
+            write(tmp)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def key(self, path: str | os.PathLike) -> str:
+        """Cache key of an audio file under this featurizer identity."""
+        path = Path(path).expanduser().resolve()
+        try:
+            stat = path.stat()
+        except OSError as error:
+            raise ValueError(f"{path}: cannot stat the audio file for the spectrogram cache ({error}).") from error
+        if self.key_mode == "content":
+            parts: dict[str, Any] = {"sha256": _file_sha256(path)}
+        else:
+            parts = {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        parts["identity"] = self.identity_hash
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode("utf-8")).hexdigest()
+
+    def entry_path(self, path: str | os.PathLike) -> Path:
+        """Where the spectrogram of `path` is (or would be) stored."""
+        key = self.key(path)
+        return self.folder / key[:2] / f"{key}.safetensors"
+
+    def get(self, path: str | os.PathLike) -> torch.Tensor | None:
+        """The cached spectrogram of `path`, or `None` on a miss (an unreadable entry counts as a miss)."""
+        entry = self.entry_path(path)
+        if not entry.is_file():
+            return None
+        try:
+            return load_file(str(entry))[_TENSOR_NAME]
+        except (SafetensorError, OSError, KeyError) as error:
+            logger.warning("spectrogram cache entry %s for %s is unreadable (%s); recomputing it.", entry, path, error)
+            return None
+
+    def put(self, path: str | os.PathLike, tensor: torch.Tensor) -> Path:
+        """Store the spectrogram of `path` atomically; returns the entry file."""
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"spectrogram of {path} must be a torch.Tensor, got {type(tensor).__name__}.")
+        entry = self.entry_path(path)
+        data = {_TENSOR_NAME: tensor.detach().cpu().contiguous()}
+        metadata = {"audio_path": str(Path(path).resolve()), "identity_sha256": self.identity_hash}
+        self._atomic_write(entry, lambda tmp: save_file(data, tmp, metadata=metadata))
+        return entry
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.folder.glob("??/*.safetensors"))
+
+
+class AudioSpectrogramDataset(Dataset):
+    """
+    Spectrograms (and optionally cached teacher vectors) of the rows of a [`Manifest`].
+
+    Args:
+        manifest ([`Manifest`]): the recordings.
+        featurize (`Callable[[np.ndarray, int], torch.Tensor]`): turns a float32 mono waveform and its
+            sampling rate into a spectrogram of shape `(1, T, F)` (e.g. the AcuLa feature extractor).
+        cache ([`SpectrogramCache`], *optional*): where spectrograms are read from / written to.
+        teacher_vectors (`torch.Tensor` or `np.ndarray`, *optional*): one teacher vector per manifest row,
+            shape `(len(manifest), D)`; returned as `teacher_embeds`.
+        sampling_rate (`int`, *optional*, defaults to 16000): rate the waveform is decoded at.
+
+    Items are dicts `{"input_values": (1, T, F) tensor, "index": row index, "teacher_embeds": (D,)}`.
+    """
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        featurize: Callable[[np.ndarray, int], torch.Tensor],
+        cache: SpectrogramCache | None = None,
+        teacher_vectors: torch.Tensor | np.ndarray | Sequence | None = None,
+        *,
+        sampling_rate: int = DEFAULT_SAMPLING_RATE,
+    ) -> None:
+        if not callable(featurize):
+            raise TypeError(f"featurize must be callable, got {type(featurize).__name__}.")
+        self.manifest = manifest
+        self.featurize = featurize
+        self.cache = cache
+        self.sampling_rate = sampling_rate
+        self.teacher_vectors = None
+        if teacher_vectors is not None:
+            if isinstance(teacher_vectors, torch.Tensor):
+                vectors = teacher_vectors
+            else:
+                vectors = torch.as_tensor(np.asarray(teacher_vectors))
+            if vectors.ndim != 2 or vectors.shape[0] != len(manifest):
+                raise ValueError(
+                    f"teacher_vectors must have shape ({len(manifest)}, D), one per row of {manifest.source}; "
+                    f"got {tuple(vectors.shape)}."
+                )
+            self.teacher_vectors = vectors
+
+    def __len__(self) -> int:
+        return len(self.manifest)
+
+    def _compute(self, index: int) -> torch.Tensor:
+        path = self.manifest.audio_paths[index]
+        waveform = decode_audio(path, self.sampling_rate)
+        features = self.featurize(waveform, self.sampling_rate)
+        if not isinstance(features, torch.Tensor):
+            raise TypeError(f"featurize returned {type(features).__name__} for {path}; expected a torch.Tensor.")
+        if features.ndim == 4 and features.shape[0] == 1:  # a batched extractor called on one clip
+            features = features[0]
+        if features.ndim != 3:
+            raise ValueError(f"featurize returned shape {tuple(features.shape)} for {path}; expected (1, T, F).")
+        if not torch.isfinite(features).all():
+            raise ValueError(f"featurize returned NaN/Inf for {path} ({self.manifest.describe_row(index)}).")
+        return features
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < len(self.manifest):
+            raise IndexError(f"index {index} out of range for {len(self.manifest)} recordings.")
+        path = self.manifest.audio_paths[index]
+        features = self.cache.get(path) if self.cache is not None else None
+        if features is None:
+            features = self._compute(index)
+            if self.cache is not None:
+                self.cache.put(path, features)
+        item: dict[str, Any] = {"input_values": features, "index": index}
+        if self.teacher_vectors is not None:
+            item["teacher_embeds"] = self.teacher_vectors[index]
+        return item

