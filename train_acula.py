@@ -176,6 +176,8 @@ def prepare_spectrograms(dataset: AudioSpectrogramDataset, extractor: AculaFeatu
     read the cache, and so that a bad file stops the run here, naming the file, before any training."""
     cache = dataset.cache
     todo = [i for i in range(len(dataset)) if cache.get(dataset.manifest.audio_paths[i]) is None]
+    if not todo:
+        return
     with accelerator.split_between_processes(todo) as mine:
         bar = tqdm(total=len(todo), desc="spectrograms", disable=not accelerator.is_local_main_process, unit="rec")
         for start in range(0, len(mine), batch_size):
@@ -415,6 +417,10 @@ def main(argv: list[str] | None = None) -> Path:
             epoch += 1
             state["epoch"], state["batches_in_epoch"] = epoch, 0
     progress.close()
+    if index_log is not None:  # lets the DDP test check that every process ends with the same parameters
+        checksum = sum(p.detach().double().sum().item() for p in accelerator.unwrap_model(model).parameters())
+        with open(index_log, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"parameter_checksum": checksum}) + "\n")
     accelerator.wait_for_everyone()
 
     # --- output folder -----------------------------------------------------------------------------------------

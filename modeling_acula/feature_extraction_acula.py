@@ -267,14 +267,15 @@ class AculaFeatureExtractor(SequenceFeatureExtractor):
                 item = item.float()  # numpy has no bfloat16
             item = item.numpy()
         array = np.asarray(item)
-        if array.dtype.kind == "i":
-            # Signed PCM: full scale is 2 ** (bits - 1), as soundfile reads it.
+        if array.dtype.kind == "i" and array.dtype.itemsize <= 4:
+            # Signed PCM: full scale is 2 ** (bits - 1), as soundfile reads it. int64 is no PCM format (and is what
+            # a list of Python ints becomes), so it is refused rather than silently scaled by 2 ** 63.
             array = array.astype(np.float32) / np.float32(-np.iinfo(array.dtype).min)
         elif array.dtype.kind == "f":
             array = array.astype(np.float32, copy=False)
         else:
             raise TypeError(
-                f"Audio item {index} has dtype {array.dtype}; expected float32/float64 or signed integer PCM."
+                f"Audio item {index} has dtype {array.dtype}; expected float32/float64 or int8/int16/int32 PCM."
             )
         if array.ndim == 0 or array.ndim > 2:
             raise ValueError(
@@ -285,7 +286,7 @@ class AculaFeatureExtractor(SequenceFeatureExtractor):
             raise ValueError(f"Audio item {index} is empty (shape {array.shape}).")
         if array.ndim == 2:
             # The smaller axis holds the channels: soundfile gives (frames, channels), torchaudio (channels, frames).
-            channel_axis = 0
+            channel_axis = 0 if array.shape[0] <= array.shape[1] else 1
             array = array.mean(axis=channel_axis, dtype=np.float32)
         if not np.isfinite(array).all():
             bad = int(np.size(array) - np.isfinite(array).sum())

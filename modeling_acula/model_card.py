@@ -59,7 +59,7 @@ def render_model_card(
     ]
     card_data = ModelCardData(
         library_name="transformers",
-        pipeline_tag="audio-classification" if False else "feature-extraction",
+        pipeline_tag="feature-extraction",
         license="cc-by-4.0" if data_summary.get("all_cc_by_4") else "other",
         tags=["audio", "medical-audio", "auscultation", "acula", "not-for-diagnosis"],
         model_name=repo_id.split("/")[-1],

@@ -252,9 +252,10 @@ def test_invalid_input_raises_value_error_naming_the_item(extractor, audio, kwar
         extractor(audio, **kwargs)
 
 
-def test_unsupported_dtype_raises_type_error(extractor):
-    with pytest.raises(TypeError, match="item 0 has dtype"):
-        extractor(np.zeros(SR, dtype=np.uint8), sampling_rate=SR)
+@pytest.mark.parametrize("dtype", [np.uint8, np.int64, np.complex64, np.bool_])
+def test_unsupported_dtype_raises_type_error(extractor, dtype):
+    with pytest.raises(TypeError, match="item 1 has dtype"):
+        extractor([np.zeros(SR, np.float32), np.zeros(SR, dtype=dtype)], sampling_rate=SR)
 
 
 # ---------------------------------------------------------------------------------------------- sliding window
