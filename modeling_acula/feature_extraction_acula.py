@@ -83,8 +83,8 @@ class AculaFeatureExtractor(SequenceFeatureExtractor):
             soxr quality recipe used when the input rate differs from `sampling_rate`.
         compute_dtype (`str`, *optional*, defaults to `"float64"`):
             Precision of the STFT and mel computation (`"float64"` or `"float32"`); the output is float32 either way.
-            float64 matches librosa to about 1e-8; torch's float32 STFT is off by up to about 3e-4 (0.02 dB) in bins
-            70-80 dB below the clip's maximum, at roughly 2/3 of the CPU time. Devices without float64 (MPS) use
+            float64 matches librosa to within 3e-7 on the [0, 1] scale; torch's float32 STFT is off by up to about
+            2e-4 (0.015 dB) in bins 70-80 dB below the clip's maximum, at roughly 2/3 of the CPU time. Devices without float64 (MPS) use
             float32.
         padding_value (`float`, *optional*, defaults to 0.0):
             Value used to pad waveforms (zeros, as in the reference).
