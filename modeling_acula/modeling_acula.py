@@ -438,6 +438,23 @@ class AculaForPreTraining(AculaPreTrainedModel):
         self._reference_encoder: list[nn.Module] = []
         self.post_init()
 
+    @classmethod
+    def from_audio_backbone(cls, backbone_name_or_path: str, **config_kwargs) -> "AculaForPreTraining":
+        """Wrap a pretrained transformers audio backbone (an `ASTModel`, `Wav2Vec2Model`, HuBERT, ... checkpoint)
+        with fresh projection heads for alignment. Masked-audio modeling is native-only, so the self-supervised
+        term is `preservation_loss` (default `"feature_distillation"` against the frozen starting backbone).
+
+        Args:
+            backbone_name_or_path (`str`): Hub id or folder of the backbone (a task head in it is dropped).
+            **config_kwargs: other [`AculaConfig`] arguments (teacher identity, loss, heads, ...).
+        """
+        backbone = AutoModel.from_pretrained(backbone_name_or_path)
+        config_kwargs.setdefault("preservation_loss", "feature_distillation")
+        config = AculaConfig(audio_backbone_config=backbone.config.to_dict(), use_mam=False, **config_kwargs)
+        model = cls(config)
+        model.acula.load_state_dict(backbone.state_dict())
+        return model
+
     def _preservation_loss(self, pooled: torch.Tensor, input_values: torch.Tensor, **encoder_kwargs) -> torch.Tensor:
         if not self._reference_encoder:
             reference = copy.deepcopy(self.acula).eval().requires_grad_(False)

@@ -293,3 +293,17 @@ def test_classifier_trains_with_trainer(tmp_path):
     with torch.no_grad():
         predictions = model(data.inputs).logits.argmax(-1)
     assert (predictions == data.labels).float().mean() >= 0.9
+
+
+def test_foreign_backbone_from_a_pretrained_checkpoint(tmp_path):
+    from transformers import ASTModel
+
+    backbone_config, _ = _ast_setup()
+    torch.manual_seed(3)
+    ASTModel(backbone_config).save_pretrained(tmp_path)
+    model = AculaForPreTraining.from_audio_backbone(str(tmp_path), teacher_hidden_size=12, projection_dim=8,
+                                                     projection_hidden_size=16)
+    assert model.config.preservation_loss == "feature_distillation" and not model.config.use_mam
+    saved = ASTModel.from_pretrained(tmp_path).state_dict()
+    for name, value in model.acula.state_dict().items():
+        assert torch.equal(value, saved[name]), name
