@@ -1,11 +1,14 @@
 """Shared test set-up: everything offline, temporary caches, real recordings from the dev pack."""
 
+import atexit
 import os
+import shutil
 import tempfile
 
 # Set before transformers / huggingface_hub are imported anywhere: a Hub call that cannot connect
 # otherwise retries for about a minute before failing.
 _HF_HOME = tempfile.mkdtemp(prefix="acula-test-hf-home-")
+atexit.register(shutil.rmtree, _HF_HOME, ignore_errors=True)
 os.environ.setdefault("HF_HOME", _HF_HOME)
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
