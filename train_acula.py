@@ -36,6 +36,7 @@ from transformers import HfArgumentParser, get_linear_schedule_with_warmup
 import modeling_acula  # noqa: F401  (registers the Auto classes)
 from modeling_acula import AculaConfig, AculaFeatureExtractor, AculaForPreTraining, AculaTeacher, apply_lora
 from modeling_acula.configuration_acula import MINILM_TEACHER
+from modeling_acula.file_utils import write_json_atomic
 from modeling_acula.leakage import apply_leakage_guard
 from modeling_acula.manifest import decode_audio, load_manifest
 from modeling_acula.model_card import render_model_card
@@ -223,12 +224,6 @@ def summarise_data(manifest, kept, guard_report, report_stats: dict) -> dict[str
         "reports": report_stats,
         "all_cc_by_4": bool(licences) and all("CC BY 4.0" in text for text in licences),
     }
-
-
-def write_json(path: Path, payload: Any) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(payload, indent=2, default=str), encoding="utf-8")
-    os.replace(temporary, path)
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -472,9 +467,9 @@ def save_output_folder(model, extractor, output_dir: Path, *, full_finetune: boo
     model.save_pretrained(staging / "alignment")  # encoder + heads + decoder, for retrieval or more alignment
     model.acula.save_pretrained(staging)  # the merged encoder: what AutoModel loads
     extractor.save_pretrained(staging)
-    write_json(staging / "training_args.json", args)
-    write_json(staging / "teacher.json", teacher_identity)
-    write_json(staging / "data_summary.json", summary)
+    write_json_atomic(staging / "training_args.json", args)
+    write_json_atomic(staging / "teacher.json", teacher_identity)
+    write_json_atomic(staging / "data_summary.json", summary)
     with open(staging / "reports.jsonl", "w", encoding="utf-8") as handle:
         for path, row, text in zip(kept.audio_paths, kept.rows, reports):
             handle.write(json.dumps({"file": row.get(kept.audio_column), "path": str(path), "report": text}) + "\n")

@@ -14,15 +14,14 @@ With `allow_leakage=True` nothing is removed, but the rows are still counted and
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from .file_utils import file_sha256
 from .manifest import Manifest, load_manifest
 
 logger = logging.getLogger(__name__)
@@ -112,14 +111,6 @@ class LeakageReport:
         }
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def recording_keys(manifest: Manifest, *, by_content: bool = False) -> list[str]:
     """
     One key per row that identifies its recording: the real absolute path (symlinks resolved), or with
@@ -137,7 +128,7 @@ def recording_keys(manifest: Manifest, *, by_content: bool = False) -> list[str]
         for i, path in enumerate(manifest.audio_paths):
             if not path.is_file():
                 raise ValueError(f"{manifest.describe_row(i)}: {path} not found; cannot hash its content.")
-            keys.append("sha256:" + _file_sha256(path))
+            keys.append("sha256:" + file_sha256(path))
         return keys
     return [os.path.realpath(path) for path in manifest.audio_paths]
 

@@ -27,7 +27,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 
+from .file_utils import atomic_write, file_sha256
 from .manifest import DEFAULT_SAMPLING_RATE, Manifest, decode_audio
 
 logger = logging.getLogger(__name__)
@@ -70,14 +70,6 @@ def identity_hash(featurizer_identity: Mapping[str, Any]) -> str:
     payload = {"cache_format": CACHE_FORMAT_VERSION, "featurizer": featurizer_identity}
     text = json.dumps(payload, sort_keys=True, default=_json_default, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class SpectrogramCache:
@@ -125,19 +117,8 @@ class SpectrogramCache:
                 )
             if stored is not None:
                 return
-        self._atomic_write(identity_file, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2), "utf-8"))
+        atomic_write(identity_file, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2), "utf-8"))
 
-    @staticmethod
-    def _atomic_write(target: Path, write: Callable[[str], None]) -> None:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        os.close(handle)
-        try:
-            write(tmp)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
 
     def key(self, path: str | os.PathLike) -> str:
         """Cache key of an audio file under this featurizer identity."""
@@ -147,7 +128,7 @@ class SpectrogramCache:
         except OSError as error:
             raise ValueError(f"{path}: cannot stat the audio file for the spectrogram cache ({error}).") from error
         if self.key_mode == "content":
-            parts: dict[str, Any] = {"sha256": _file_sha256(path)}
+            parts: dict[str, Any] = {"sha256": file_sha256(path)}
         else:
             parts = {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
         parts["identity"] = self.identity_hash
@@ -176,7 +157,7 @@ class SpectrogramCache:
         entry = self.entry_path(path)
         data = {_TENSOR_NAME: tensor.detach().cpu().contiguous()}
         metadata = {"audio_path": str(Path(path).resolve()), "identity_sha256": self.identity_hash}
-        self._atomic_write(entry, lambda tmp: save_file(data, tmp, metadata=metadata))
+        atomic_write(entry, lambda tmp: save_file(data, tmp, metadata=metadata))
         return entry
 
     def __len__(self) -> int:

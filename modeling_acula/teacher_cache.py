@@ -21,8 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .file_utils import atomic_write, write_json_atomic
 from .teacher import AculaTeacher, validate_texts
 
 INDEX_NAME = "index.json"
@@ -63,29 +63,6 @@ def _key_identity(identity: dict[str, Any]) -> dict[str, Any]:
     if missing:
         raise ValueError(f"The teacher identity lacks the fields {missing} (expected {list(IDENTITY_FIELDS)}).")
     return {field: identity[field] for field in IDENTITY_FIELDS}
-
-
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Write through `write(temp_path)` to a temporary file in the same folder, then rename it to `path`."""
-    handle, temp_path = tempfile.mkstemp(dir=path.parent, prefix=_TMP_PREFIX, suffix=path.suffix)
-    os.close(handle)
-    try:
-        write(temp_path)
-        os.replace(temp_path, path)
-    except BaseException:
-        if os.path.exists(temp_path):
-            os.remove(temp_path)
-        raise
-
-
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    def write(temp_path: str) -> None:
-        with open(temp_path, "w", encoding="utf-8") as file:
-            json.dump(payload, file, indent=1, sort_keys=True)
-            file.flush()
-            os.fsync(file.fileno())
-
-    _atomic_write(path, write)
 
 
 def _process_info(accelerator: Any) -> tuple[int, int]:
@@ -173,12 +150,12 @@ class TeacherEmbeddingCache:
             "identity": self.identity,
             "entries": {key: [shard, row] for key, (shard, row) in self._entries.items()},
         }
-        _write_json(self.index_path, payload)
+        write_json_atomic(self.index_path, payload, indent=1)
 
     def _write_shard(self, name: str, keys: list[str], embeddings: torch.Tensor) -> None:
         metadata = {"keys": json.dumps(keys), "identity": self._key_identity_json}
         tensors = {_TENSOR_NAME: embeddings.to(torch.float32).contiguous()}
-        _atomic_write(self.folder / name, lambda temp_path: save_file(tensors, temp_path, metadata=metadata))
+        atomic_write(self.folder / name, lambda temp_path: save_file(tensors, temp_path, metadata=metadata))
 
     def _merge_shards(self, names: list[str]) -> None:
         """Add the rows of freshly written shards to the index (main process only)."""

@@ -9,7 +9,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from transformers import (
     AutoConfig,
     AutoFeatureExtractor,
