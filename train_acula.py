@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, DistributedType, set_seed
+from accelerate.utils import DataLoaderConfiguration, DistributedType, gather_object, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser, get_linear_schedule_with_warmup
@@ -78,6 +78,9 @@ class DataArguments:
     )
     dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N rows (after the guard)."})
+    keep_silent_recordings: bool = field(
+        default=False, metadata={"help": "Train on recordings that are silent over the model window (skipped by default)."}
+    )
 
 
 @dataclass
@@ -171,30 +174,41 @@ def build_model(model_args: ModelArguments, teacher: AculaTeacher) -> AculaForPr
     return AculaForPreTraining(config)
 
 
-def prepare_spectrograms(dataset: AudioSpectrogramDataset, extractor: AculaFeatureExtractor,
-                         accelerator: Accelerator, batch_size: int = 32) -> None:
+def prepare_spectrograms(manifest, extractor: AculaFeatureExtractor, cache: SpectrogramCache,
+                         accelerator: Accelerator, batch_size: int = 32) -> list[int]:
     """Decode and featurise every recording once (split across processes, batched) so that training epochs only
-    read the cache, and so that a bad file stops the run here, naming the file, before any training."""
-    cache = dataset.cache
-    todo = [i for i in range(len(dataset)) if cache.get(dataset.manifest.audio_paths[i]) is None]
-    if not todo:
-        return
-    with accelerator.split_between_processes(todo) as mine:
-        bar = tqdm(total=len(todo), desc="spectrograms", disable=not accelerator.is_local_main_process, unit="rec")
-        for start in range(0, len(mine), batch_size):
-            chunk = mine[start : start + batch_size]
+    read the cache, and so that a bad file stops the run here, naming its row, before any training.
+
+    Returns the rows whose recording is digitally silent over the model window (an all-zero spectrogram).
+    """
+    silent: list[int] = []
+    with accelerator.split_between_processes(list(range(len(manifest)))) as mine:
+        bar = tqdm(total=len(mine), desc="spectrograms", disable=not accelerator.is_local_main_process, unit="rec")
+        todo = []
+        for index in mine:
+            spectrogram = cache.get(manifest.audio_paths[index])
+            if spectrogram is None:
+                todo.append(index)
+            elif not spectrogram.any():
+                silent.append(index)
+        bar.update(len(mine) - len(todo))
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start : start + batch_size]
             waveforms = []
             for index in chunk:
                 try:
-                    waveforms.append(decode_audio(dataset.manifest.audio_paths[index], extractor.sampling_rate))
+                    waveforms.append(decode_audio(manifest.audio_paths[index], extractor.sampling_rate))
                 except ValueError as error:
-                    raise ValueError(f"{dataset.manifest.describe_row(index)}: {error}") from error
+                    raise ValueError(f"{manifest.describe_row(index)}: {error}") from error
             features = extractor(waveforms, sampling_rate=extractor.sampling_rate, return_tensors="pt")["input_values"]
             for index, spectrogram in zip(chunk, features):
-                cache.put(dataset.manifest.audio_paths[index], spectrogram)
-            bar.update(len(chunk) * accelerator.num_processes)
+                cache.put(manifest.audio_paths[index], spectrogram)
+                if not spectrogram.any():
+                    silent.append(index)
+            bar.update(len(chunk))
         bar.close()
     accelerator.wait_for_everyone()
+    return sorted(gather_object(silent))
 
 
 def masking_noise(indices: torch.Tensor, num_patches: int, seed: int, epoch: int) -> torch.Tensor:
@@ -252,6 +266,21 @@ def main(argv: list[str] | None = None) -> Path:
         kept = kept.select(range(min(data_args.max_train_samples, len(kept))))
     if len(kept) == 0:
         raise ValueError(f"No rows of {data_args.manifest} are left for alignment after the leakage guard.")
+
+    # --- spectrograms, decoded once and cached ---------------------------------------------------------------
+    extractor = AculaFeatureExtractor()
+    spectrogram_cache = SpectrogramCache(cache_dir / "spectrograms", extractor.to_dict())
+    silent = prepare_spectrograms(kept, extractor, spectrogram_cache, accelerator)
+    skipped_rows = []
+    if silent and not data_args.keep_silent_recordings:
+        skipped_rows = [{"row": kept.describe_row(i), "file": str(kept.audio_paths[i]),
+                         "reason": "digitally silent over the model window (all-zero spectrogram)"} for i in silent]
+        silent_set = set(silent)
+        kept = kept.select([i for i in range(len(kept)) if i not in silent_set])
+        log(f"Skipped {len(silent)} silent recordings (listed in skipped_rows.jsonl; --keep_silent_recordings "
+            "keeps them).")
+    if len(kept) == 0:
+        raise ValueError(f"No rows of {data_args.manifest} are left for alignment.")
     rewriter = LLMReportRewriter(data_args.rewrite_model) if data_args.rewrite_model else None
     reports, report_stats = build_reports(kept, report_column=data_args.report_column, rewriter=rewriter)
     log(f"Reports: {report_stats}")
@@ -276,16 +305,12 @@ def main(argv: list[str] | None = None) -> Path:
     if accelerator.device.type == "cuda":
         torch.cuda.empty_cache()
 
-    # --- spectrograms, decoded once and cached ---------------------------------------------------------------
     if not config.uses_native_encoder:
         raise ValueError("train_acula.py trains the native encoder; align foreign backbones with the library API.")
-    extractor = AculaFeatureExtractor()
-    spectrogram_cache = SpectrogramCache(cache_dir / "spectrograms", extractor.to_dict())
     dataset = AudioSpectrogramDataset(
         kept, lambda waveform, rate: extractor(waveform, sampling_rate=rate, return_tensors="pt")["input_values"][0],
         cache=spectrogram_cache, teacher_vectors=teacher_vectors,
     )
-    prepare_spectrograms(dataset, extractor, accelerator)
     # drop_last: every process must hold a full, equal shard for the global-batch alignment loss.
     dataloader = DataLoader(dataset, batch_size=train_args.per_device_train_batch_size, shuffle=True, drop_last=True,
                             num_workers=data_args.dataloader_num_workers)
@@ -421,6 +446,7 @@ def main(argv: list[str] | None = None) -> Path:
     # --- output folder -----------------------------------------------------------------------------------------
     if accelerator.is_main_process:
         summary = summarise_data(manifest, kept, guard_report, report_stats)
+        summary["skipped"] = {"silent": len(skipped_rows)}
         run_facts = {
             "init_from": model_args.init_from,
             "adaptation": "full fine-tuning" if model_args.full_finetune else (
@@ -439,7 +465,7 @@ def main(argv: list[str] | None = None) -> Path:
         save_output_folder(accelerator.unwrap_model(model), extractor, output_dir, full_finetune=model_args.full_finetune,
                            reports=reports, kept=kept, summary=summary, teacher_identity=teacher_identity,
                            args={"data": asdict(data_args), "model": asdict(model_args), "training": asdict(train_args)},
-                           run_facts=run_facts)
+                           run_facts=run_facts, skipped_rows=skipped_rows)
         if train_args.push_to_hub:
             push_output_folder(output_dir, train_args.hub_model_id or output_dir.name, train_args.hub_private_repo)
         elapsed = time.time() - started
@@ -452,7 +478,7 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 def save_output_folder(model, extractor, output_dir: Path, *, full_finetune: bool, reports, kept, summary,
-                       teacher_identity, args, run_facts) -> None:
+                       teacher_identity, args, run_facts, skipped_rows=()) -> None:
     """Write the encoder folder; files are written to a staging folder and moved in last, so an interrupted save
     never leaves a half-written model over a good one."""
     staging = output_dir / ".staging-output"
@@ -473,6 +499,8 @@ def save_output_folder(model, extractor, output_dir: Path, *, full_finetune: boo
     with open(staging / "reports.jsonl", "w", encoding="utf-8") as handle:
         for path, row, text in zip(kept.audio_paths, kept.rows, reports):
             handle.write(json.dumps({"file": row.get(kept.audio_column), "path": str(path), "report": text}) + "\n")
+    with open(staging / "skipped_rows.jsonl", "w", encoding="utf-8") as handle:
+        handle.writelines(json.dumps(row) + "\n" for row in skipped_rows)
     card = render_model_card(repo_id=output_dir.name, config=model.config, run=run_facts, data_summary=summary,
                              teacher_identity=teacher_identity)
     card.save(staging / "README.md")

@@ -1,7 +1,8 @@
 """Build `data/auscultation-mini`: the small CC BY 4.0 sample shipped for the default training run and the tests.
 
 It takes recordings of the two CC BY 4.0 sources of the shared dev pack (KAUH lung sounds and Coswara), one per
-patient or participant, keeps their first 8.2 s (one model window), and copies their metadata rows unchanged.
+patient or participant (skipping recordings that are digitally silent over the model window), keeps their first
+8.2 s (one model window), and copies their metadata rows unchanged.
 
     python scripts/make_mini_pack.py --dev_pack ../shared/data/auscultation-dev --output data/auscultation-mini
 """
@@ -11,6 +12,7 @@ import hashlib
 import csv
 from pathlib import Path
 
+import numpy as np
 import soundfile as sf
 
 WINDOW_SAMPLES = 131_000  # the model's 8 s + 3,000-sample window at 16 kHz
@@ -39,6 +41,9 @@ def main() -> None:
         key = (row["source_dataset"], row["suggested_split"])
         wanted = row["modality"] in ("lung", "cough", "breath")
         if key in PLAN and counts[key] < PLAN[key] and row["group_id"] not in seen_groups and wanted:
+            head, _ = sf.read(args.dev_pack / row["file"], dtype="float32", frames=WINDOW_SAMPLES)
+            if np.ptp(head) == 0:  # digitally silent over the model window: nothing to learn from
+                continue
             chosen.append(row)
             seen_groups.add(row["group_id"])
             counts[key] += 1

@@ -114,19 +114,47 @@ def test_push_to_hub_uploads_exactly_the_model_files(trained):
     expected = {
         "README.md", "config.json", "model.safetensors", "preprocessor_config.json", "configuration_acula.py",
         "modeling_acula.py", "losses.py", "feature_extraction_acula.py", "training_args.json", "teacher.json",
-        "data_summary.json", "reports.jsonl", "adapter/README.md", "adapter/adapter_config.json",
+        "data_summary.json", "reports.jsonl", "skipped_rows.jsonl", "adapter/README.md", "adapter/adapter_config.json",
         "adapter/adapter_model.safetensors", "alignment/config.json", "alignment/model.safetensors",
         "alignment/configuration_acula.py", "alignment/modeling_acula.py", "alignment/losses.py",
     }
     assert set(files) == expected
 
 
-def test_second_run_reuses_caches(trained, capsys):
+def test_second_run_reuses_caches(trained, capsys, monkeypatch):
     _, root = trained
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("a cached recording was decoded again")
+
+    monkeypatch.setattr(train_acula, "decode_audio", no_decoding)
+    monkeypatch.setattr("modeling_acula.spectrogram_cache.decode_audio", no_decoding)
     run_in_process(tiny_args(root / "again", root / "cache", "--max_steps", "1", "--checkpointing_steps", "0"))
     out = capsys.readouterr().out
-    assert "hits=48, computed=0" in out  # all 48 reports (47 distinct texts) come from the teacher cache
-    assert "spectrograms" not in capsys.readouterr().err  # nothing left to decode
+    assert "hits=48, computed=0" in out  # every report's teacher vector comes from the cache
+
+
+def test_silent_recordings_are_skipped_and_listed(tmp_path):
+    import csv
+
+    import numpy as np
+    import soundfile as sf
+
+    rows = list(csv.DictReader(open(REPO / "data" / "auscultation-mini" / "metadata.csv", encoding="utf-8")))
+    for row in rows:
+        row["file"] = str(REPO / "data" / "auscultation-mini" / row["file"])
+    silent = dict(rows[0], file=str(tmp_path / "silent.flac"), group_id="silent-1", suggested_split="train")
+    sf.write(silent["file"], np.zeros(16000 * 5, dtype=np.float32), 16000)
+    with open(tmp_path / "manifest.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows + [silent])
+    output = run_in_process(tiny_args(tmp_path / "out", tmp_path / "cache", "--manifest", str(tmp_path / "manifest.csv"),
+                                      "--split_column", "suggested_split", "--max_steps", "1"))
+    skipped = [json.loads(line) for line in (output / "skipped_rows.jsonl").read_text().splitlines()]
+    assert [Path(s["file"]).name for s in skipped] == ["silent.flac"] and "line 58" in skipped[0]["row"]
+    summary = json.loads((output / "data_summary.json").read_text())
+    assert summary["rows_used"] == 48 and summary["skipped"] == {"silent": 1}
 
 
 def test_refuses_a_cache_of_another_teacher_setting(trained):
