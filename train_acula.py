@@ -337,6 +337,15 @@ def main(argv: list[str] | None = None) -> Path:
     # The scheduler steps once per optimiser step on every process; it is not prepared (that would step it
     # num_processes times) and is saved in the checkpoint as JSON.
 
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED) and (
+        train_args.checkpointing_steps or train_args.resume_from_checkpoint
+    ):
+        # acula's safetensors checkpoints hold one full optimizer state; sharded optimizer states are not handled
+        # yet, and a checkpoint that silently kept only the main process's shard would resume wrongly.
+        raise ValueError(
+            f"Checkpointing and resume are supported with one process and DDP, not yet with "
+            f"{accelerator.distributed_type.value}: pass --checkpointing_steps 0 and no --resume_from_checkpoint."
+        )
     # --- resume ------------------------------------------------------------------------------------------------
     checkpoints_dir = output_dir / "checkpoints"
     state = {"global_step": 0, "epoch": 0, "batches_in_epoch": 0, "skipped_nonfinite": 0}
@@ -347,8 +356,6 @@ def main(argv: list[str] | None = None) -> Path:
         else:
             state.update(load_checkpoint(found, accelerator.unwrap_model(model), optimizer, scheduler))
             log(f"Resumed from {found} at step {state['global_step']}.")
-    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-        log("Note: checkpoints gather the full model state on the main process.")
 
     # --- training loop -----------------------------------------------------------------------------------------
     if train_args.report_to:
