@@ -1,0 +1,53 @@
+#!/usr/bin/env python
+"""Compare audio encoders with linear probes, retrieval and zero-shot classification.
+
+    # every dev-pack task, two encoders side by side
+    python eval_acula.py --models outputs/mam-only outputs/acula --output_dir outputs/eval
+
+    # OPERA benchmark tasks over the public datasets
+    python eval_acula.py --models outputs/acula --tasks T7 T10 T11 --data_root /data/opera
+
+    python eval_acula.py --list_tasks
+
+Writes results.json, results.md (one row per task, one column per model, mean ± std, best in bold), plots/*.png
+and model_index.yaml. Tasks whose test recordings or patients were used for alignment are refused (see
+--no_refuse_leakage). The work is done by `modeling_acula.evaluation`.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from transformers import HfArgumentParser
+
+import modeling_acula  # noqa: F401  (registers the Auto classes)
+from modeling_acula.evaluation.runner import (
+    EvalArguments,
+    describe_tasks,
+    run_evaluation,
+)
+
+
+def parse_args(argv: list[str] | None = None) -> EvalArguments:
+    parser = HfArgumentParser(EvalArguments, description=__doc__)
+    (args,) = parser.parse_args_into_dataclasses(args=argv)
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    args = parse_args(argv)
+    if args.list_tasks:
+        print(describe_tasks())
+        return None
+    try:
+        return run_evaluation(args)
+    except ValueError as error:
+        if argv is not None:  # called as a function (tests): let the caller see the exception
+            raise
+        print(f"eval_acula.py: error: {error}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

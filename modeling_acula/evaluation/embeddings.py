@@ -1,0 +1,277 @@
+"""Batched, cached recording embeddings from any audio encoder folder that `AutoModel` loads.
+
+acula encoders get acula's own sliding windows (`AculaFeatureExtractor(sliding_window=True)`); other transformers
+audio encoders (AST, wav2vec2, ...) get their own feature extractor on fixed-length windows cut here. Either way
+the window embeddings of one recording are averaged into one vector. Vectors are cached as safetensors, one file
+per (model identity, extraction settings, recording path + size + mtime), so a second run reads them back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+from transformers import AutoFeatureExtractor, AutoModel
+
+from ..feature_extraction_acula import AculaFeatureExtractor
+from ..manifest import decode_audio
+from ..modeling_acula import pool_audio_encoder_output
+
+# Bump when the extraction recipe changes, so that old cache entries are not reused.
+EXTRACTION_VERSION = 1
+# Files whose bytes decide a folder's embeddings.
+_IDENTITY_FILES = ("config.json", "preprocessor_config.json")
+_WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
+def default_cache_dir() -> Path:
+    """`$ACULA_CACHE/embeddings`, or `~/.cache/acula/embeddings` (the training caches live beside it)."""
+    return Path(os.environ.get("ACULA_CACHE", Path.home() / ".cache" / "acula")) / "embeddings"
+
+
+def model_fingerprint(model_dir: str | os.PathLike) -> str:
+    """sha256 over the config, the preprocessor config and every weight file of a model folder.
+
+    Args:
+        model_dir (`str` or `os.PathLike`): a folder written by `save_pretrained`.
+
+    Raises:
+        `ValueError`: if the folder does not exist or holds no config.json or no weights.
+    """
+    folder = Path(model_dir)
+    if not folder.is_dir():
+        raise ValueError(f"Model folder {folder} does not exist (only local folders are evaluated).")
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"Model folder {folder} has no config.json: not a folder written by save_pretrained.")
+    weights = sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(_WEIGHT_SUFFIXES))
+    if not weights:
+        raise ValueError(f"Model folder {folder} has no weight file (*.safetensors or *.bin).")
+    digest = hashlib.sha256()
+    for path in [folder / name for name in _IDENTITY_FILES if (folder / name).is_file()] + weights:
+        digest.update(path.name.encode() + b"\0")
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def recording_identity(path: str | os.PathLike) -> str:
+    """Resolved path + size + modification time: a re-encoded or replaced file gets a new cache entry."""
+    real = os.path.realpath(path)
+    stat = os.stat(real)
+    return f"{real}|{stat.st_size}|{stat.st_mtime_ns}"
+
+
+class EmbeddingCache:
+    """One safetensors file per recording under `root / <model key>`.
+
+    Args:
+        root (`str` or `os.PathLike`): cache folder.
+        model_key (`str`): identity of the model and of the extraction settings.
+    """
+
+    def __init__(self, root: str | os.PathLike, model_key: str):
+        self.folder = Path(root) / model_key[:32]
+        self.model_key = model_key
+
+    def _file(self, path: str | os.PathLike) -> Path:
+        key = hashlib.sha256(f"{self.model_key}|{recording_identity(path)}".encode()).hexdigest()
+        return self.folder / key[:2] / f"{key}.safetensors"
+
+    def get(self, path: str | os.PathLike) -> np.ndarray | None:
+        file = self._file(path)
+        if not file.is_file():
+            return None
+        try:
+            return load_file(str(file))["embedding"].numpy()
+        except (OSError, KeyError, SafetensorError):  # a torn write from a killed run: recompute rather than fail
+            return None
+
+    def put(self, path: str | os.PathLike, embedding: np.ndarray) -> None:
+        file = self._file(path)
+        file.parent.mkdir(parents=True, exist_ok=True)
+        temporary = file.with_name(f".{file.name}.{os.getpid()}.tmp")
+        save_file({"embedding": torch.from_numpy(np.ascontiguousarray(embedding, dtype=np.float32))}, str(temporary),
+                  metadata={"recording": os.path.realpath(path)})
+        os.replace(temporary, file)
+
+
+def _cut_windows(waveform: np.ndarray, window: int, hop: int) -> list[np.ndarray]:
+    """Windows covering the whole recording (the last one may be shorter), as acula's feature extractor cuts them."""
+    if waveform.size <= window:
+        return [waveform]
+    count = 1 + math.ceil((waveform.size - window) / hop)
+    return [waveform[i * hop : i * hop + window] for i in range(count)]
+
+
+class AudioEmbedder:
+    """
+    One embedding per recording from a saved audio encoder, in eval mode and without gradients.
+
+    Args:
+        model_dir (`str` or `os.PathLike`): folder that `AutoModel` and `AutoFeatureExtractor` load.
+        device (`str` or `torch.device`, *optional*): defaults to CUDA when available, else CPU.
+        batch_size (`int`, *optional*, defaults to 16): recordings decoded and embedded per step.
+        window_seconds (`float`, *optional*): sliding-window length; defaults to the model's input length for acula
+            models and 10 s for other models.
+        hop_seconds (`float`, *optional*): hop between windows; defaults to the window length.
+        cache_dir (`str` or `os.PathLike`, *optional*): embedding cache; `None` uses [`default_cache_dir`],
+            `False` disables caching.
+        show_progress (`bool`, *optional*, defaults to `True`): show a tqdm bar.
+    """
+
+    def __init__(
+        self,
+        model_dir: str | os.PathLike,
+        *,
+        device: str | torch.device | None = None,
+        batch_size: int = 16,
+        window_seconds: float | None = None,
+        hop_seconds: float | None = None,
+        cache_dir: str | os.PathLike | bool | None = None,
+        show_progress: bool = True,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        self.model_dir = Path(model_dir)
+        fingerprint = model_fingerprint(self.model_dir)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = AutoModel.from_pretrained(self.model_dir).eval().to(self.device)
+        self.feature_extractor = AutoFeatureExtractor.from_pretrained(self.model_dir)
+        self.is_acula = isinstance(self.feature_extractor, AculaFeatureExtractor)
+        self.sampling_rate = int(self.feature_extractor.sampling_rate)
+        if window_seconds is None and not self.is_acula:
+            window_seconds = 10.0
+        self.window_seconds = window_seconds
+        self.hop_seconds = hop_seconds
+        self.batch_size = batch_size
+        self.show_progress = show_progress
+        self.settings = {
+            "version": EXTRACTION_VERSION,
+            "window_seconds": window_seconds,
+            "hop_seconds": hop_seconds,
+            "pooling": "mean over windows of pooler_output (else masked mean of last_hidden_state)",
+        }
+        self.model_key = hashlib.sha256((fingerprint + json.dumps(self.settings, sort_keys=True)).encode()).hexdigest()
+        self.fingerprint = fingerprint
+        if cache_dir is False:
+            self.cache = None
+        else:
+            self.cache = EmbeddingCache(default_cache_dir() if cache_dir in (None, True) else cache_dir, self.model_key)
+        self._forward_params = set(inspect.signature(self.model.forward).parameters)
+
+    @property
+    def hidden_size(self) -> int:
+        config = self.model.config
+        return int(getattr(config, "audio_embedding_size", None) or config.hidden_size)
+
+    # ------------------------------------------------------------------ waveforms -> vectors
+
+    def _embed_acula(self, waveforms: list[np.ndarray]) -> torch.Tensor:
+        features = self.feature_extractor(
+            waveforms,
+            sampling_rate=self.sampling_rate,
+            return_tensors="pt",
+            sliding_window=True,
+            window_seconds=self.window_seconds,
+            hop_seconds=self.hop_seconds,
+            device=self.device,
+        )
+        windows, index = features["input_values"], features["recording_index"].to(self.device)
+        pooled = torch.cat(
+            [
+                self.model(input_values=windows[start : start + 4 * self.batch_size]).pooler_output.float()
+                for start in range(0, windows.shape[0], 4 * self.batch_size)
+            ]
+        )
+        return self._mean_per_recording(pooled, index, len(waveforms))
+
+    def _embed_foreign(self, waveforms: list[np.ndarray]) -> torch.Tensor:
+        window = round(self.window_seconds * self.sampling_rate)
+        hop = window if self.hop_seconds is None else round(self.hop_seconds * self.sampling_rate)
+        segments, index = [], []
+        for number, waveform in enumerate(waveforms):
+            for segment in _cut_windows(waveform, window, hop):
+                segments.append(segment)
+                index.append(number)
+        call_params = set(inspect.signature(self.feature_extractor.__call__).parameters)
+        kwargs: dict[str, Any] = {"sampling_rate": self.sampling_rate, "return_tensors": "pt"}
+        if "padding" in call_params:
+            kwargs["padding"] = True
+        if "return_attention_mask" in call_params:
+            kwargs["return_attention_mask"] = True
+        pooled = []
+        for start in range(0, len(segments), 4 * self.batch_size):
+            inputs = self.feature_extractor(segments[start : start + 4 * self.batch_size], **kwargs)
+            inputs = {k: v.to(self.device) for k, v in inputs.items() if k in self._forward_params}
+            outputs = self.model(**inputs)
+            mask = inputs.get("attention_mask")
+            frame_mask_from = getattr(self.model, "_get_feature_vector_attention_mask", None)
+            if mask is not None and getattr(outputs, "pooler_output", None) is None and frame_mask_from is not None:
+                # Sample-level mask -> frame-level mask, so padded frames do not enter the mean.
+                mask = frame_mask_from(outputs.last_hidden_state.shape[1], mask)
+            pooled.append(pool_audio_encoder_output(outputs, mask).float())
+        index_tensor = torch.tensor(index, dtype=torch.long, device=self.device)
+        return self._mean_per_recording(torch.cat(pooled), index_tensor, len(waveforms))
+
+    @staticmethod
+    def _mean_per_recording(pooled: torch.Tensor, index: torch.Tensor, count: int) -> torch.Tensor:
+        sums = torch.zeros(count, pooled.shape[1], device=pooled.device).index_add_(0, index, pooled)
+        counts = torch.bincount(index, minlength=count).clamp_min(1).unsqueeze(1).to(pooled.dtype)
+        return sums / counts
+
+    @torch.inference_mode()
+    def embed_waveforms(self, waveforms: Sequence[np.ndarray]) -> np.ndarray:
+        """Embed mono waveforms already at `self.sampling_rate`.
+
+        Args:
+            waveforms (`Sequence[np.ndarray]`): 1-D float waveforms.
+
+        Returns:
+            `np.ndarray` of shape `(len(waveforms), hidden_size)`, float32.
+        """
+        waveforms = [np.asarray(w, dtype=np.float32) for w in waveforms]
+        vectors = self._embed_acula(waveforms) if self.is_acula else self._embed_foreign(waveforms)
+        return vectors.cpu().numpy().astype(np.float32)
+
+    def embed_files(self, paths: Sequence[str | os.PathLike], desc: str | None = None) -> np.ndarray:
+        """Embed audio files (cached), decoding them with `modeling_acula.manifest.decode_audio`.
+
+        Args:
+            paths (`Sequence[str or os.PathLike]`): audio files.
+            desc (`str`, *optional*): progress-bar label.
+
+        Returns:
+            `np.ndarray` of shape `(len(paths), hidden_size)`, float32, in input order.
+        """
+        paths = [Path(p) for p in paths]
+        vectors: list[np.ndarray | None] = [self.cache.get(p) if self.cache else None for p in paths]
+        todo = [i for i, vector in enumerate(vectors) if vector is None]
+        bar = tqdm(total=len(paths), initial=len(paths) - len(todo), desc=desc or f"embedding ({self.model_dir.name})",
+                   unit="rec", disable=not self.show_progress)
+        for start in range(0, len(todo), self.batch_size):
+            chunk = todo[start : start + self.batch_size]
+            waveforms = [decode_audio(paths[i], self.sampling_rate) for i in chunk]
+            for i, vector in zip(chunk, self.embed_waveforms(waveforms)):
+                vectors[i] = vector
+                if self.cache is not None:
+                    self.cache.put(paths[i], vector)
+            bar.update(len(chunk))
+        bar.close()
+        if not paths:
+            return np.zeros((0, self.hidden_size), dtype=np.float32)
+        return np.stack(vectors).astype(np.float32)
+
+
+__all__ = ["AudioEmbedder", "EmbeddingCache", "default_cache_dir", "model_fingerprint", "recording_identity"]

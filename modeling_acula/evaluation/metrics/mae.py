@@ -1,0 +1,39 @@
+"""Mean absolute error with a percentile-bootstrap confidence interval, as a local `evaluate` metric module."""
+
+import datasets
+import evaluate
+import numpy as np
+
+_DESCRIPTION = "Mean absolute error |prediction - reference|, averaged over examples, in the target's unit."
+
+_KWARGS_DESCRIPTION = """
+Args:
+    predictions (`list[float]`): predicted values.
+    references (`list[float]`): true values.
+    bootstrap_samples (`int`, defaults to 0): bootstrap resamples for the confidence interval.
+    confidence_level (`float`, defaults to 0.95): coverage of the interval.
+    seed (`int`, defaults to 0): seed of the resampling.
+Returns:
+    `mae`, and with bootstrapping `mae_ci_low`, `mae_ci_high`.
+"""
+
+
+class Mae(evaluate.Metric):
+    def _info(self):
+        return evaluate.MetricInfo(
+            description=_DESCRIPTION,
+            citation="",
+            inputs_description=_KWARGS_DESCRIPTION,
+            features=datasets.Features({"predictions": datasets.Value("float64"), "references": datasets.Value("float64")}),
+        )
+
+    def _compute(self, predictions, references, bootstrap_samples=0, confidence_level=0.95, seed=0):
+        errors = np.abs(np.asarray(predictions, dtype=np.float64) - np.asarray(references, dtype=np.float64))
+        result = {"mae": float(errors.mean())}
+        if bootstrap_samples:
+            rng = np.random.default_rng(seed)
+            means = errors[rng.integers(0, len(errors), (int(bootstrap_samples), len(errors)))].mean(axis=1)
+            alpha = (1.0 - confidence_level) / 2.0
+            low, high = np.quantile(means, [alpha, 1.0 - alpha])
+            result.update(mae_ci_low=float(low), mae_ci_high=float(high))
+        return result

@@ -1,0 +1,254 @@
+"""Linear probes on frozen embeddings: standardisation + logistic regression (classification) or ridge (regression),
+trained on patient-grouped splits, scored through acula's `evaluate` metric modules."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.metrics import log_loss, mean_absolute_error
+from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from .metrics import load_metric
+from .tasks import Split, TaskData
+
+DEFAULT_C_GRID = (0.001, 0.01, 0.1, 1.0)
+DEFAULT_ALPHA_GRID = (0.1, 1.0, 10.0, 100.0, 1000.0)
+
+
+@dataclass
+class ProbeResult:
+    """
+    Scores of one (model, task) probe.
+
+    Args:
+        task (`str`), model (`str`): names.
+        metric (`str`): `"roc_auc"` or `"mae"`.
+        scores (`list[float]`): the metric on each split's test side (one per seed / fold).
+        mean (`float`), std (`float`): over `scores` (population std, ddof=0).
+        pooled (`dict`): the metric with its bootstrap confidence interval on the pooled test predictions (each
+            test recording's prediction averaged over the splits that tested it).
+        extra (`dict`): further numbers (accuracy, MAPE, chosen regularisation).
+        test_indices (`np.ndarray`): recordings with a pooled prediction; `test_scores` (`np.ndarray`): their
+            pooled class probabilities (classification) or predicted values (regression).
+    """
+
+    task: str
+    model: str
+    metric: str
+    scores: list[float]
+    mean: float
+    std: float
+    pooled: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    test_indices: np.ndarray | None = None
+    test_scores: np.ndarray | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"task": self.task, "model": self.model, "metric": self.metric, "scores": self.scores,
+                "mean": self.mean, "std": self.std, "pooled": self.pooled, **self.extra}
+
+
+def _inner_folds(y: np.ndarray, groups: np.ndarray, classification: bool, seed: int, n_splits: int = 3):
+    """Grouped inner folds for choosing the regularisation, or None when the training side is too small."""
+    n_groups = len(np.unique(groups))
+    if n_groups < n_splits:
+        return None
+    if classification:
+        if np.unique(y, return_counts=True)[1].min() < n_splits:
+            return None
+        splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    else:
+        splitter = GroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    return list(splitter.split(np.zeros(len(y)), y, groups))
+
+
+def _estimator(classification: bool, strength: float, seed: int) -> Pipeline:
+    if classification:
+        return make_pipeline(StandardScaler(), LogisticRegression(C=strength, solver="newton-cholesky", max_iter=500, random_state=seed))
+    return make_pipeline(StandardScaler(), Ridge(alpha=strength))
+
+
+def fit_probe(
+    features: np.ndarray,
+    targets: np.ndarray,
+    groups: np.ndarray,
+    *,
+    classification: bool,
+    seed: int = 0,
+    grid: Sequence[float] | None = None,
+) -> tuple[Pipeline, float]:
+    """
+    Fit a standardised linear probe, choosing the regularisation by grouped 3-fold cross-validation on the training
+    side (log-loss or MAE); the inner folds depend on `seed`.
+
+    Args:
+        features (`np.ndarray`): `(n, dim)` embeddings.
+        targets (`np.ndarray`): class indices or values.
+        groups (`np.ndarray`): patient ids (inner folds never split a patient).
+        classification (`bool`): logistic regression if True, ridge otherwise.
+        seed (`int`): seed of the inner folds.
+        grid (`Sequence[float]`, *optional*): C values (classification) or alphas (ridge); one value skips the search.
+
+    Returns:
+        `(fitted pipeline, chosen value)`.
+    """
+    grid = list(grid or (DEFAULT_C_GRID if classification else DEFAULT_ALPHA_GRID))
+    best = grid[0]
+    folds = _inner_folds(targets, groups, classification, seed) if len(grid) > 1 else None
+    if folds:
+        labels = np.unique(targets) if classification else None
+        losses = []
+        for value in grid:
+            fold_losses = []
+            for train, valid in folds:
+                if classification and len(np.unique(targets[train])) < 2:
+                    continue
+                model = _estimator(classification, value, seed).fit(features[train], targets[train])
+                if classification:
+                    probabilities = np.zeros((len(valid), len(labels)))
+                    probabilities[:, np.searchsorted(labels, model.classes_)] = model.predict_proba(features[valid])
+                    probabilities = np.clip(probabilities, 1e-7, 1.0)
+                    probabilities /= probabilities.sum(axis=1, keepdims=True)
+                    fold_losses.append(log_loss(targets[valid], probabilities, labels=labels))
+                else:
+                    fold_losses.append(mean_absolute_error(targets[valid], model.predict(features[valid])))
+            losses.append(np.mean(fold_losses) if fold_losses else np.inf)
+        best = grid[int(np.argmin(losses))]
+    return _estimator(classification, best, seed).fit(features, targets), best
+
+
+def _compute(metric_name: str, config_name: str | None = None, **kwargs) -> dict[str, float]:
+    return load_metric(metric_name, config_name).compute(**kwargs)
+
+
+def score_predictions(
+    labels: np.ndarray,
+    scores: np.ndarray,
+    *,
+    classification: bool,
+    num_classes: int = 2,
+    bootstrap_samples: int = 0,
+    confidence_level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, float]:
+    """
+    AUROC (binary, or macro one-vs-rest) and accuracy, or MAE and MAPE, through acula's metric modules.
+
+    Args:
+        labels (`np.ndarray`): class indices or true values.
+        scores (`np.ndarray`): `(n, num_classes)` class probabilities, or `(n,)` predicted values.
+        classification (`bool`): which family of metrics.
+        num_classes (`int`): number of classes of the task.
+        bootstrap_samples (`int`): resamples for the confidence interval (0: none).
+        confidence_level (`float`): coverage of the interval.
+        seed (`int`): seed of the resampling.
+
+    Returns:
+        `dict` with `roc_auc` (+ `roc_auc_ci_low/high`) and `accuracy`, or `mae` (+ CI) and `mape`.
+    """
+    bootstrap = {"bootstrap_samples": bootstrap_samples, "confidence_level": confidence_level, "seed": seed}
+    if classification:
+        if num_classes == 2:
+            result = _compute("roc_auc", "binary", references=labels.tolist(),
+                              prediction_scores=scores[:, 1].tolist(), **bootstrap)
+        else:
+            result = _compute("roc_auc", "multiclass", references=labels.tolist(),
+                              prediction_scores=scores.tolist(), **bootstrap)
+        result["accuracy"] = float(np.mean(scores.argmax(axis=1) == labels))
+        return result
+    result = _compute("mae", references=labels.tolist(), predictions=scores.tolist(), **bootstrap)
+    if np.all(labels != 0):
+        result.update(_compute("mape", references=labels.tolist(), predictions=scores.tolist()))
+    return result
+
+
+def run_probe(
+    features: np.ndarray,
+    data: TaskData,
+    splits: Sequence[Split],
+    *,
+    model_name: str = "model",
+    grid: Sequence[float] | None = None,
+    bootstrap_samples: int = 1000,
+    confidence_level: float = 0.95,
+) -> ProbeResult:
+    """
+    Train and score one probe per split; pool the test predictions for a bootstrap confidence interval.
+
+    Args:
+        features (`np.ndarray`): `(len(data), dim)` embeddings in task order.
+        data (`TaskData`): the task.
+        splits (`Sequence[Split]`): from [`make_splits`]; the same for every model.
+        model_name (`str`): recorded in the result.
+        grid (`Sequence[float]`, *optional*): regularisation grid (see [`fit_probe`]).
+        bootstrap_samples (`int`, defaults to 1000), confidence_level (`float`, defaults to 0.95): for the CI.
+
+    Returns:
+        [`ProbeResult`].
+    """
+    if features.shape[0] != len(data):
+        raise ValueError(f"Task {data.spec.name!r}: {features.shape[0]} embeddings for {len(data)} recordings.")
+    if not np.isfinite(features).all():
+        raise ValueError(f"Task {data.spec.name!r}, model {model_name!r}: embeddings contain NaN or Inf.")
+    classification = data.spec.kind == "classification"
+    num_classes = len(data.classes) if classification else 0
+    width = num_classes if classification else 1
+    sums = np.zeros((len(data), width))
+    counts = np.zeros(len(data))
+    scores, accuracies, chosen = [], [], []
+    per_split_mape = []
+    for split in splits:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            model, value = fit_probe(features[split.train], data.labels[split.train], data.groups[split.train],
+                                     classification=classification, seed=split.seed, grid=grid)
+        chosen.append(value)
+        if classification:
+            predicted = np.zeros((len(split.test), num_classes))
+            predicted[:, model.classes_] = model.predict_proba(features[split.test])
+        else:
+            predicted = model.predict(features[split.test])[:, None]
+        sums[split.test] += predicted
+        counts[split.test] += 1
+        if classification and len(np.unique(data.labels[split.test])) < (2 if num_classes == 2 else num_classes):
+            # One patient per fold (leave-one-group-out) or a test side lacking a class: only the pooled score counts.
+            continue
+        if not classification and len(split.test) < 2 and len(splits) > 2:
+            continue
+        metrics = score_predictions(data.labels[split.test], predicted if classification else predicted[:, 0],
+                                    classification=classification, num_classes=num_classes)
+        scores.append(metrics[data.spec.metric])
+        if classification:
+            accuracies.append(metrics["accuracy"])
+        elif "mape" in metrics:
+            per_split_mape.append(metrics["mape"])
+    tested = np.flatnonzero(counts)
+    pooled_scores = sums[tested] / counts[tested, None]
+    pooled = score_predictions(
+        data.labels[tested], pooled_scores if classification else pooled_scores[:, 0], classification=classification,
+        num_classes=num_classes, bootstrap_samples=bootstrap_samples, confidence_level=confidence_level,
+    )
+    if not scores:  # e.g. leave-one-subject-out: the pooled out-of-fold predictions are the score
+        scores = [pooled[data.spec.metric]]
+    extra: dict[str, Any] = {"regularisation": chosen, "num_test_recordings": len(tested),
+                             "num_splits": len(splits)}
+    if classification:
+        extra["accuracy_mean"] = float(np.mean(accuracies)) if accuracies else pooled["accuracy"]
+    elif per_split_mape:
+        extra["mape_mean"] = float(np.mean(per_split_mape))
+    return ProbeResult(
+        task=data.spec.name, model=model_name, metric=data.spec.metric, scores=[float(s) for s in scores],
+        mean=float(np.mean(scores)), std=float(np.std(scores)), pooled=pooled, extra=extra,
+        test_indices=tested, test_scores=pooled_scores if classification else pooled_scores[:, 0],
+    )
+
+
+__all__ = ["DEFAULT_ALPHA_GRID", "DEFAULT_C_GRID", "ProbeResult", "fit_probe", "run_probe", "score_predictions"]

@@ -1,0 +1,100 @@
+"""Writing an evaluation: `results.json`, the Markdown comparison table and the model-card `model-index`."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+LOWER_IS_BETTER = {"mae", "mape"}
+METRIC_LABELS = {"roc_auc": "AUROC", "mae": "MAE", "mape": "MAPE"}
+
+
+def write_json(path: str | os.PathLike, payload: Any) -> Path:
+    """Atomic JSON write (a killed run never leaves half a file)."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(payload, indent=2, default=str), encoding="utf-8")
+    os.replace(temporary, path)
+    return path
+
+
+def _fmt(mean: float, std: float) -> str:
+    return f"{mean:.3f} ± {std:.3f}"
+
+
+def markdown_table(results: Sequence[Mapping[str, Any]], models: Sequence[str], tasks: Sequence[Mapping[str, Any]]) -> str:
+    """
+    One row per task, one column per model: mean ± std over seeds/folds, the best model of each row in bold
+    (highest AUROC, lowest MAE); refused or failed cells say why.
+
+    Args:
+        results (`Sequence[Mapping]`): probe records (`task`, `model`, `metric`, `mean`, `std`, or `status`).
+        models (`Sequence[str]`): column order.
+        tasks (`Sequence[Mapping]`): task records (`name`, `metric`, `num_recordings`).
+    """
+    by_cell = {(r["task"], r["model"]): r for r in results}
+    header = "| task | metric | n | " + " | ".join(models) + " |"
+    lines = [header, "|" + "---|" * (3 + len(models))]
+    for task in tasks:
+        name, metric = task["name"], task["metric"]
+        cells = [by_cell.get((name, model)) for model in models]
+        scored = [c["mean"] for c in cells if c is not None and c.get("status", "ok") == "ok"]
+        best = (min(scored) if metric in LOWER_IS_BETTER else max(scored)) if scored else None
+        texts = []
+        for cell in cells:
+            if cell is None:
+                texts.append("–")
+            elif cell.get("status", "ok") != "ok":
+                texts.append(str(cell["status"]))
+            else:
+                text = _fmt(cell["mean"], cell["std"])
+                if len(scored) > 1 and math.isclose(cell["mean"], best):
+                    text = f"**{text}**"
+                if cell.get("leakage", {}).get("leaked"):
+                    text += " ⚠ leakage"
+                texts.append(text)
+        lines.append(f"| {name} | {METRIC_LABELS.get(metric, metric)} | {task.get('num_recordings', '')} | "
+                     + " | ".join(texts) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def model_index(model_name: str, results: Sequence[Mapping[str, Any]], tasks: Mapping[str, Mapping[str, Any]]) -> list:
+    """The `model-index` entries (Hugging Face model-card metadata) of one model's scored probes."""
+    from huggingface_hub import EvalResult
+    from huggingface_hub.repocard_data import eval_results_to_model_index
+
+    entries = []
+    for record in results:
+        if record["model"] != model_name or record.get("status", "ok") != "ok":
+            continue
+        task = tasks[record["task"]]
+        entries.append(EvalResult(
+            task_type="audio-classification" if task["kind"] == "classification" else "audio-regression",
+            task_name=f"linear probe: {task['description']}",
+            dataset_type=f"acula/{task['name']}",
+            dataset_name=task["name"],
+            dataset_split="test",
+            metric_type=record["metric"],
+            metric_name=f"{METRIC_LABELS.get(record['metric'], record['metric'])} (mean over {len(record['scores'])} "
+                        "seeds/folds)",
+            metric_value=round(record["mean"], 4),
+            metric_args={"std": round(record["std"], 4)},
+        ))
+    return eval_results_to_model_index(model_name, entries) if entries else []
+
+
+def write_model_index(path: str | os.PathLike, models: Sequence[str], results: Sequence[Mapping[str, Any]],
+                      tasks: Mapping[str, Mapping[str, Any]]) -> Path:
+    """One YAML document per model (`model-index: [...]`), ready to paste into each model card's metadata."""
+    import yaml
+
+    documents = [{"model-index": model_index(model, results, tasks)} for model in models]
+    Path(path).write_text(yaml.safe_dump_all(documents, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return Path(path)
+
+
+__all__ = ["markdown_table", "model_index", "write_json", "write_model_index"]

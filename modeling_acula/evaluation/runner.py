@@ -1,0 +1,274 @@
+"""The comparison run behind `eval_acula.py`: several encoders, the same tasks and splits, one output folder."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .embeddings import AudioEmbedder
+from .leakage_check import check_leakage, training_manifest
+from .probes import run_probe, score_predictions
+from .report import METRIC_LABELS, markdown_table, write_json, write_model_index
+from .retrieval import (
+    AlignedSpace,
+    has_alignment_heads,
+    retrieval_for_rows,
+    zero_shot_scores,
+)
+from .tasks import (
+    DEFAULT_DEV_PACK,
+    SplitPolicy,
+    TaskData,
+    get_task,
+    list_tasks,
+    load_task,
+    make_splits,
+)
+
+logger = logging.getLogger(__name__)
+SPLIT_OVERRIDES = ("default", "suggested", "kfold")
+
+
+@dataclass
+class EvalArguments:
+    models: list[str] = field(default_factory=list, metadata={"help": "Model folders to compare (AutoModel loads each)."})
+    model_names: list[str] = field(default_factory=list, metadata={"help": "Column names (default: folder names)."})
+    tasks: list[str] = field(default_factory=list, metadata={"help": "Task names or OPERA ids (T10); default: every dev-pack task."})
+    output_dir: str = field(default="outputs/eval", metadata={"help": "Where results.json, results.md and plots go."})
+    dev_pack: str = field(default=str(DEFAULT_DEV_PACK), metadata={"help": "The auscultation-dev folder."})
+    data_root: str | None = field(default=None, metadata={"help": "Folder with the public datasets of the OPERA tasks."})
+    split_policy: str = field(default="default", metadata={"help": "default (per task), suggested (dev pack split column) or kfold (grouped 5-fold)."})
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4], metadata={"help": "One probe split / seed each."})
+    max_per_task: int | None = field(default=None, metadata={"help": "Subsample every task to at most N recordings (stratified)."})
+    batch_size: int = field(default=16, metadata={"help": "Recordings per embedding batch."})
+    device: str | None = field(default=None, metadata={"help": "cuda or cpu (default: cuda when available)."})
+    window_seconds: float | None = field(default=None, metadata={"help": "Sliding-window length (default: the model's input)."})
+    hop_seconds: float | None = field(default=None, metadata={"help": "Hop between windows (default: the window)."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Embedding cache (default: $ACULA_CACHE/embeddings)."})
+    no_cache: bool = field(default=False, metadata={"help": "Recompute every embedding, write no cache."})
+    probe_c: float | None = field(default=None, metadata={"help": "Fixed regularisation instead of a grouped inner search."})
+    bootstrap_samples: int = field(default=1000, metadata={"help": "Bootstrap resamples of the pooled CI."})
+    confidence_level: float = field(default=0.95, metadata={"help": "Coverage of the CI."})
+    refuse_leakage: bool = field(default=True, metadata={"help": "Refuse tasks whose test recordings/patients were aligned on."})
+    retrieval: bool = field(default=True, metadata={"help": "Retrieval and zero-shot for folders with alignment/ heads."})
+    plots: bool = field(default=True, metadata={"help": "Write PNG plots."})
+    projection: str = field(default="pca", metadata={"help": "2-D projection of the embedding plots: pca or tsne."})
+    list_tasks: bool = field(default=False, metadata={"help": "Print the task registry and exit."})
+    quiet: bool = field(default=False, metadata={"help": "No progress bars."})
+
+
+def describe_tasks() -> str:
+    """The registry as text (for `--list_tasks`)."""
+    lines = []
+    for family in ("dev_pack", "opera"):
+        lines.append(f"{family} tasks:")
+        for spec in list_tasks(family):
+            label = f"{spec.opera_id:>4} " if spec.opera_id else ""
+            lines.append(f"  {label}{spec.name:28s} {spec.kind:14s} {METRIC_LABELS.get(spec.metric, spec.metric):6s} "
+                         f"split={spec.split.kind:20s} {spec.description}")
+    return "\n".join(lines)
+
+
+def resolve_task_names(names: Sequence[str]) -> list[str]:
+    """Task names, with OPERA ids (`T10`) and `dev_pack` / `opera` as shorthands."""
+    if not names:
+        return [spec.name for spec in list_tasks("dev_pack")]
+    resolved = []
+    by_id = {spec.opera_id.lower(): spec.name for spec in list_tasks("opera")}
+    for name in names:
+        if name in ("dev_pack", "opera"):
+            resolved += [spec.name for spec in list_tasks(name)]
+        elif name.lower() in by_id:
+            resolved.append(by_id[name.lower()])
+        else:
+            resolved.append(get_task(name).name)
+    return list(dict.fromkeys(resolved))
+
+
+def _policy(data: TaskData, override: str) -> SplitPolicy:
+    if override not in SPLIT_OVERRIDES:
+        raise ValueError(f"--split_policy must be one of {SPLIT_OVERRIDES}, got {override!r}.")
+    if override == "suggested":
+        return SplitPolicy(kind="column", column="suggested_split", train_values=("train",), test_values=("val",))
+    if override == "kfold":
+        return SplitPolicy(kind="group_kfold")
+    return data.spec.split
+
+
+def _model_names(args: EvalArguments) -> list[str]:
+    if args.model_names and len(args.model_names) != len(args.models):
+        raise ValueError(f"--model_names has {len(args.model_names)} names for {len(args.models)} --models.")
+    names = args.model_names or [Path(m).resolve().name for m in args.models]
+    if len(set(names)) != len(names):
+        names = [f"{name}-{i}" for i, name in enumerate(names)]
+    return names
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def run_evaluation(args: EvalArguments) -> dict[str, Any]:
+    """
+    Evaluate every model on every task with the same splits and write the output folder.
+
+    Returns:
+        The payload written to `results.json`.
+    """
+    if not args.models:
+        raise ValueError("Pass at least one model folder with --models.")
+    started = time.time()
+    output = Path(args.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    names = _model_names(args)
+    say = (lambda *a: None) if args.quiet else print
+
+    # Tasks and splits first: identical for every model, and missing data fails before any embedding is computed.
+    datasets: dict[str, TaskData] = {}
+    splits: dict[str, list] = {}
+    for task_name in resolve_task_names(args.tasks):
+        data = load_task(task_name, dev_pack=args.dev_pack, data_root=args.data_root, max_recordings=args.max_per_task)
+        datasets[task_name] = data
+        splits[task_name] = make_splits(data, _policy(data, args.split_policy), args.seeds)
+    task_records = {
+        name: {"name": name, "description": d.spec.description, "kind": d.spec.kind, "metric": d.spec.metric,
+               "family": d.spec.family, "opera_id": d.spec.opera_id, "classes": d.classes,
+               "num_recordings": len(d), "num_groups": len(set(d.groups)),
+               "split_policy": asdict(_policy(d, args.split_policy)), "num_splits": len(splits[name]),
+               "notes": d.spec.notes}
+        for name, d in datasets.items()
+    }
+
+    results: list[dict[str, Any]] = []
+    extras: list[dict[str, Any]] = []
+    embeddings: dict[tuple[str, str], np.ndarray] = {}
+    pooled_predictions: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    warnings_out: list[str] = []
+    grid = [args.probe_c] if args.probe_c is not None else None
+    for model_dir, model_name in zip(args.models, names):
+        embedder = AudioEmbedder(model_dir, device=args.device, batch_size=args.batch_size,
+                                 window_seconds=args.window_seconds, hop_seconds=args.hop_seconds,
+                                 cache_dir=False if args.no_cache else args.cache_dir, show_progress=not args.quiet)
+        trained = training_manifest(model_dir)
+        space = AlignedSpace(model_dir, device=embedder.device) if args.retrieval and has_alignment_heads(model_dir) else None
+        for task_name, data in datasets.items():
+            test_indices = sorted({int(i) for split in splits[task_name] for i in split.test})
+            leakage = check_leakage(trained, data, test_indices)
+            record: dict[str, Any] = {"task": task_name, "model": model_name, "model_dir": str(model_dir),
+                                      "metric": data.spec.metric, "leakage": leakage, "status": "ok"}
+            if leakage["leaked"]:
+                message = (f"LEAKAGE: {model_name} was aligned on {leakage['recordings']} test recording(s) / "
+                           f"{leakage['patients']} test patient(s) of task {task_name} (e.g. {leakage['examples'][:1]})")
+                warnings_out.append(message)
+                say("!" * 100 + "\n" + message + "\n" + "!" * 100)
+                if args.refuse_leakage:
+                    record["status"] = "refused (leakage)"
+                    results.append(record)
+                    continue
+            features = embedder.embed_files(data.paths, desc=f"{model_name} / {task_name}")
+            embeddings[(model_name, task_name)] = features
+            probe = run_probe(features, data, splits[task_name], model_name=model_name, grid=grid,
+                              bootstrap_samples=args.bootstrap_samples, confidence_level=args.confidence_level)
+            record.update(probe.to_dict())
+            results.append(record)
+            if data.spec.kind == "classification":
+                pooled_predictions.setdefault(task_name, {})[model_name] = (
+                    data.labels[probe.test_indices], probe.test_scores)
+            say(f"{model_name:>24s} | {task_name:24s} {METRIC_LABELS.get(probe.metric)} {probe.mean:.3f} ± {probe.std:.3f}"
+                f"  (pooled {probe.pooled[probe.metric]:.3f}, CI {probe.pooled.get(probe.metric + '_ci_low', float('nan')):.3f}"
+                f"–{probe.pooled.get(probe.metric + '_ci_high', float('nan')):.3f})")
+            if space is not None and data.spec.kind == "classification":
+                extras.append(_retrieval_and_zero_shot(space, features, data, test_indices, model_name, leakage))
+
+    payload = {
+        "models": [{"name": n, "path": str(Path(m).resolve())} for n, m in zip(names, args.models)],
+        "tasks": list(task_records.values()),
+        "results": results,
+        "retrieval_zero_shot": extras,
+        "leakage_warnings": warnings_out,
+        "settings": asdict(args),
+        "wall_time_s": round(time.time() - started, 1),
+    }
+    write_json(output / "results.json", payload)
+    table = markdown_table(results, names, list(task_records.values()))
+    retrieval_table = _retrieval_markdown(extras)
+    (output / "results.md").write_text(
+        "# Linear-probe comparison\n\nMean ± std over seeds/folds (patient-grouped splits); best per row in bold. "
+        "Pooled scores with bootstrap CIs are in results.json.\n\n" + table
+        + (("\n## Retrieval and zero-shot\n\n" + retrieval_table) if retrieval_table else "")
+        + ("\n## Leakage warnings\n\n" + "\n".join(f"- {w}" for w in warnings_out) + "\n" if warnings_out else ""),
+        encoding="utf-8",
+    )
+    write_model_index(output / "model_index.yaml", names, results, task_records)
+    if args.plots:
+        _write_plots(output, results, task_records, datasets, embeddings, pooled_predictions, args.projection)
+    say("\n" + table)
+    for message in warnings_out:
+        say(message)
+    say(f"Results written to {output.resolve()} ({payload['wall_time_s']} s).")
+    return payload
+
+
+def _retrieval_and_zero_shot(space: AlignedSpace, features: np.ndarray, data: TaskData, test_indices: list[int],
+                             model_name: str, leakage: dict) -> dict[str, Any]:
+    record: dict[str, Any] = {"task": data.spec.name, "model": model_name, "leakage": leakage["leaked"]}
+    try:
+        record["retrieval"] = retrieval_for_rows(space, features[test_indices], [data.rows[i] for i in test_indices])
+    except ValueError as error:
+        record["retrieval"] = {"skipped": str(error)}
+    descriptions = data.spec.label_descriptions
+    if descriptions:
+        scores = zero_shot_scores(space, features[test_indices], [descriptions.get(c, c) for c in data.classes])
+        labels = data.labels[test_indices]
+        if len(np.unique(labels)) > 1:
+            record["zero_shot"] = score_predictions(labels, scores, classification=True, num_classes=len(data.classes))
+    return record
+
+
+def _retrieval_markdown(extras: list[dict[str, Any]]) -> str:
+    if not extras:
+        return ""
+    lines = ["| task | model | audio→report R@1/5/10 | report→audio R@1/5/10 | zero-shot AUROC | zero-shot acc. |",
+             "|---|---|---|---|---|---|"]
+    for record in extras:
+        retrieval = record.get("retrieval", {})
+        a2r = retrieval.get("audio_to_report", {})
+        r2a = retrieval.get("report_to_audio", {})
+        zero = record.get("zero_shot", {})
+        lines.append(f"| {record['task']} | {record['model']} | "
+                     + "/".join(f"{a2r.get(f'R@{k}', float('nan')):.2f}" for k in (1, 5, 10)) + " | "
+                     + "/".join(f"{r2a.get(f'R@{k}', float('nan')):.2f}" for k in (1, 5, 10)) + " | "
+                     + f"{zero.get('roc_auc', float('nan')):.3f} | {zero.get('accuracy', float('nan')):.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _write_plots(output: Path, results, task_records, datasets, embeddings, pooled_predictions, projection) -> None:
+    from .plots import plot_projection, plot_roc_curves, plot_score_bars
+
+    folder = output / "plots"
+    folder.mkdir(exist_ok=True)
+    for metric in sorted({t["metric"] for t in task_records.values()}):
+        table: dict[str, dict[str, dict[str, float]]] = {}
+        for record in results:
+            if record["metric"] == metric and record["status"] == "ok":
+                table.setdefault(record["task"], {})[record["model"]] = {"mean": record["mean"], "std": record["std"]}
+        if table:
+            plot_score_bars(table, folder / f"{metric}_bars.png", METRIC_LABELS.get(metric, metric))
+    for task_name, curves in pooled_predictions.items():
+        plot_roc_curves(curves, folder / f"roc_{_safe(task_name)}.png", task_name, task_records[task_name]["classes"])
+    for (model_name, task_name), features in embeddings.items():
+        data = datasets[task_name]
+        if len(features) >= 5:
+            plot_projection(features, data.labels, data.classes,
+                            folder / f"embedding_{_safe(task_name)}_{_safe(model_name)}.png",
+                            f"{task_name} / {model_name}", projection)
+
+
+__all__ = ["EvalArguments", "describe_tasks", "resolve_task_names", "run_evaluation"]

@@ -1,0 +1,263 @@
+"""Evaluation: metric modules vs scikit-learn, bootstrap CIs, the task registry, dev-pack tasks and fake OPERA trees."""
+
+import csv
+
+import numpy as np
+import pytest
+import soundfile as sf
+from sklearn.metrics import (
+    mean_absolute_error,
+    mean_absolute_percentage_error,
+    roc_auc_score,
+)
+
+from modeling_acula.evaluation.metrics import load_metric
+from modeling_acula.evaluation.probes import run_probe
+from modeling_acula.evaluation.tasks import (
+    OPERA_TASK_IDS,
+    TASKS,
+    SplitPolicy,
+    list_tasks,
+    load_task,
+    make_splits,
+)
+
+# --- metrics ---------------------------------------------------------------------------------------------------
+
+
+def test_roc_auc_module_matches_sklearn_binary_and_multiclass():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 80)
+    scores = np.round(rng.random(80) + 0.3 * labels, 1)  # rounded: ties must count one half, as in sklearn
+    result = load_metric("roc_auc", "binary").compute(references=labels.tolist(), prediction_scores=scores.tolist())
+    assert result["roc_auc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+
+    labels = np.arange(90) % 3
+    probabilities = rng.dirichlet([1, 1, 1], 90)
+    result = load_metric("roc_auc", "multiclass").compute(references=labels.tolist(),
+                                                          prediction_scores=probabilities.tolist())
+    expected = roc_auc_score(labels, probabilities, multi_class="ovr", average="macro")
+    assert result["roc_auc"] == pytest.approx(expected, abs=1e-12)
+
+
+def test_bootstrap_ci_contains_point_estimate_and_is_seeded():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 120)
+    scores = rng.random(120) + 0.5 * labels
+    metric = load_metric("roc_auc", "binary")
+    first = metric.compute(references=labels.tolist(), prediction_scores=scores.tolist(), bootstrap_samples=300, seed=3)
+    again = metric.compute(references=labels.tolist(), prediction_scores=scores.tolist(), bootstrap_samples=300, seed=3)
+    assert first["roc_auc_ci_low"] < first["roc_auc"] < first["roc_auc_ci_high"]
+    assert first == again
+    assert first["bootstrap_samples_used"] == 300
+    mae = load_metric("mae").compute(predictions=scores.tolist(), references=labels.astype(float).tolist(),
+                                     bootstrap_samples=300)
+    assert mae["mae_ci_low"] < mae["mae"] < mae["mae_ci_high"]
+
+
+def test_regression_modules_match_sklearn():
+    rng = np.random.default_rng(2)
+    truth, predicted = rng.random(50) + 1.0, rng.random(50) + 1.0
+    assert load_metric("mae").compute(predictions=predicted, references=truth)["mae"] == pytest.approx(
+        mean_absolute_error(truth, predicted))
+    assert load_metric("mape").compute(predictions=predicted, references=truth)["mape"] == pytest.approx(
+        mean_absolute_percentage_error(truth, predicted))
+    with pytest.raises(ValueError, match="reference"):
+        load_metric("mape").compute(predictions=[1.0, 2.0], references=[0.0, 2.0])
+
+
+def test_multiclass_auroc_refuses_missing_class():
+    with pytest.raises(ValueError, match="every class"):
+        load_metric("roc_auc", "multiclass").compute(references=[0, 1, 0, 1],
+                                                     prediction_scores=[[0.5, 0.3, 0.2]] * 4)
+
+
+# --- registry ----------------------------------------------------------------------------------------------------
+
+
+def test_registry_covers_the_opera_table_and_documents_every_task():
+    expected = {f"T{i}" for i in (1, 2, *range(5, 12), *range(13, 20))}
+    assert set(OPERA_TASK_IDS) == expected
+    for spec in TASKS.values():
+        assert spec.description and spec.source, spec.name
+        if spec.family == "opera":
+            assert spec.layout, spec.name
+        if spec.kind == "classification":
+            assert spec.classes and set(spec.label_descriptions) == set(spec.classes), spec.name
+        else:
+            assert spec.metric == "mae" and spec.split.kind == "leave_one_group_out"
+    assert {s.name for s in list_tasks("dev_pack")} >= {
+        "pascal_murmur", "yaseen_valve", "kauh_obstructive", "kauh_abnormal", "modality", "coswara_sex"}
+
+
+def test_dev_pack_tasks_labels_and_grouped_splits(dev_pack):
+    murmur = load_task("pascal_murmur", dev_pack=dev_pack)
+    assert np.bincount(murmur.labels).tolist() == [351, 129]  # extrastole / artifact / extrahls left out
+    obstructive = load_task("kauh_obstructive", dev_pack=dev_pack)
+    diagnoses = {row["diagnosis"] for row, label in zip(obstructive.rows, obstructive.labels) if label == 1}
+    assert diagnoses == {"asthma", "copd", "heart_failure+copd", "asthma+lung_fibrosis"}
+    assert {row["diagnosis"] for row, label in zip(obstructive.rows, obstructive.labels) if label == 0} == {"normal"}
+    for data in (murmur, obstructive):
+        splits = make_splits(data)
+        assert len(splits) == 5
+        for split in splits:
+            assert set(data.split_values[split.test]) == {"val"}
+            assert not set(data.groups[split.train]) & set(data.groups[split.test])
+    sex = load_task("coswara_sex", dev_pack=dev_pack)
+    folds = make_splits(sex)
+    tested = np.concatenate([f.test for f in folds])
+    assert sorted(tested.tolist()) == list(range(len(sex)))  # k-fold: every recording tested exactly once
+    small = sex.subsample(20, seed=0)
+    assert len(small) <= 24 and len(set(small.labels.tolist())) == 2
+
+
+# --- fake OPERA trees --------------------------------------------------------------------------------------------
+
+
+def _wav(path, seconds=0.3, rate=8000, seed=0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, np.random.default_rng(seed).normal(0, 0.1, int(seconds * rate)).astype(np.float32), rate)
+    return path
+
+
+def _csv(path, header, rows, delimiter=","):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle, delimiter=delimiter)
+        if header:
+            writer.writerow(header)
+        writer.writerows(rows)
+
+
+@pytest.fixture(scope="module")
+def opera_root(tmp_path_factory):
+    """Small trees that follow each documented layout."""
+    root = tmp_path_factory.mktemp("opera")
+    # ICBHI
+    icbhi = root / "icbhi"
+    _csv(icbhi / "ICBHI_Challenge_diagnosis.txt", None,
+         [[str(100 + p), "COPD" if p % 2 else "Healthy"] for p in range(8)] + [["200", "URTI"]], "\t")
+    split_rows = []
+    for p in list(range(8)) + [100]:
+        patient = str(100 + p)
+        for r in range(2):
+            name = f"{patient}_{r}b1_Al_sc_Meditron"
+            _wav(icbhi / "ICBHI_final_database" / f"{name}.wav", seed=p * 10 + r)
+            split_rows.append([name, "train" if p < 5 else "test"])
+    _csv(icbhi / "ICBHI_challenge_train_test.txt", None, split_rows, "\t")
+    # KAUH
+    diagnoses = ["N", "Asthma", "COPD", "heart failure", "N", "Asthma", "N", "Heart Failure + COPD", "pneumonia", "N"]
+    for p, diagnosis in enumerate(diagnoses):
+        for filt in "BDE":
+            _wav(root / "KAUH" / "AudioFiles" / f"{filt}P{p + 1}_{diagnosis},I E W,P L L,63,M.wav", seed=p)
+    # RespiratoryDatabase@TR
+    _csv(root / "copd" / "Labels.csv", ["Patient ID", "Diagnosis"], [[f"H{p:03d}", f"COPD{p % 5}"] for p in range(15)])
+    for p in range(15):
+        for channel in ("L1", "R1"):
+            _wav(root / "copd" / "RespiratoryDatabase@TR" / f"H{p:03d}_{channel}.wav", seed=p)
+    # NoseMic
+    for user in range(4):
+        for take in range(3):
+            _wav(root / "nosemic" / "audio" / f"u{user}_s{take}_x_{12 + user + take}.wav", seed=user * 3 + take)
+    # MMLung
+    rows = []
+    for user in range(5):
+        _wav(root / "mmlung" / "Trimmed_Data_from_phone" / f"{user}_breath.wav", seed=user)
+        _wav(root / "mmlung" / "Trimmed_Data_from_phone" / f"{user}_o.wav", seed=user + 50)
+        rows.append([f"./Trimmed_Data_from_phone/{user}_breath.wav", f"./Trimmed_Data_from_phone/{user}_o.wav",
+                     3.0 + user * 0.2, 2.5 + user * 0.1, 0.8])
+    _csv(root / "mmlung" / "All_path.csv", ["Deep_Breath_file", "O_Single_file", "FVC", "FEV1", "FEV1/FVC"], rows)
+    # COUGHVID
+    rows, splits = [], []
+    for number in range(12):
+        uuid = f"uuid{number:02d}"
+        _wav(root / "coughvid" / "wav" / f"{uuid}.wav", seed=number)
+        rows.append([uuid, ["healthy", "COVID-19", "symptomatic"][number % 3], ["male", "female"][number % 2]])
+        splits.append([uuid, "test" if number >= 8 else "train"])
+    _csv(root / "coughvid" / "metadata_compiled.csv", ["uuid", "status", "gender"], rows)
+    _csv(root / "coughvid" / "splits.csv", ["uuid", "split"], splits)
+    # UK COVID-19
+    participants, audio, splits = [], [], []
+    for number in range(10):
+        person = f"P{number}"
+        participants.append([person, "Positive" if number % 2 else "Negative"])
+        for modality in ("exhalation", "cough"):
+            _wav(root / "covidUK" / "audio_selected" / f"{person}_{modality}.wav", seed=number)
+            splits.append([f"{person}_{modality}.wav", "test" if number >= 6 else "train"])
+        audio.append([person, f"{person}_exhalation.wav", f"{person}_cough.wav"])
+    _csv(root / "covidUK" / "participant_metadata.csv", ["participant_identifier", "covid_test_result"], participants)
+    _csv(root / "covidUK" / "audio_metadata.csv", ["participant_identifier", "exhalation_file_name", "cough_file_name"], audio)
+    _csv(root / "covidUK" / "splits.csv", ["file_name", "split"], splits)
+    # Coswara
+    rows = []
+    for number in range(12):
+        person = f"id{number:02d}"
+        _wav(root / "Coswara-Data" / "Extracted_data" / "20200501" / person / "cough-shallow.wav", seed=number)
+        rows.append([person, ["male", "female"][number % 2], ["y", "n", "False"][number % 3]])
+    _csv(root / "Coswara-Data" / "combined_data.csv", ["id", "g", "smoker"], rows)
+    _csv(root / "Coswara-Data" / "annotations" / "cough-shallow_labels.csv", ["FILENAME", "QUALITY"],
+         [["id11_cough-shallow", "0"]])
+    return root
+
+
+EXPECTED_OPERA = {  # task -> (recordings, classes or None)
+    "icbhi_copd": (16, 2), "kauh_obstructive_opera": (24, 2), "copd_severity": (30, 5), "nosemic_rr": (12, None),
+    "mmlung_deep_breath_fvc": (5, None), "mmlung_vowel_o_fev1_fvc": (5, None), "coughvid_covid": (8, 2),
+    "coughvid_sex": (12, 2), "covid_uk_exhalation": (10, 2), "covid_uk_cough": (10, 2), "coswara_smoker": (11, 2),
+    "coswara_sex_opera": (11, 2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_OPERA))
+def test_opera_loaders_on_fake_trees(opera_root, name):
+    data = load_task(name, data_root=opera_root)
+    count, classes = EXPECTED_OPERA[name]
+    assert len(data) == count
+    assert all(path.is_file() for path in data.paths)
+    if classes:
+        assert len(data.classes) == classes
+    splits = make_splits(data, seeds=[0, 1])
+    for split in splits:
+        assert not set(data.groups[split.train]) & set(data.groups[split.test])
+    if name == "icbhi_copd":  # the official split, by patient
+        assert {data.rows[i]["split"] for i in splits[0].test} == {"test"}
+
+
+def test_kauh_opera_rule_and_patient_groups(opera_root):
+    data = load_task("kauh_obstructive_opera", data_root=opera_root)
+    names = {p.name.split(",")[0].split("_", 1)[1] for p, label in zip(data.paths, data.labels) if label == 1}
+    assert names == {"Asthma", "COPD", "Heart Failure + COPD"}
+    assert len(set(data.groups)) == 8  # three filter versions of one examination share a patient
+
+
+def test_opera_tasks_fail_clearly_without_data(tmp_path):
+    with pytest.raises(ValueError, match="pass --data_root"):
+        load_task("icbhi_copd")
+    with pytest.raises(ValueError, match=r"ICBHI_Challenge_diagnosis.txt not found.*Expected layout"):
+        load_task("icbhi_copd", data_root=tmp_path)
+
+
+def test_probe_separable_random_and_regression():
+    rng = np.random.default_rng(0)
+    from modeling_acula.evaluation.tasks import TaskData, get_task
+
+    spec = get_task("pascal_murmur")
+    labels = np.arange(60) % 2
+    groups = np.array([f"g{i // 2}" for i in range(60)], dtype=object)
+    data = TaskData(spec=spec, paths=[f"/x/{i}.wav" for i in range(60)], labels=labels, classes=["normal", "murmur"],
+                    groups=groups, known_groups=np.ones(60, bool), rows=[{}] * 60)
+    separable = rng.normal(size=(60, 8)) + 3.0 * labels[:, None]
+    splits = make_splits(data, SplitPolicy(kind="group_kfold"), seeds=range(5))
+    result = run_probe(separable, data, splits, bootstrap_samples=100)
+    assert result.mean > 0.95 and result.pooled["roc_auc_ci_low"] > 0.8
+    noise = run_probe(rng.normal(size=(60, 8)), data, splits, bootstrap_samples=100)
+    assert noise.pooled["roc_auc_ci_low"] < 0.5 < noise.pooled["roc_auc_ci_high"] + 0.2
+    assert len(noise.scores) == 5 and noise.std >= 0
+
+    regression = TaskData(spec=get_task("nosemic_rr"), paths=[f"/x/{i}.wav" for i in range(30)],
+                          labels=np.linspace(10, 20, 30), classes=[], groups=np.array([f"u{i % 6}" for i in range(30)],
+                          dtype=object), known_groups=np.ones(30, bool), rows=[{}] * 30)
+    features = np.c_[regression.labels + rng.normal(0, 0.1, 30), rng.normal(size=(30, 3))]
+    result = run_probe(features, regression, make_splits(regression), bootstrap_samples=100)
+    assert result.metric == "mae" and result.pooled["mae"] < 0.5 < np.abs(regression.labels - 15).mean()
+    assert "mape" in result.pooled
