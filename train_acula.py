@@ -200,7 +200,8 @@ def prepare_spectrograms(manifest, extractor: AculaFeatureExtractor, cache: Spec
                     waveforms.append(decode_audio(manifest.audio_paths[index], extractor.sampling_rate))
                 except ValueError as error:
                     raise ValueError(f"{manifest.describe_row(index)}: {error}") from error
-            features = extractor(waveforms, sampling_rate=extractor.sampling_rate, return_tensors="pt")["input_values"]
+            features = extractor(waveforms, sampling_rate=extractor.sampling_rate, return_tensors="pt",
+                                 device=accelerator.device)["input_values"].cpu()
             for index, spectrogram in zip(chunk, features):
                 cache.put(manifest.audio_paths[index], spectrogram)
                 if not spectrogram.any():
@@ -372,6 +373,7 @@ def main(argv: list[str] | None = None) -> Path:
     micro_step = state["batches_in_epoch"]
     epoch = state["epoch"]
     done = state["global_step"] >= total_steps
+    drop_update = False  # set by a skipped non-finite micro-batch: its optimiser step is dropped
     while not done:
         dataloader.set_epoch(epoch)
         skip = state["batches_in_epoch"] if epoch == state["epoch"] else 0
@@ -394,9 +396,15 @@ def main(argv: list[str] | None = None) -> Path:
                                                  f"{checkpoints_dir}; rerun with --on_nonfinite_loss skip to skip such steps.")
                     log(message + " Skipped (--on_nonfinite_loss skip).")
                     state["skipped_nonfinite"] += 1
+                    drop_update = True
                     loss = loss.nan_to_num(0.0, 0.0, 0.0) * 0.0  # keeps every process's collectives in step
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
+                    if drop_update:
+                        # The backward still ran (every process must join DDP's all-reduce), but 0 * NaN left NaN
+                        # gradients: drop them, so that AdamW leaves the weights and its moments untouched.
+                        optimizer.zero_grad(set_to_none=True)
+                        drop_update = False
                     accelerator.clip_grad_norm_(trainable, train_args.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -467,6 +475,7 @@ def main(argv: list[str] | None = None) -> Path:
             "num_processes": accelerator.num_processes,
             "global_batch_size": global_batch * train_args.gradient_accumulation_steps,
             "final_losses": last_losses,
+            "skipped_nonfinite_steps": state["skipped_nonfinite"],
             "window_seconds": round(extractor.num_samples / extractor.sampling_rate, 3),
         }
         save_output_folder(accelerator.unwrap_model(model), extractor, output_dir, full_finetune=model_args.full_finetune,

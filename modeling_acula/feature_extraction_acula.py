@@ -22,6 +22,8 @@ logger = logging.get_logger(__name__)
 
 # Name of the per-device cache of the STFT window and mel filter bank; never serialised.
 _CACHE_ATTRIBUTE = "_spectrogram_constants_cache"
+# More columns than this in a 2-D batch array cannot be audio channels: the rows are waveforms.
+_MAX_CHANNELS = 32
 
 
 class AculaFeatureExtractor(SequenceFeatureExtractor):
@@ -76,9 +78,10 @@ class AculaFeatureExtractor(SequenceFeatureExtractor):
             Must not be longer than `num_samples / sampling_rate`.
         hop_seconds (`float`, *optional*):
             Hop between sliding windows in seconds; defaults to `window_seconds` (non-overlapping windows).
-        max_windows_per_chunk (`int`, *optional*, defaults to 64):
+        max_windows_per_chunk (`int`, *optional*):
             Largest number of clips / windows sent through one batched STFT; bounds the memory used on long inputs
-            or large batches.
+            or large batches. By default 8 on the CPU (larger chunks spill the CPU caches: 7.5 ms per clip at 64
+            against 2.7 ms at 8, measured by `benchmarks/`) and 256 on an accelerator.
         resample_quality (`str`, *optional*, defaults to `"HQ"`):
             soxr quality recipe used when the input rate differs from `sampling_rate`.
         compute_dtype (`str`, *optional*, defaults to `"float64"`):
@@ -108,7 +111,7 @@ class AculaFeatureExtractor(SequenceFeatureExtractor):
         amin: float = 1e-10,
         window_seconds: float | None = None,
         hop_seconds: float | None = None,
-        max_windows_per_chunk: int = 64,
+        max_windows_per_chunk: int | None = None,
         resample_quality: str = "HQ",
         compute_dtype: str = "float64",
         padding_value: float = 0.0,
@@ -152,6 +155,8 @@ class AculaFeatureExtractor(SequenceFeatureExtractor):
         positive_ints = ("sampling_rate", "num_mel_bins", "n_fft", "hop_length", "num_samples", "max_windows_per_chunk")
         for name in positive_ints:
             value = getattr(self, name)
+            if name == "max_windows_per_chunk" and value is None:
+                continue
             if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
         if self.feature_size != self.num_mel_bins:
@@ -244,6 +249,16 @@ class AculaFeatureExtractor(SequenceFeatureExtractor):
             if raw_audio.ndim == 2:
                 if raw_audio.shape[0] == 0:
                     raise ValueError("Empty audio input: the batch array has no rows.")
+                rows, columns = raw_audio.shape
+                if columns < rows and columns <= _MAX_CHANNELS:
+                    # soundfile's (frames, channels) layout passed as is would become `frames` clips of a few
+                    # samples each: garbage features (and a huge output), never what the caller meant.
+                    raise ValueError(
+                        f"A 2-D audio array of shape {tuple(raw_audio.shape)} looks like one multi-channel recording "
+                        f"in (samples, channels) layout, not a (batch, samples) batch of {rows} clips of {columns} "
+                        "samples. Pass it inside a list ([audio]) to average its channels, or transpose it if the "
+                        "rows really are waveforms."
+                    )
                 return list(raw_audio)
             raise ValueError(
                 f"A batch array must be 1-D (one waveform) or 2-D (batch, samples), got shape {tuple(raw_audio.shape)}"
@@ -272,7 +287,14 @@ class AculaFeatureExtractor(SequenceFeatureExtractor):
             # a list of Python ints becomes), so it is refused rather than silently scaled by 2 ** 63.
             array = array.astype(np.float32) / np.float32(-np.iinfo(array.dtype).min)
         elif array.dtype.kind == "f":
-            array = array.astype(np.float32, copy=False)
+            with np.errstate(over="ignore"):
+                converted = array.astype(np.float32, copy=False)
+            if converted is not array and (np.isinf(converted) & np.isfinite(array)).any():
+                raise ValueError(
+                    f"Audio item {index} has finite {array.dtype} samples beyond the float32 range (max |x| = "
+                    f"{np.abs(array[np.isfinite(array)]).max():.3g}); scale the waveform to [-1, 1]."
+                )
+            array = converted
         else:
             raise TypeError(
                 f"Audio item {index} has dtype {array.dtype}; expected float32/float64 or int8/int16/int32 PCM."
@@ -409,10 +431,11 @@ class AculaFeatureExtractor(SequenceFeatureExtractor):
             outputs.append(self._log_mel(waveforms).to(torch.float32))
             chunk.clear()
 
+        chunk_size = self.max_windows_per_chunk or (8 if device.type == "cpu" else 256)
         for index, segment in segments:
             recording_index.append(index)
             chunk.append(segment)
-            if len(chunk) == self.max_windows_per_chunk:
+            if len(chunk) == chunk_size:
                 flush()
         if chunk:
             flush()

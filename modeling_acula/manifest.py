@@ -373,7 +373,8 @@ def decode_audio(path: str | os.PathLike, target_sr: int = DEFAULT_SAMPLING_RATE
         `np.ndarray` of shape `(num_samples,)`, dtype float32.
 
     Raises:
-        `ValueError` naming the file: not readable as audio, truncated, zero samples, NaN/Inf samples.
+        `ValueError` naming the file: not readable as audio, truncated, zero samples (also after resampling),
+        NaN/Inf samples.
     """
     path = Path(path)
     if target_sr <= 0:
@@ -403,5 +404,10 @@ def decode_audio(path: str | os.PathLike, target_sr: int = DEFAULT_SAMPLING_RATE
     mono = audio.mean(axis=1) if audio.shape[1] > 1 else audio[:, 0]
     if sampling_rate != target_sr:
         mono = soxr.resample(mono, sampling_rate, target_sr, quality="HQ")
+        if mono.size == 0:
+            raise ValueError(
+                f"{path}: {audio.shape[0]} sample(s) at {sampling_rate} Hz leave nothing after resampling to "
+                f"{target_sr} Hz."
+            )
     return np.ascontiguousarray(mono, dtype=np.float32)
 

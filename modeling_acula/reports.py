@@ -376,7 +376,8 @@ def write_report(row: Mapping[str, Any]) -> str:
         row (`Mapping[str, Any]`): one manifest row.
 
     Returns:
-        `str`: the report (may be empty only if the row has none of the fields).
+        `str`: the report; a row with none of the fields gives only "Body sound recording." (which
+        `build_reports` refuses).
     """
     modality = (_value(row, "modality") or "").lower()
     noun = _MODALITY_NOUNS.get(modality, f"{readable(modality).capitalize()} sound" if modality else "Body sound")
@@ -728,7 +729,12 @@ def build_reports(
             raise ValueError(f"{len(problems)} invalid report(s):\n  " + "\n  ".join(problems))
         return reports, {"source": "column", "total": len(reports), "accepted": len(reports), "fallback": 0}
     templates = [write_report(row) for row in rows]
-    empty = [manifest.describe_row(i) for i, text in enumerate(templates) if not text.strip()]
+    # A row with none of the fields would get the bare "Body sound recording.": refuse it rather than align to that.
+    empty = [
+        manifest.describe_row(i)
+        for i, (row, text) in enumerate(zip(rows, templates))
+        if not text.strip() or not any(_value(row, name) is not None for name in REPORT_FIELDS)
+    ]
     if empty:
         raise ValueError("rows without any report field (modality, label, ...): " + "; ".join(empty))
     if rewriter is None:

@@ -383,7 +383,7 @@ class AculaTeacher:
             )
         return pooled
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: the vectors are used as training targets, which autograd must accept
     def encode(self, texts: Sequence[str], batch_size: int = 32, show_progress: bool = False) -> torch.Tensor:
         """Embed texts: one pooled vector per text.
 

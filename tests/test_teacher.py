@@ -282,3 +282,13 @@ def test_hidden_size_of_multimodal_config():
     config = Gemma3Config(text_config={"hidden_size": 2560, "num_hidden_layers": 2})
     assert find_hidden_size(config) == 2560
     assert find_hidden_size(GPT2Config(n_embd=48)) == 48
+
+
+def test_encoded_vectors_can_be_training_targets():
+    """Vectors are made under no_grad, not inference_mode: a loss that uses them must be able to backward."""
+    teacher = AculaTeacher.from_pretrained(default_teacher_path(), max_length=32)
+    vectors = teacher.encode(["Normal vesicular breath sounds.", "Expiratory wheezes."])
+    assert not vectors.is_inference() and not vectors.requires_grad
+    head = torch.nn.Linear(vectors.shape[1], 2)
+    head(vectors).sum().backward()
+    assert head.weight.grad is not None

@@ -1,0 +1,46 @@
+"""Inputs shared by the benchmark sections: recordings of the development pack and reports for them."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.harness import DEV_PACK
+from benchmarks.reference import NUM_SAMPLES, SAMPLING_RATE
+from modeling_acula.manifest import Manifest, decode_audio, load_manifest
+
+
+@lru_cache(maxsize=1)
+def dev_manifest() -> Manifest:
+    """The development pack (1,990 real recordings, 16 kHz FLAC); a clear error when it is absent."""
+    metadata = DEV_PACK / "metadata.csv"
+    if not metadata.exists():
+        raise ValueError(f"The benchmarks read the development pack, which is missing: {metadata} does not exist.")
+    return load_manifest(metadata)
+
+
+def subset(count: int, min_seconds: float = 0.0) -> Manifest:
+    """The first `count` rows (in a fixed, source-mixing order) with at least `min_seconds` of audio; rows repeat
+    a clear error when the pack has fewer."""
+    manifest = dev_manifest()
+    rows = [i for i, row in enumerate(manifest.rows) if float(row.get("duration_s") or 0) >= min_seconds]
+    if not rows:
+        raise ValueError(f"No recording of {manifest.source} is at least {min_seconds} s long.")
+    # A prime stride through the pack (which is sorted by source) mixes sources without randomness; it is a
+    # permutation because 7919 is prime and larger than the pack.
+    order = [rows[(i * 7919) % len(rows)] for i in range(len(rows))]
+    if count > len(order):
+        raise ValueError(f"Asked for {count} recordings of at least {min_seconds} s; the pack has {len(order)}.")
+    return manifest.select(order[:count])
+
+
+def clips(count: int) -> list[np.ndarray]:
+    """`count` real 8.19 s clips (131,000 samples at 16 kHz) cut from recordings at least that long."""
+    manifest = subset(count, min_seconds=NUM_SAMPLES / SAMPLING_RATE)
+    return [decode_audio(path, SAMPLING_RATE)[:NUM_SAMPLES] for path in manifest.audio_paths]
+
+
+def paths(manifest: Manifest) -> list[Path]:
+    return list(manifest.audio_paths)

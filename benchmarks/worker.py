@@ -1,0 +1,135 @@
+"""One memory-measured benchmark job, run by `harness.run_worker` in a fresh process so that the peak RSS it reports
+is its own: `python benchmarks/worker.py '{"job": "train", ...}'` prints one JSON line.
+
+Jobs:
+    train        steps of AculaForPreTraining on fixed inputs (throughput, peak memory, whether SDPA ran)
+    train_epoch  one training epoch over N cached spectrograms through the DataLoader (growth)
+    extract      batched embedding extraction from N files (growth)
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from benchmarks.harness import Device, current_rss_mb, peak_rss_mb  # noqa: E402
+
+
+def _train_step(model, optimizer, inputs, vectors, device: Device) -> None:
+    with device.autocast():
+        loss = model(input_values=inputs, teacher_embeds=vectors).loss
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def _uses_sdpa(model, inputs, device: Device) -> bool:
+    """Whether a forward of the encoder dispatches to `scaled_dot_product_attention` (checked with the profiler)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler, torch.no_grad():
+        with device.autocast():
+            model.acula(inputs[:1])
+    return any("scaled_dot_product" in event.key for event in profiler.key_averages())
+
+
+def _build(preset: str, device: Device):
+    from modeling_acula import AculaConfig, AculaForPreTraining
+
+    torch.manual_seed(0)
+    model = AculaForPreTraining(AculaConfig.from_preset(preset)).to(device.torch_device).train()
+    return model, torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+
+def job_train(spec: dict, device: Device) -> dict:
+    model, optimizer = _build(spec["preset"], device)
+    batch = spec["batch"]
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.rand(batch, 1, *model.config.spectrogram_size, generator=generator).to(device.torch_device)
+    vectors = torch.randn(batch, model.config.teacher_hidden_size, generator=generator).to(device.torch_device)
+    baseline = current_rss_mb()
+    device.reset_peak_memory()
+    sdpa = _uses_sdpa(model, inputs, device)
+    for _ in range(spec.get("warmup", 1)):
+        _train_step(model, optimizer, inputs, vectors, device)
+    device.synchronize()
+    times = []
+    for _ in range(spec["steps"]):
+        start = time.perf_counter()
+        _train_step(model, optimizer, inputs, vectors, device)
+        device.synchronize()
+        times.append(time.perf_counter() - start)
+    step = float(np.median(times))
+    return {"step_s": step, "clips_per_s": batch / step, "sdpa": sdpa, "baseline_rss_mb": baseline}
+
+
+def job_train_epoch(spec: dict, device: Device) -> dict:
+    from torch.utils.data import DataLoader
+
+    from benchmarks import data
+    from modeling_acula import AculaFeatureExtractor
+    from modeling_acula.spectrogram_cache import AudioSpectrogramDataset, SpectrogramCache
+
+    manifest = data.subset(spec["count"])
+    extractor = AculaFeatureExtractor()
+    dataset = AudioSpectrogramDataset(
+        manifest, lambda waveform, rate: extractor(waveform, sampling_rate=rate)["input_values"][0],
+        cache=SpectrogramCache(spec["cache_dir"], extractor.to_dict()),
+        teacher_vectors=torch.randn(len(manifest), 384, generator=torch.Generator().manual_seed(0)),
+    )
+    model, optimizer = _build("cpu-small", device)
+    loader = DataLoader(dataset, batch_size=spec["batch"], shuffle=True, drop_last=True, num_workers=0,
+                        generator=torch.Generator().manual_seed(0))
+    baseline = current_rss_mb()
+    device.reset_peak_memory()
+    start = time.perf_counter()
+    clips = 0
+    for batch in loader:
+        _train_step(model, optimizer, batch["input_values"].to(device.torch_device),
+                    batch["teacher_embeds"].to(device.torch_device), device)
+        clips += batch["input_values"].shape[0]
+    device.synchronize()
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "clips": clips, "baseline_rss_mb": baseline}
+
+
+def job_extract(spec: dict, device: Device) -> dict:
+    from benchmarks import data
+    from benchmarks.extraction import build_encoder, extract_batched
+    from modeling_acula import AculaFeatureExtractor
+
+    paths = data.paths(data.subset(spec["count"]))
+    model = build_encoder("cpu-small", device)
+    extractor = AculaFeatureExtractor()
+    baseline = current_rss_mb()
+    device.reset_peak_memory()
+    start = time.perf_counter()
+    embeddings = extract_batched(model, extractor, paths, device)
+    device.synchronize()
+    return {"seconds": time.perf_counter() - start, "clips": len(embeddings), "baseline_rss_mb": baseline}
+
+
+JOBS = {"train": job_train, "train_epoch": job_train_epoch, "extract": job_extract}
+
+
+def run_job(spec: dict) -> dict:
+    """Runs `spec["job"]` on `spec["device"]`; adds the peak memory figures to its result."""
+    if spec.get("job") not in JOBS:
+        raise ValueError(f"Unknown benchmark job {spec.get('job')!r}; known: {sorted(JOBS)}.")
+    device = Device(spec.get("device", "cpu"))
+    result = JOBS[spec["job"]](spec, device)
+    result["peak_rss_mb"] = peak_rss_mb()
+    result["device_peak_mb"] = device.peak_memory_mb()
+    return result
+
+
+if __name__ == "__main__":
+    import modeling_acula  # noqa: F401  (registers the Auto classes)
+
+    print(json.dumps(run_job(json.loads(sys.argv[1]))))
