@@ -22,6 +22,8 @@ logger = logging.get_logger(__name__)
 
 # Name of the per-device cache of the STFT window and mel filter bank; never serialised.
 _CACHE_ATTRIBUTE = "_spectrogram_constants_cache"
+# Lowest sampling rate accepted, in Hz (body-sound sources go down to 2 kHz).
+MIN_SAMPLING_RATE = 1000
 # More columns than this in a 2-D batch array cannot be audio channels: the rows are waveforms.
 _MAX_CHANNELS = 32
 
@@ -343,6 +345,13 @@ class AculaFeatureExtractor(SequenceFeatureExtractor):
                 raise ValueError(f"Audio item {index} has a non-positive or invalid sampling rate {rate!r}.")
             if rate != int(rate):
                 raise ValueError(f"Audio item {index} has a non-integer sampling rate {rate!r}.")
+            if rate < MIN_SAMPLING_RATE:
+                # Such a rate is almost surely a mistake (e.g. kHz for Hz), and resampling from it would allocate
+                # thousands of times the input.
+                raise ValueError(
+                    f"Audio item {index} has an implausible sampling rate of {rate} Hz (below {MIN_SAMPLING_RATE} Hz); "
+                    "give the rate in Hz."
+                )
         return [int(rate) for rate in rates]
 
     # ------------------------------------------------------------------ spectrogram

@@ -394,3 +394,9 @@ def test_silent_recording_is_skipped_counted_and_listed(tmp_path, rows):
     summary = json.loads((output / "data_summary.json").read_text())
     assert summary["skipped"] == {"silent": 1} and summary["rows_used"] == 9
     assert str(tmp_path / "silent.flac") not in (output / "reports.jsonl").read_text()
+
+
+def test_implausibly_low_sampling_rate_is_refused():
+    """A rate in kHz instead of Hz would make soxr upsample a thousandfold; it is refused, naming the item."""
+    with pytest.raises(ValueError, match=r"item 1 has an implausible sampling rate of 16 Hz"):
+        AculaFeatureExtractor()([np.zeros(16000, np.float32)] * 2, sampling_rate=[16000, 16])
