@@ -116,7 +116,7 @@ class TrainingArguments:
     learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate (1e-5 in the reference, full fine-tuning)."})
     weight_decay: float = field(default=1e-2, metadata={"help": "AdamW weight decay."})
     warmup_steps: int | None = field(default=None, metadata={"help": "Warm-up steps (default: 5% of the run)."})
-    num_train_epochs: float = field(default=30, metadata={"help": "Epochs over the (guarded) manifest."})
+    num_train_epochs: float = field(default=50, metadata={"help": "Epochs over the (guarded) manifest (50 in the reference)."})
     max_steps: int | None = field(default=None, metadata={"help": "Stop after this many optimiser steps."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
     logging_steps: int = field(default=5, metadata={"help": "Log every N optimiser steps."})
@@ -368,90 +368,92 @@ def main(argv: list[str] | None = None) -> Path:
                  if train_args.log_batch_indices else None)
     progress = tqdm(total=total_steps, initial=state["global_step"], desc="aligning",
                     disable=not accelerator.is_local_main_process)
-    running: dict[str, list[float]] = {}
-    last_losses: dict[str, float] = {}
-    micro_step = state["batches_in_epoch"]
-    epoch = state["epoch"]
-    done = state["global_step"] >= total_steps
-    drop_update = False  # set by a skipped non-finite micro-batch: its optimiser step is dropped
-    while not done:
-        dataloader.set_epoch(epoch)
-        skip = state["batches_in_epoch"] if epoch == state["epoch"] else 0
-        batches = accelerator.skip_first_batches(dataloader, skip) if skip else dataloader
-        micro_step = skip
-        for batch in batches:
-            model.train()
-            # Dropout draws come from (seed, epoch, micro-batch, process): identical after a resume.
-            torch.manual_seed(hash((train_args.seed, epoch, micro_step, accelerator.process_index)) % (2**63))
-            noise = masking_noise(batch["index"], config.num_patches, train_args.seed, epoch).to(accelerator.device)
-            with accelerator.accumulate(model):
-                outputs = model(input_values=batch["input_values"], teacher_embeds=batch["teacher_embeds"], noise=noise)
-                loss = outputs.loss
-                finite = bool(accelerator.gather(torch.isfinite(loss.detach()).reshape(1)).all())
-                if not finite:
-                    message = (f"Non-finite loss at step {state['global_step'] + 1} (epoch {epoch}, batch {micro_step}): "
-                               f"alignment {outputs.alignment_loss}, mam {outputs.mam_loss}.")
-                    if train_args.on_nonfinite_loss == "stop":
-                        raise FloatingPointError(message + " The last good checkpoint is kept in "
-                                                 f"{checkpoints_dir}; rerun with --on_nonfinite_loss skip to skip such steps.")
-                    log(message + " Skipped (--on_nonfinite_loss skip).")
-                    state["skipped_nonfinite"] += 1
-                    drop_update = True
-                    loss = loss.nan_to_num(0.0, 0.0, 0.0) * 0.0  # keeps every process's collectives in step
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    if drop_update:
-                        # The backward still ran (every process must join DDP's all-reduce), but 0 * NaN left NaN
-                        # gradients: drop them, so that AdamW leaves the weights and its moments untouched.
-                        optimizer.zero_grad(set_to_none=True)
-                        drop_update = False
-                    accelerator.clip_grad_norm_(trainable, train_args.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            micro_step += 1
-            if index_log is not None:
-                with open(index_log, "a", encoding="utf-8") as handle:
-                    handle.write(json.dumps({"epoch": epoch, "micro_step": micro_step,
-                                             "indices": batch["index"].tolist()}) + "\n")
-            for name in ("loss", "alignment_loss", "mam_loss"):
-                value = getattr(outputs, name)
-                if value is not None and finite:
-                    running.setdefault(name, []).append(accelerator.reduce(value.detach(), "mean").item())
-            if not accelerator.sync_gradients:
-                continue
+    try:
+        running: dict[str, list[float]] = {}
+        last_losses: dict[str, float] = {}
+        micro_step = state["batches_in_epoch"]
+        epoch = state["epoch"]
+        done = state["global_step"] >= total_steps
+        drop_update = False  # set by a skipped non-finite micro-batch: its optimiser step is dropped
+        while not done:
+            dataloader.set_epoch(epoch)
+            skip = state["batches_in_epoch"] if epoch == state["epoch"] else 0
+            batches = accelerator.skip_first_batches(dataloader, skip) if skip else dataloader
+            micro_step = skip
+            for batch in batches:
+                model.train()
+                # Dropout draws come from (seed, epoch, micro-batch, process): identical after a resume.
+                torch.manual_seed(hash((train_args.seed, epoch, micro_step, accelerator.process_index)) % (2**63))
+                noise = masking_noise(batch["index"], config.num_patches, train_args.seed, epoch).to(accelerator.device)
+                with accelerator.accumulate(model):
+                    outputs = model(input_values=batch["input_values"], teacher_embeds=batch["teacher_embeds"], noise=noise)
+                    loss = outputs.loss
+                    finite = bool(accelerator.gather(torch.isfinite(loss.detach()).reshape(1)).all())
+                    if not finite:
+                        message = (f"Non-finite loss at step {state['global_step'] + 1} (epoch {epoch}, batch {micro_step}): "
+                                   f"alignment {outputs.alignment_loss}, mam {outputs.mam_loss}.")
+                        if train_args.on_nonfinite_loss == "stop":
+                            raise FloatingPointError(message + " The last good checkpoint is kept in "
+                                                     f"{checkpoints_dir}; rerun with --on_nonfinite_loss skip to skip such steps.")
+                        log(message + " Skipped (--on_nonfinite_loss skip).")
+                        state["skipped_nonfinite"] += 1
+                        drop_update = True
+                        loss = loss.nan_to_num(0.0, 0.0, 0.0) * 0.0  # keeps every process's collectives in step
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients:
+                        if drop_update:
+                            # The backward still ran (every process must join DDP's all-reduce), but 0 * NaN left NaN
+                            # gradients: drop them, so that AdamW leaves the weights and its moments untouched.
+                            optimizer.zero_grad(set_to_none=True)
+                            drop_update = False
+                        accelerator.clip_grad_norm_(trainable, train_args.max_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                micro_step += 1
+                if index_log is not None:
+                    with open(index_log, "a", encoding="utf-8") as handle:
+                        handle.write(json.dumps({"epoch": epoch, "micro_step": micro_step,
+                                                 "indices": batch["index"].tolist()}) + "\n")
+                for name in ("loss", "alignment_loss", "mam_loss"):
+                    value = getattr(outputs, name)
+                    if value is not None and finite:
+                        running.setdefault(name, []).append(accelerator.reduce(value.detach(), "mean").item())
+                if not accelerator.sync_gradients:
+                    continue
 
-            scheduler.step()
-            state["global_step"] += 1
-            state["epoch"], state["batches_in_epoch"] = epoch, micro_step
-            last_losses = {name: sum(values) / len(values) for name, values in running.items()}
-            running = {}
-            progress.update(1)
-            progress.set_postfix({k.replace("_loss", ""): f"{v:.4f}" for k, v in last_losses.items()})
-            step = state["global_step"]
-            if step % train_args.logging_steps == 0 or step == total_steps:
-                record = {"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0], **last_losses}
-                accelerator.log(record, step=step)
-                if accelerator.is_main_process:
-                    with open(log_path, "a", encoding="utf-8") as handle:
-                        handle.write(json.dumps(record) + "\n")
-            fault_injection_point(f"after_step:{step}")
-            if train_args.checkpointing_steps and step % train_args.checkpointing_steps == 0 and step < total_steps:
-                accelerator.wait_for_everyone()
-                if accelerator.is_main_process:
-                    save_checkpoint(
-                        checkpoints_dir, step, accelerator.get_state_dict(model), optimizer, scheduler,
-                        {k: v for k, v in state.items() if k != "global_step"},
-                        total_limit=train_args.checkpoints_total_limit,
-                        before_publish=lambda _tmp, s=step: fault_injection_point(f"checkpoint_write:{s}"),
-                    )
-                accelerator.wait_for_everyone()
-            if step >= total_steps:
-                done = True
-                break
-        else:
-            epoch += 1
-            state["epoch"], state["batches_in_epoch"] = epoch, 0
-    progress.close()
+                scheduler.step()
+                state["global_step"] += 1
+                state["epoch"], state["batches_in_epoch"] = epoch, micro_step
+                last_losses = {name: sum(values) / len(values) for name, values in running.items()}
+                running = {}
+                progress.update(1)
+                progress.set_postfix({k.replace("_loss", ""): f"{v:.4f}" for k, v in last_losses.items()})
+                step = state["global_step"]
+                if step % train_args.logging_steps == 0 or step == total_steps:
+                    record = {"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0], **last_losses}
+                    accelerator.log(record, step=step)
+                    if accelerator.is_main_process:
+                        with open(log_path, "a", encoding="utf-8") as handle:
+                            handle.write(json.dumps(record) + "\n")
+                fault_injection_point(f"after_step:{step}")
+                if train_args.checkpointing_steps and step % train_args.checkpointing_steps == 0 and step < total_steps:
+                    accelerator.wait_for_everyone()
+                    if accelerator.is_main_process:
+                        save_checkpoint(
+                            checkpoints_dir, step, accelerator.get_state_dict(model), optimizer, scheduler,
+                            {k: v for k, v in state.items() if k != "global_step"},
+                            total_limit=train_args.checkpoints_total_limit,
+                            before_publish=lambda _tmp, s=step: fault_injection_point(f"checkpoint_write:{s}"),
+                        )
+                    accelerator.wait_for_everyone()
+                if step >= total_steps:
+                    done = True
+                    break
+            else:
+                epoch += 1
+                state["epoch"], state["batches_in_epoch"] = epoch, 0
+    finally:  # also when a run stops on a non-finite loss
+        progress.close()
     if index_log is not None:  # lets the DDP test check that every process ends with the same parameters
         checksum = sum(p.detach().double().sum().item() for p in accelerator.unwrap_model(model).parameters())
         with open(index_log, "a", encoding="utf-8") as handle:
