@@ -2,6 +2,7 @@
 
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -202,28 +203,42 @@ def test_two_process_ddp_matches_one_process_on_the_global_batch(tmp_path):
                                atol=2e-3, rtol=1e-3)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("fault", ["after_step:5", "checkpoint_write:4"])
-def test_sigkill_and_resume_gives_the_uninterrupted_result(tmp_path, fault):
-    common = ["--max_steps", "7", "--checkpointing_steps", "2", "--checkpoints_total_limit", "2"]
-    reference = run_script(tiny_args(tmp_path / "reference", tmp_path / "cache", *common))
-    assert reference.returncode == 0, reference.stderr[-4000:]
+KILL_RUN = ["--max_steps", "7", "--checkpointing_steps", "2", "--checkpoints_total_limit", "2"]
+# Two fixed kill points (between checkpoints; inside a checkpoint write) and one drawn afresh on every run.
+RANDOM_FAULT = random.choice([f"after_step:{k}" for k in range(1, 8)] + [f"checkpoint_write:{k}" for k in (2, 4, 6)])
 
-    args = tiny_args(tmp_path / "run", tmp_path / "cache", *common, "--resume_from_checkpoint", "latest")
+
+@pytest.fixture(scope="module")
+def uninterrupted_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("uninterrupted")
+    result = run_script(tiny_args(root / "reference", root / "cache", *KILL_RUN))
+    assert result.returncode == 0, result.stderr[-4000:]
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["after_step:5", "checkpoint_write:4", RANDOM_FAULT])
+def test_sigkill_and_resume_gives_the_uninterrupted_result(uninterrupted_run, tmp_path, fault):
+    point, step = fault.split(":")
+    step = int(step)
+    args = tiny_args(tmp_path / "run", uninterrupted_run / "cache", *KILL_RUN, "--resume_from_checkpoint", "latest")
     killed = run_script(args, env={"ACULA_FAULT_INJECTION": fault})
-    assert killed.returncode == -9, killed.stderr[-4000:]
-    checkpoints = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
-    if fault == "checkpoint_write:4":  # killed while writing step 4: step 2 is whole, step 4 only a temp folder
-        assert checkpoints == [".tmp-step-00000004", "step-00000002"]
-    else:
-        assert checkpoints == ["step-00000002", "step-00000004"]
+    assert killed.returncode == -9, f"{fault}: {killed.stderr[-4000:]}"
+    # whole checkpoints are the last two saved before the kill (every 2 steps, never at the final step 7; a kill
+    # "after step k" comes before step k's checkpoint); a kill inside a write leaves that step only as a temporary
+    # folder, never under a checkpoint name
+    saved = [k for k in range(2, 7, 2) if k < step][-2:]
+    expected = [f"step-{k:08d}" for k in saved] + ([f".tmp-step-{step:08d}"] if point == "checkpoint_write" else [])
+    folder = tmp_path / "run" / "checkpoints"
+    found = sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+    assert found == sorted(expected), fault
     assert not (tmp_path / "run" / "config.json").exists()  # no half-finished model
 
     resumed = run_script(args)
-    assert resumed.returncode == 0, resumed.stderr[-4000:]
-    assert "Resumed from" in resumed.stdout
+    assert resumed.returncode == 0, f"{fault}: {resumed.stderr[-4000:]}"
+    assert ("Resumed from" in resumed.stdout) == bool(saved), fault
     final = load_file(str(tmp_path / "run" / "alignment" / "model.safetensors"))
-    expected = load_file(str(tmp_path / "reference" / "alignment" / "model.safetensors"))
-    for name, value in expected.items():
-        assert torch.equal(final[name], value), name
-    assert read_log(tmp_path / "run")[-1] == read_log(tmp_path / "reference")[-1]
+    expected_weights = load_file(str(uninterrupted_run / "reference" / "alignment" / "model.safetensors"))
+    for name, value in expected_weights.items():
+        assert torch.equal(final[name], value), f"{fault}: {name}"
+    assert read_log(tmp_path / "run")[-1] == read_log(uninterrupted_run / "reference")[-1], fault
