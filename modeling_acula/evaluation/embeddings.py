@@ -19,14 +19,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import AutoFeatureExtractor, AutoModel
 
 from ..feature_extraction_acula import AculaFeatureExtractor
+from ..file_utils import file_sha256
 from ..manifest import decode_audio
 from ..modeling_acula import pool_audio_encoder_output
+from ..spectrogram_cache import SpectrogramCache
 
 # Bump when the extraction recipe changes, so that old cache entries are not reused.
 EXTRACTION_VERSION = 1
@@ -57,24 +57,14 @@ def model_fingerprint(model_dir: str | os.PathLike) -> str:
     weights = sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(_WEIGHT_SUFFIXES))
     if not weights:
         raise ValueError(f"Model folder {folder} has no weight file (*.safetensors or *.bin).")
-    digest = hashlib.sha256()
-    for path in [folder / name for name in _IDENTITY_FILES if (folder / name).is_file()] + weights:
-        digest.update(path.name.encode() + b"\0")
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 22), b""):
-                digest.update(block)
-    return digest.hexdigest()
-
-
-def recording_identity(path: str | os.PathLike) -> str:
-    """Resolved path + size + modification time: a re-encoded or replaced file gets a new cache entry."""
-    real = os.path.realpath(path)
-    stat = os.stat(real)
-    return f"{real}|{stat.st_size}|{stat.st_mtime_ns}"
+    files = [folder / name for name in _IDENTITY_FILES if (folder / name).is_file()] + weights
+    return hashlib.sha256("".join(f"{path.name}\0{file_sha256(path)}\n" for path in files).encode()).hexdigest()
 
 
 class EmbeddingCache:
-    """One safetensors file per recording under `root / <model key>`.
+    """One safetensors file per recording for one model and extraction setting: the package's per-recording tensor
+    cache ([`~modeling_acula.spectrogram_cache.SpectrogramCache`], keyed by resolved path + size + mtime, atomic
+    writes, a torn entry counts as a miss) under the model key.
 
     Args:
         root (`str` or `os.PathLike`): cache folder.
@@ -82,29 +72,15 @@ class EmbeddingCache:
     """
 
     def __init__(self, root: str | os.PathLike, model_key: str):
-        self.folder = Path(root) / model_key[:32]
         self.model_key = model_key
-
-    def _file(self, path: str | os.PathLike) -> Path:
-        key = hashlib.sha256(f"{self.model_key}|{recording_identity(path)}".encode()).hexdigest()
-        return self.folder / key[:2] / f"{key}.safetensors"
+        self._store = SpectrogramCache(root, {"embedding_model_key": model_key})
 
     def get(self, path: str | os.PathLike) -> np.ndarray | None:
-        file = self._file(path)
-        if not file.is_file():
-            return None
-        try:
-            return load_file(str(file))["embedding"].numpy()
-        except (OSError, KeyError, SafetensorError):  # a torn write from a killed run: recompute rather than fail
-            return None
+        tensor = self._store.get(path)
+        return None if tensor is None else tensor.numpy()
 
     def put(self, path: str | os.PathLike, embedding: np.ndarray) -> None:
-        file = self._file(path)
-        file.parent.mkdir(parents=True, exist_ok=True)
-        temporary = file.with_name(f".{file.name}.{os.getpid()}.tmp")
-        save_file({"embedding": torch.from_numpy(np.ascontiguousarray(embedding, dtype=np.float32))}, str(temporary),
-                  metadata={"recording": os.path.realpath(path)})
-        os.replace(temporary, file)
+        self._store.put(path, torch.from_numpy(np.ascontiguousarray(embedding, dtype=np.float32)))
 
 
 def _cut_windows(waveform: np.ndarray, window: int, hop: int) -> list[np.ndarray]:
@@ -274,4 +250,4 @@ class AudioEmbedder:
         return np.stack(vectors).astype(np.float32)
 
 
-__all__ = ["AudioEmbedder", "EmbeddingCache", "default_cache_dir", "model_fingerprint", "recording_identity"]
+__all__ = ["AudioEmbedder", "EmbeddingCache", "default_cache_dir", "model_fingerprint"]

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from ..file_utils import write_json_atomic
 
 LOWER_IS_BETTER = {"mae", "mape"}
 METRIC_LABELS = {"roc_auc": "AUROC", "mae": "MAE", "mape": "MAPE"}
@@ -15,11 +16,8 @@ METRIC_LABELS = {"roc_auc": "AUROC", "mae": "MAE", "mape": "MAPE"}
 
 def write_json(path: str | os.PathLike, payload: Any) -> Path:
     """Atomic JSON write (a killed run never leaves half a file)."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(payload, indent=2, default=str), encoding="utf-8")
-    os.replace(temporary, path)
-    return path
+    write_json_atomic(path, payload)
+    return Path(path)
 
 
 def _fmt(mean: float, std: float) -> str:
