@@ -17,9 +17,9 @@ from modeling_acula.feature_extraction_acula import AculaFeatureExtractor
 SR = 16000
 NUM_SAMPLES = 131000
 # Max abs difference allowed between the extractor and the float64 numpy reference, on the [0, 1] scale of the
-# output. The default float64 computation agrees to ~1e-8 (float32 rounding of the input adds ~3e-7).
+# output. compute_dtype="float64" agrees to ~1e-8 (float32 rounding of the input adds ~3e-7).
 REFERENCE_ATOL = 1e-6
-# With compute_dtype="float32", torch's float32 STFT is inexact in bins 70-80 dB below the clip's maximum: up to
+# With compute_dtype="float32" (the default), torch's float32 FFT is inexact in bins 70-80 dB below the clip's maximum: up to
 # 1.8e-4 over 398 dev-pack recordings; 3e-4 of the 80 dB range is 0.024 dB.
 FLOAT32_ATOL = 3e-4
 
@@ -75,7 +75,8 @@ def numpy_reference(waveform: np.ndarray, num_samples=NUM_SAMPLES, n_fft=1024, h
 
 @pytest.fixture(scope="module")
 def extractor() -> AculaFeatureExtractor:
-    return AculaFeatureExtractor()
+    # float64: the exact reference path, compared with the numpy reference at REFERENCE_ATOL.
+    return AculaFeatureExtractor(compute_dtype="float64")
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +129,7 @@ def test_matches_numpy_reference_on_dev_pack(extractor, dev_recordings):
         reference = numpy_reference(data)
         diff = np.abs(output[0] - reference).max()
         assert diff < REFERENCE_ATOL, f"{name}: max abs diff {diff:.2e}"
-    fast = _features(AculaFeatureExtractor(compute_dtype="float32"), waveforms)
+    fast = _features(AculaFeatureExtractor(), waveforms)
     for (name, data), output in zip(dev_recordings, fast):
         diff = np.abs(output[0] - numpy_reference(data)).max()
         assert diff < FLOAT32_ATOL, f"{name} (float32): max abs diff {diff:.2e}"
@@ -209,7 +210,7 @@ def test_batched_equals_unbatched(extractor):
         np.testing.assert_allclose(batched[index].numpy(), single[0], atol=1e-6)
     # A 2-D (batch, samples) array is a batch, and small chunks give the same numbers.
     array = np.stack([items[0], items[0][::-1].copy()])
-    chunked = AculaFeatureExtractor(max_windows_per_chunk=1)
+    chunked = AculaFeatureExtractor(max_windows_per_chunk=1, compute_dtype="float64")
     np.testing.assert_allclose(_features(chunked, array), _features(extractor, list(array)), atol=1e-6)
     numpy_out = extractor(items, sampling_rate=SR, return_tensors="np")["input_values"]
     assert isinstance(numpy_out, np.ndarray) and numpy_out.dtype == np.float32
@@ -375,9 +376,9 @@ def test_invalid_settings(kwargs, message):
 
 def test_constants_are_cached_per_device():
     extractor = AculaFeatureExtractor()
-    first = extractor._spectrogram_constants(torch.device("cpu"), torch.float64)
+    first = extractor._spectrogram_constants(torch.device("cpu"), torch.float32)
     extractor(np.ones(SR, np.float32), sampling_rate=SR)
-    assert extractor._spectrogram_constants(torch.device("cpu"), torch.float64)[1] is first[1]
+    assert extractor._spectrogram_constants(torch.device("cpu"), torch.float32)[1] is first[1]
     assert len(extractor._spectrogram_constants_cache) == 1
 
 
