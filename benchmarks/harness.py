@@ -241,6 +241,18 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (e.g. `amx_bf16`), from /proc/cpuinfo; empty where it cannot be read."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
 def machine_info(device: Device) -> dict[str, Any]:
     import librosa
     import transformers

@@ -100,19 +100,23 @@ def job_train_epoch(spec: dict, device: Device) -> dict:
 
 
 def job_extract(spec: dict, device: Device) -> dict:
+    import tempfile
+    from pathlib import Path
+
     from benchmarks import data
-    from benchmarks.extraction import build_encoder, extract_batched
-    from modeling_acula import AculaFeatureExtractor
+    from benchmarks.extraction import BATCH, embedder, save_encoder
 
     paths = data.paths(data.subset(spec["count"]))
-    model = build_encoder("cpu-small", device)
-    extractor = AculaFeatureExtractor()
-    baseline = current_rss_mb()
-    device.reset_peak_memory()
-    start = time.perf_counter()
-    embeddings = extract_batched(model, extractor, paths, device)
-    device.synchronize()
-    return {"seconds": time.perf_counter() - start, "clips": len(embeddings), "baseline_rss_mb": baseline}
+    with tempfile.TemporaryDirectory(prefix="acula-bench-extract-") as workdir:
+        embed = embedder(save_encoder("cpu-small", Path(workdir)), device, batch_size=BATCH,
+                         autocast_dtype="bfloat16" if device.is_cuda else None)
+        baseline = current_rss_mb()
+        device.reset_peak_memory()
+        start = time.perf_counter()
+        embeddings = embed.embed_files(paths)
+        device.synchronize()
+        seconds = time.perf_counter() - start
+    return {"seconds": seconds, "clips": len(embeddings), "baseline_rss_mb": baseline}
 
 
 JOBS = {"train": job_train, "train_epoch": job_train_epoch, "extract": job_extract}

@@ -87,6 +87,33 @@ def test_acula_embeddings_sliding_windows_and_cache(tiny_model, dev_pack, tmp_pa
     np.testing.assert_array_equal(again.embed_files(paths), vectors)
 
 
+def test_decode_threads_and_bf16_autocast(tiny_model, dev_pack, tmp_path):
+    paths = load_task("pascal_murmur", dev_pack=dev_pack).paths[:5]
+    inline = AudioEmbedder(tiny_model, cache_dir=False, show_progress=False, batch_size=2, decode_workers=0)
+    threaded = AudioEmbedder(tiny_model, cache_dir=False, show_progress=False, batch_size=2, decode_workers=2)
+    reference = inline.embed_files(paths)
+    # Decoding ahead in threads changes neither the numbers nor the order (batches of 2, 2, 1).
+    np.testing.assert_array_equal(threaded.embed_files(paths), reference)
+    np.testing.assert_array_equal(threaded.embed_files(paths[::-1]), reference[::-1])
+
+    bf16 = AudioEmbedder(tiny_model, cache_dir=tmp_path, show_progress=False, batch_size=2, autocast_dtype="bfloat16")
+    vectors = bf16.embed_files(paths)
+    assert vectors.dtype == np.float32
+    assert 0 < np.abs(vectors - reference).max() < 5e-2
+    # Reduced-precision vectors live under their own cache key: a float32 run never reads them.
+    assert bf16.model_key != AudioEmbedder(tiny_model, cache_dir=tmp_path, show_progress=False).model_key
+
+    # A file that cannot be decoded stops the run with its name, also when it is decoded in a worker thread.
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF not audio")
+    with pytest.raises(ValueError, match="broken.wav"):
+        threaded.embed_files([paths[0], paths[1], paths[2], broken, paths[3]])
+    with pytest.raises(ValueError, match="decode_workers"):
+        AudioEmbedder(tiny_model, cache_dir=False, decode_workers=-1)
+    with pytest.raises(ValueError, match="autocast_dtype"):
+        AudioEmbedder(tiny_model, cache_dir=False, autocast_dtype="float64")
+
+
 def test_fingerprint_follows_the_weights(tiny_model, tmp_path):
     copy = tmp_path / "copy"
     model = AculaModel.from_pretrained(tiny_model)

@@ -415,3 +415,14 @@ def test_load_audio(dev_pack, tmp_path, extractor):
         handle.setframerate(SR)
     with pytest.raises(ValueError, match="empty.wav"):
         extractor.load_audio(tmp_path / "empty.wav")
+
+
+def test_padding_value_fills_the_end_but_not_the_centre_padding():
+    # End padding uses `padding_value`; the STFT's centre padding stays zeros, as librosa's constant mode.
+    waveform = _tone([300.0], 1.0, SR)
+    extractor = AculaFeatureExtractor(padding_value=0.01, compute_dtype="float64")
+    padded = np.full(NUM_SAMPLES, 0.01, dtype=np.float32)
+    padded[: waveform.size] = waveform
+    output = _features(extractor, waveform)[0, 0]
+    assert np.abs(output - numpy_reference(padded)).max() < REFERENCE_ATOL
+    assert np.abs(output - _features(AculaFeatureExtractor(compute_dtype="float64"), waveform)[0, 0]).max() > 1e-2

@@ -49,6 +49,8 @@ class EvalArguments:
     max_per_task: int | None = field(default=None, metadata={"help": "Subsample every task to at most N recordings (stratified)."})
     batch_size: int = field(default=16, metadata={"help": "Recordings per embedding batch."})
     device: str | None = field(default=None, metadata={"help": "cuda or cpu (default: cuda when available)."})
+    autocast_dtype: str | None = field(default=None, metadata={"help": "bfloat16 or float16: run the encoders under autocast (GPUs; CPUs with AMX). Default float32."})
+    decode_workers: int = field(default=2, metadata={"help": "Threads decoding the next batch of files while the current one is embedded (0: none)."})
     window_seconds: float | None = field(default=None, metadata={"help": "Sliding-window length (default: the model's input)."})
     hop_seconds: float | None = field(default=None, metadata={"help": "Hop between windows (default: the window)."})
     cache_dir: str | None = field(default=None, metadata={"help": "Embedding cache (default: $ACULA_CACHE/embeddings)."})
@@ -155,6 +157,7 @@ def run_evaluation(args: EvalArguments) -> dict[str, Any]:
     for model_dir, model_name in zip(args.models, names):
         embedder = AudioEmbedder(model_dir, device=args.device, batch_size=args.batch_size,
                                  window_seconds=args.window_seconds, hop_seconds=args.hop_seconds,
+                                 autocast_dtype=args.autocast_dtype, decode_workers=args.decode_workers,
                                  cache_dir=False if args.no_cache else args.cache_dir, show_progress=not args.quiet)
         trained = training_manifest(model_dir)
         space = AlignedSpace(model_dir, device=embedder.device) if args.retrieval and has_alignment_heads(model_dir) else None
