@@ -1,40 +1,25 @@
-"""Extract one embedding per recording with any acula encoder (AutoModel + AutoFeatureExtractor).
+"""Extract one embedding per recording with any acula encoder (a local folder or a Hub id).
 
     python examples/extract_embeddings.py --model outputs/acula-cpu-small \
         --manifest data/auscultation-mini/metadata.csv --output embeddings.safetensors
 
-Recordings longer than the model's 8.19 s window are cut into sliding windows whose embeddings are averaged.
+Uses the package's `AudioEmbedder`: batches of files are decoded in background threads while the previous batch is
+featurised and embedded; recordings longer than the model's 8.19 s window are cut into sliding windows whose
+embeddings are averaged. `--autocast_dtype bfloat16` runs the encoder in bf16 (GPUs, and CPUs with AMX).
 The result is a safetensors file with `embeddings` (recordings x hidden size) and, as metadata, the files in order.
 """
 
 import argparse
 import json
+import os
 
 import torch
+from huggingface_hub import snapshot_download
 from safetensors.torch import save_file
-from tqdm.auto import tqdm
-from transformers import AutoFeatureExtractor, AutoModel
 
 import modeling_acula  # noqa: F401  (registers the AcuLa Auto classes)
-from modeling_acula.manifest import decode_audio, load_manifest
-
-
-def embed_files(model, extractor, paths, batch_size: int = 16, device: str = "cpu") -> torch.Tensor:
-    """Batched, windowed embedding of audio files: decode a batch, featurise every window on `device`, run the
-    encoder once, then average the windows of each recording."""
-    model = model.to(device).eval()
-    embeddings = []
-    for start in tqdm(range(0, len(paths), batch_size), desc="embedding", unit="batch"):
-        waveforms = [decode_audio(path, extractor.sampling_rate) for path in paths[start : start + batch_size]]
-        inputs = extractor(waveforms, sampling_rate=extractor.sampling_rate, sliding_window=True,
-                           return_tensors="pt", device=device)
-        with torch.inference_mode():
-            windows = model(input_values=inputs["input_values"].to(device)).pooler_output
-        index = inputs["recording_index"].to(device)
-        sums = torch.zeros(len(waveforms), windows.shape[1], device=device).index_add_(0, index, windows)
-        counts = torch.bincount(index, minlength=len(waveforms)).unsqueeze(1)
-        embeddings.append((sums / counts).cpu())
-    return torch.cat(embeddings)
+from modeling_acula.evaluation.embeddings import AudioEmbedder
+from modeling_acula.manifest import load_manifest
 
 
 def main(argv=None) -> torch.Tensor:
@@ -45,12 +30,14 @@ def main(argv=None) -> torch.Tensor:
     parser.add_argument("--output", default="embeddings.safetensors")
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--autocast_dtype", choices=["bfloat16", "float16"], default=None)
     args = parser.parse_args(argv)
 
-    model = AutoModel.from_pretrained(args.model)
-    extractor = AutoFeatureExtractor.from_pretrained(args.model)
+    folder = args.model if os.path.isdir(args.model) else snapshot_download(args.model)
+    embedder = AudioEmbedder(folder, device=args.device, batch_size=args.batch_size, cache_dir=False,
+                             autocast_dtype=args.autocast_dtype)
     manifest = load_manifest(args.manifest, audio_column=args.audio_column)
-    embeddings = embed_files(model, extractor, manifest.audio_paths, args.batch_size, args.device)
+    embeddings = torch.from_numpy(embedder.embed_files(manifest.audio_paths, desc="embedding"))
     files = [str(row[args.audio_column]) for row in manifest.rows]
     save_file({"embeddings": embeddings.contiguous()}, args.output, metadata={"files": json.dumps(files)})
     print(f"{embeddings.shape[0]} embeddings of size {embeddings.shape[1]} written to {args.output}")

@@ -39,8 +39,9 @@ def test_every_section_reports_rows_and_checks(tiny_run):
 def test_correctness_checks_pass(tiny_run):
     results, _ = tiny_run
     names = " ".join(check.name for check in results.checks)
-    for expected in ("float64 vs librosa", "float32 vs librosa", "cached spectrograms", "cached teacher vectors",
-                     "training loss", "batched vs one-at-a-time"):
+    for expected in ("float64 vs librosa", "float32 (default) vs librosa", "cached spectrograms",
+                     "cached teacher vectors", "training loss", "batched float32 vs one-at-a-time",
+                     "batched bfloat16 vs one-at-a-time"):
         assert expected in names
     failed = [(check.name, check.value) for check in results.checks if not check.passed]
     assert not failed

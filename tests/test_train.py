@@ -186,10 +186,16 @@ def test_two_process_ddp_matches_one_process_on_the_global_batch(tmp_path):
     for a, b, s in zip(rank0, rank1, single):
         assert not set(a) & set(b)  # different shards
         assert sorted(a + b) == sorted(s)  # together: the single process's batch
-    # the loss is the single-process loss of the same global batch, step by step
-    for d, s in zip(read_log(tmp_path / "ddp"), read_log(tmp_path / "single")):
-        assert d["loss"] == pytest.approx(s["loss"], rel=1e-5)
-        assert d["alignment_loss"] == pytest.approx(s["alignment_loss"], rel=1e-5)
+    # the loss is the single-process loss of the same global batch, step by step: exactly (up to float rounding)
+    # for the first two steps; later, Adam's normalised update has turned rounding differences of near-zero
+    # gradients into weight differences of up to lr (seen: 1.7e-4 relative at step 3 on an Intel Xeon with AMX,
+    # below 1e-5 on an AMD EPYC), so later steps are compared at 1e-3.
+    ddp_log, single_log = read_log(tmp_path / "ddp"), read_log(tmp_path / "single")
+    assert len(ddp_log) == len(single_log) == 3
+    for step, (d, s) in enumerate(zip(ddp_log, single_log)):
+        tolerance = 1e-5 if step < 2 else 1e-3
+        assert d["loss"] == pytest.approx(s["loss"], rel=tolerance)
+        assert d["alignment_loss"] == pytest.approx(s["alignment_loss"], rel=tolerance)
     # parameters stayed equal across ranks, and equal the single-process ones
     checks = [json.loads((tmp_path / "ddp" / "logs" / f"batch_indices_rank{r}.jsonl").read_text().splitlines()[-1])
               for r in (0, 1)]
