@@ -59,7 +59,8 @@ def run(results: Results, size: dict[str, int], repeats: int, device: Device, pr
 
             # opera-gt is ~63 GFLOP per window: keep its repetitions few on a CPU.
             reps = repeats if preset == "cpu-small" or device.is_cuda else 1
-            timings = measure_interleaved({name: job(name) for name in embedders}, reps, device=device)
+            timings = measure_interleaved({name: job(name) for name in embedders}, reps, device=device,
+                                           warm_each=True)
             windows = sum(_windows(decode_audio(path, 16000).size) for path in paths)
             single = timings["single"].wall
             results.rows.append(Row(SECTION, f"{preset}: one file at a time (batch_size=1, float32, no decode thread)",

@@ -34,7 +34,7 @@ def run(results: Results, size: dict[str, int], device: Device, workdir: Path, i
             peak = result["device_peak_mb"] if device.is_cuda else result["peak_rss_mb"]
             results.rows.append(Row(
                 SECTION, f"{label}, {factor}x = {count} recordings", result["seconds"],
-                result["clips"] / result["seconds"], peak_mb=peak,
+                result["clips"] / result["seconds"], unit="clips/s" if job == "train_epoch" else "files/s", peak_mb=peak,
                 note=f"{result['peak_rss_mb'] - result['baseline_rss_mb']:+.0f} MiB RSS over the process after set-up",
             ))
         time_growth = measured[4]["seconds"] / measured[1]["seconds"]

@@ -135,10 +135,17 @@ def measure(fn: Callable[[], Any], repeats: int, warmup: int = 1, device: "Devic
 
 
 def measure_interleaved(
-    fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1, device: "Device | None" = None
+    fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1, device: "Device | None" = None,
+    warm_each: bool = False,
 ) -> dict[str, Timing]:
     """Like `measure` for several functions, alternating them (a, b, a, b, ...) so that a change of machine load
-    during the run affects all of them alike; used where a ratio between them is the result."""
+    during the run affects all of them alike; used where a ratio between them is the result.
+
+    With `warm_each`, every timed call directly follows an untimed call of the same function, so each path is
+    timed in the state a continuous job keeps it in. Without it, a path timed right after another pays for the
+    other's after-effects: on the 2-vCPU VMs here, a 64-clip featurisation call ran at ~470 clips/s right after the
+    librosa reference and ~1,450 clips/s right after itself (numpy's OpenBLAS workers keep spinning after the
+    reference's mel product, and an idle vCPU has to be woken)."""
     sync = device.synchronize if device is not None else (lambda: None)
     for fn in fns.values():
         for _ in range(warmup):
@@ -148,6 +155,9 @@ def measure_interleaved(
     cpus: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(max(1, repeats)):
         for name, fn in fns.items():
+            if warm_each:
+                fn()
+                sync()
             start_wall, start_cpu = time.perf_counter(), time.process_time()
             fn()
             sync()

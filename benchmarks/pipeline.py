@@ -20,7 +20,8 @@ from modeling_acula.manifest import Manifest, decode_audio
 
 SECTION = "data pipeline"
 BATCH = 24  # train_acula.py's default per-device batch
-TOLERANCE = 1e-5
+# The cache holds the default float32 spectrograms (within ~2e-4 of librosa; see the featurisation section).
+TOLERANCE = 1e-3
 
 
 def _loader(dataset: AudioSpectrogramDataset) -> DataLoader:

@@ -104,11 +104,12 @@ def job_extract(spec: dict, device: Device) -> dict:
     from pathlib import Path
 
     from benchmarks import data
-    from benchmarks.extraction import BATCH, embedder, save_encoder
+    from benchmarks.extraction import embedder, save_encoder
 
     paths = data.paths(data.subset(spec["count"]))
     with tempfile.TemporaryDirectory(prefix="acula-bench-extract-") as workdir:
-        embed = embedder(save_encoder("cpu-small", Path(workdir)), device, batch_size=BATCH,
+        # The section's small batch, so that even the 1x run covers several batches (steady state).
+        embed = embedder(save_encoder("cpu-small", Path(workdir)), device, batch_size=spec["batch"],
                          autocast_dtype="bfloat16" if device.is_cuda else None)
         baseline = current_rss_mb()
         device.reset_peak_memory()
