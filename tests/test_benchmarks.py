@@ -72,7 +72,7 @@ def test_check_tolerance_logic():
 
 
 def test_worker_runs_in_its_own_process(dev_pack):
-    result = run_worker({"job": "extract", "count": 4, "device": "cpu"}, isolate=True)
+    result = run_worker({"job": "extract", "count": 4, "batch": 2, "device": "cpu"}, isolate=True)
     assert result["clips"] == 4 and result["seconds"] > 0
     # Its peak is its own: at least what it held after set-up, and not inherited from this (pytest) process.
     assert result["baseline_rss_mb"] <= result["peak_rss_mb"]
