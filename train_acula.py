@@ -35,10 +35,11 @@ from transformers import HfArgumentParser, get_linear_schedule_with_warmup
 
 import modeling_acula  # noqa: F401  (registers the Auto classes)
 from modeling_acula import AculaConfig, AculaFeatureExtractor, AculaForPreTraining, AculaTeacher, apply_lora
+from modeling_acula.audio_batches import decoded_batches
 from modeling_acula.configuration_acula import MINILM_TEACHER
 from modeling_acula.file_utils import write_json_atomic
 from modeling_acula.leakage import apply_leakage_guard
-from modeling_acula.manifest import decode_audio, load_manifest
+from modeling_acula.manifest import load_manifest
 from modeling_acula.model_card import render_model_card
 from modeling_acula.reports import LLMReportRewriter, build_reports
 from modeling_acula.spectrogram_cache import AudioSpectrogramDataset, SpectrogramCache
@@ -77,6 +78,9 @@ class DataArguments:
         default=None, metadata={"help": "Teacher-vector and spectrogram caches (default: $ACULA_CACHE or ~/.cache/acula)."}
     )
     dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
+    decode_workers: int = field(
+        default=2, metadata={"help": "Threads decoding the next batch of files while one is featurised (0: none)."}
+    )
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N rows (after the guard)."})
     keep_silent_recordings: bool = field(
         default=False, metadata={"help": "Train on recordings that are silent over the model window (skipped by default)."}
@@ -175,7 +179,7 @@ def build_model(model_args: ModelArguments, teacher: AculaTeacher) -> AculaForPr
 
 
 def prepare_spectrograms(manifest, extractor: AculaFeatureExtractor, cache: SpectrogramCache,
-                         accelerator: Accelerator, batch_size: int = 32) -> list[int]:
+                         accelerator: Accelerator, batch_size: int = 32, decode_workers: int = 2) -> list[int]:
     """Decode and featurise every recording once (split across processes, batched) so that training epochs only
     read the cache, and so that a bad file stops the run here, naming its row, before any training.
 
@@ -192,14 +196,12 @@ def prepare_spectrograms(manifest, extractor: AculaFeatureExtractor, cache: Spec
             elif not spectrogram.any():
                 silent.append(index)
         bar.update(len(mine) - len(todo))
-        for start in range(0, len(todo), batch_size):
+        # The next batch is decoded in threads while this one is featurised; a bad file stops the run naming its row.
+        batches = decoded_batches([manifest.audio_paths[index] for index in todo], extractor.sampling_rate,
+                                  batch_size, workers=decode_workers,
+                                  describe=lambda position: manifest.describe_row(todo[position]))
+        for start, waveforms in zip(range(0, len(todo), batch_size), batches):
             chunk = todo[start : start + batch_size]
-            waveforms = []
-            for index in chunk:
-                try:
-                    waveforms.append(decode_audio(manifest.audio_paths[index], extractor.sampling_rate))
-                except ValueError as error:
-                    raise ValueError(f"{manifest.describe_row(index)}: {error}") from error
             features = extractor(waveforms, sampling_rate=extractor.sampling_rate, return_tensors="pt",
                                  device=accelerator.device)["input_values"].cpu()
             for index, spectrogram in zip(chunk, features):
@@ -271,7 +273,8 @@ def main(argv: list[str] | None = None) -> Path:
     # --- spectrograms, decoded once and cached ---------------------------------------------------------------
     extractor = AculaFeatureExtractor()
     spectrogram_cache = SpectrogramCache(cache_dir / "spectrograms", extractor.to_dict())
-    silent = prepare_spectrograms(kept, extractor, spectrogram_cache, accelerator)
+    silent = prepare_spectrograms(kept, extractor, spectrogram_cache, accelerator,
+                                  decode_workers=data_args.decode_workers)
     skipped_rows = []
     if silent and not data_args.keep_silent_recordings:
         skipped_rows = [{"row": kept.describe_row(i), "file": str(kept.audio_paths[i]),

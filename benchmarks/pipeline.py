@@ -15,8 +15,9 @@ from benchmarks import data
 from benchmarks.harness import Check, Device, Results, Row, measure, measure_interleaved
 from benchmarks.reference import reference_from_file
 from modeling_acula import AculaFeatureExtractor
+from modeling_acula.audio_batches import decoded_batches
 from modeling_acula.spectrogram_cache import AudioSpectrogramDataset, SpectrogramCache
-from modeling_acula.manifest import Manifest, decode_audio
+from modeling_acula.manifest import Manifest
 
 SECTION = "data pipeline"
 BATCH = 24  # train_acula.py's default per-device batch
@@ -40,9 +41,9 @@ def fill_cache(manifest: Manifest, extractor: AculaFeatureExtractor, cache: Spec
     """Decode every recording not cached yet and featurise it in batches on `device`, writing the cache: the work of
     `train_acula.prepare_spectrograms` (one process), with the features computed on the benchmark's device."""
     todo = [index for index in range(len(manifest)) if cache.get(manifest.audio_paths[index]) is None]
-    for start in range(0, len(todo), batch_size):
+    batches = decoded_batches([manifest.audio_paths[index] for index in todo], extractor.sampling_rate, batch_size)
+    for start, waveforms in zip(range(0, len(todo), batch_size), batches):
         chunk = todo[start : start + batch_size]
-        waveforms = [decode_audio(manifest.audio_paths[index], extractor.sampling_rate) for index in chunk]
         features = extractor(waveforms, sampling_rate=extractor.sampling_rate, device=device.torch_device)
         for index, spectrogram in zip(chunk, features["input_values"].cpu()):
             cache.put(manifest.audio_paths[index], spectrogram)
@@ -95,8 +96,8 @@ def run(results: Results, size: dict[str, int], repeats: int, device: Device, wo
     results.rows.append(Row(SECTION, "epoch from files: librosa per item (reference, every epoch)", reference.wall,
                             count / reference.wall, ratio=1.0, note=f"{len(paths)} dev-pack files, batches of {batch}"))
     first = timings["first"]
-    results.rows.append(Row(SECTION, "first epoch: decode + batched featurise + cache write + DataLoader", first.wall,
-                            count / first.wall, ratio=reference.wall / first.wall,
+    results.rows.append(Row(SECTION, "first epoch: decode (2 threads, one batch ahead) + batched featurise + cache "
+                            "write + DataLoader", first.wall, count / first.wall, ratio=reference.wall / first.wall,
                             note=f"as `train_acula.prepare_spectrograms`; CPU {first.cpu:.1f} s"))
     results.rows.append(Row(SECTION, "cached epoch: DataLoader over AudioSpectrogramDataset + SpectrogramCache",
                             cached.wall, count / cached.wall, ratio=reference.wall / cached.wall,

@@ -128,7 +128,7 @@ def test_second_run_reuses_caches(trained, capsys, monkeypatch):
     def no_decoding(*args, **kwargs):
         raise AssertionError("a cached recording was decoded again")
 
-    monkeypatch.setattr(train_acula, "decode_audio", no_decoding)
+    monkeypatch.setattr("modeling_acula.audio_batches.decode_audio", no_decoding)
     monkeypatch.setattr("modeling_acula.spectrogram_cache.decode_audio", no_decoding)
     run_in_process(tiny_args(root / "again", root / "cache", "--max_steps", "1", "--checkpointing_steps", "0"))
     out = capsys.readouterr().out

@@ -14,8 +14,7 @@ import json
 import math
 import contextlib
 import os
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +23,9 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoFeatureExtractor, AutoModel
 
+from ..audio_batches import decoded_batches
 from ..feature_extraction_acula import AculaFeatureExtractor
 from ..file_utils import file_sha256
-from ..manifest import decode_audio
 from ..modeling_acula import pool_audio_encoder_output
 from ..spectrogram_cache import SpectrogramCache
 
@@ -251,28 +250,6 @@ class AudioEmbedder:
             vectors = self._embed_acula(waveforms) if self.is_acula else self._embed_foreign(waveforms)
         return vectors.float().cpu().numpy()
 
-    def _decoded_batches(self, paths: Sequence[Path]) -> Iterator[list[np.ndarray]]:
-        """Yields the decoded waveforms of `paths`, `batch_size` at a time; with `decode_workers` threads, the next
-        batch is already being decoded while the caller works on the current one (at most two batches in memory)."""
-        batches = [paths[start : start + self.batch_size] for start in range(0, len(paths), self.batch_size)]
-        if self.decode_workers == 0:
-            for batch in batches:
-                yield [decode_audio(path, self.sampling_rate) for path in batch]
-            return
-        with ThreadPoolExecutor(max_workers=self.decode_workers, thread_name_prefix="acula-decode") as pool:
-            submit = lambda batch: [pool.submit(decode_audio, path, self.sampling_rate) for path in batch]  # noqa: E731
-            pending = submit(batches[0]) if batches else []
-            for number in range(len(batches)):
-                current = pending
-                pending = submit(batches[number + 1]) if number + 1 < len(batches) else []
-                try:
-                    # A file that cannot be decoded raises here, naming the file (decode_audio's message).
-                    yield [future.result() for future in current]
-                except BaseException:
-                    for future in pending:
-                        future.cancel()
-                    raise
-
     def embed_files(self, paths: Sequence[str | os.PathLike], desc: str | None = None) -> np.ndarray:
         """Embed audio files (cached), decoding them with `modeling_acula.manifest.decode_audio`.
 
@@ -288,7 +265,8 @@ class AudioEmbedder:
         todo = [i for i, vector in enumerate(vectors) if vector is None]
         bar = tqdm(total=len(paths), initial=len(paths) - len(todo), desc=desc or f"embedding ({self.model_dir.name})",
                    unit="rec", disable=not self.show_progress)
-        for start, waveforms in zip(range(0, len(todo), self.batch_size), self._decoded_batches([paths[i] for i in todo])):
+        batches = decoded_batches([paths[i] for i in todo], self.sampling_rate, self.batch_size, self.decode_workers)
+        for start, waveforms in zip(range(0, len(todo), self.batch_size), batches):
             chunk = todo[start : start + self.batch_size]
             for i, vector in zip(chunk, self.embed_waveforms(waveforms)):
                 vectors[i] = vector
