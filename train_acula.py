@@ -81,6 +81,10 @@ class DataArguments:
     decode_workers: int = field(
         default=2, metadata={"help": "Threads decoding the next batch of files while one is featurised (0: none)."}
     )
+    spectrogram_dtype: str = field(
+        default="float32",
+        metadata={"help": "Spectrogram precision: float32 (within 1e-4 of librosa) or float64 (librosa to 3e-7)."},
+    )
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N rows (after the guard)."})
     keep_silent_recordings: bool = field(
         default=False, metadata={"help": "Train on recordings that are silent over the model window (skipped by default)."}
@@ -142,6 +146,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[DataArguments, ModelArgum
     data_args, model_args, train_args = parser.parse_args_into_dataclasses(args=argv)
     if train_args.on_nonfinite_loss not in ("stop", "skip"):
         parser.error("--on_nonfinite_loss must be 'stop' or 'skip'.")
+    if data_args.spectrogram_dtype not in ("float32", "float64"):
+        parser.error(f"--spectrogram_dtype must be 'float32' or 'float64', got {data_args.spectrogram_dtype!r}.")
+    if data_args.decode_workers < 0:
+        parser.error(f"--decode_workers must be >= 0, got {data_args.decode_workers}.")
     if data_args.manifest is None:
         data_args.manifest = str(DEMO_MANIFEST)
         data_args.split_column = data_args.split_column or "suggested_split"
@@ -271,7 +279,7 @@ def main(argv: list[str] | None = None) -> Path:
         raise ValueError(f"No rows of {data_args.manifest} are left for alignment after the leakage guard.")
 
     # --- spectrograms, decoded once and cached ---------------------------------------------------------------
-    extractor = AculaFeatureExtractor()
+    extractor = AculaFeatureExtractor(compute_dtype=data_args.spectrogram_dtype)
     spectrogram_cache = SpectrogramCache(cache_dir / "spectrograms", extractor.to_dict())
     silent = prepare_spectrograms(kept, extractor, spectrogram_cache, accelerator,
                                   decode_workers=data_args.decode_workers)

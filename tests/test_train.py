@@ -248,3 +248,13 @@ def test_sigkill_and_resume_gives_the_uninterrupted_result(uninterrupted_run, tm
     for name, value in expected_weights.items():
         assert torch.equal(final[name], value), f"{fault}: {name}"
     assert read_log(tmp_path / "run")[-1] == read_log(uninterrupted_run / "reference")[-1], fault
+
+
+@pytest.mark.parametrize(("flag", "value", "message"), [
+    ("--spectrogram_dtype", "float16", "--spectrogram_dtype must be 'float32' or 'float64'"),
+    ("--decode_workers", "-1", "--decode_workers must be >= 0"),
+])
+def test_bad_data_settings_are_refused_before_any_work(flag, value, message, capsys):
+    with pytest.raises(SystemExit):
+        train_acula.parse_args([flag, value])
+    assert message in capsys.readouterr().err
