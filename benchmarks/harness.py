@@ -26,14 +26,16 @@ WORKER = Path(__file__).resolve().parent / "worker.py"
 # (its numbers mean nothing); `default` is the size the "< 10 minutes on 2 CPU cores" applies to; `large`
 # runs the data pipeline over the whole development pack.
 SIZES: dict[str, dict[str, int]] = {
-    "tiny": dict(feat_clips=4, feat_files=4, pipeline_files=8, teacher_steps=1, train_steps=1, opera_batch=4,
-                 opera_steps=1, extract_files=4, opera_extract_files=1, growth_base=4, batch=4),
-    "small": dict(feat_clips=32, feat_files=32, pipeline_files=96, teacher_steps=3, train_steps=2, opera_batch=4,
-                  opera_steps=1, extract_files=32, opera_extract_files=2, growth_base=24, batch=8),
-    "default": dict(feat_clips=64, feat_files=64, pipeline_files=512, teacher_steps=4, train_steps=3,
-                    opera_batch=4, opera_steps=1, extract_files=96, opera_extract_files=4, growth_base=48, batch=8),
-    "large": dict(feat_clips=256, feat_files=256, pipeline_files=1990, teacher_steps=20, train_steps=10,
-                  opera_batch=8, opera_steps=3, extract_files=512, opera_extract_files=32, growth_base=384, batch=8),
+    "tiny": dict(feat_clips=4, feat_files=4, pipeline_files=8, teacher_steps=1, teacher_batch=4, train_steps=1,
+                 opera_batch=4, opera_steps=1, extract_files=4, opera_extract_files=1, growth_base=4, batch=4),
+    "small": dict(feat_clips=32, feat_files=32, pipeline_files=96, teacher_steps=3, teacher_batch=8, train_steps=2,
+                  opera_batch=4, opera_steps=1, extract_files=32, opera_extract_files=2, growth_base=24, batch=8),
+    "default": dict(feat_clips=64, feat_files=64, pipeline_files=512, teacher_steps=4, teacher_batch=24,
+                    train_steps=3, opera_batch=4, opera_steps=1, extract_files=96, opera_extract_files=4,
+                    growth_base=48, batch=8),
+    "large": dict(feat_clips=256, feat_files=256, pipeline_files=1990, teacher_steps=20, teacher_batch=24,
+                  train_steps=10, opera_batch=8, opera_steps=3, extract_files=512, opera_extract_files=32,
+                  growth_base=384, batch=8),
 }
 
 
