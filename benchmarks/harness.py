@@ -242,27 +242,25 @@ def peak_rss_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB elsewhere
 
 
-def cpu_model() -> str:
+def _cpuinfo(field: str) -> str | None:
+    """The first `field` line of /proc/cpuinfo (e.g. "model name", "flags"); None where it cannot be read."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as handle:
             for line in handle:
-                if line.startswith("model name"):
+                if line.startswith(field):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_model() -> str:
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 def cpu_flags() -> set[str]:
-    """The CPU's feature flags (e.g. `amx_bf16`), from /proc/cpuinfo; empty where it cannot be read."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+    """The CPU's feature flags (e.g. `amx_bf16`); empty where they cannot be read."""
+    return set((_cpuinfo("flags") or "").split())
 
 
 def machine_info(device: Device) -> dict[str, Any]:

@@ -8,11 +8,11 @@ per (model identity, extraction settings, recording path + size + mtime), so a s
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
 import math
-import contextlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
