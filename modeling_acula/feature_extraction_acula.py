@@ -436,11 +436,13 @@ class AculaFeatureExtractor(SequenceFeatureExtractor):
         def flush() -> None:
             # Centre padding (zeros, as librosa >= 0.10) and end padding (`padding_value`) written in one buffer.
             # Built on the CPU (in float32 when it is sent to an accelerator: half the bytes to copy).
-            batch = torch.zeros((len(chunk), centre + self.num_samples + centre), dtype=staging_dtype)
-            if padding_value != 0.0:
-                batch[:, centre : centre + self.num_samples] = padding_value
+            # Every sample is written once (no zero-fill of the whole buffer first).
+            batch = torch.empty((len(chunk), centre + self.num_samples + centre), dtype=staging_dtype)
+            batch[:, :centre] = 0.0
+            batch[:, centre + self.num_samples :] = 0.0
             for row, segment in enumerate(chunk):
                 batch[row, centre : centre + segment.size] = torch.from_numpy(segment)
+                batch[row, centre + segment.size : centre + self.num_samples] = padding_value
             outputs.append(self._log_mel(batch.to(device=device, dtype=dtype)).to(torch.float32))
             chunk.clear()
 
