@@ -61,6 +61,10 @@ def test_markdown_has_machine_targets_and_tables(tiny_run):
     target_rows = re.findall(r"^\| (.+?) \| .+ \| (met|\*\*missed\*\*|not measured) \|$", text, flags=re.MULTILINE)
     assert len(target_rows) == len(results.targets) >= 7
     assert sum(status == "not measured" for _, status in target_rows) == 3
+    # A missed CPU extraction target comes with the bound measured from the phase rows.
+    extraction = [target for target in results.targets if target.name.startswith("extraction batched")]
+    assert extraction and all(re.search(r"the bound on this machine is [\d.]+x", t.measured) for t in extraction)
+    assert any("decoded recordings: features + bf16 encoder" in row.name for row in results.rows)
     # The 4B-teacher arithmetic is written out.
     assert re.search(r"2 x 4\.0e\+09 parameters x [\d.]+ tokens = \d+ GFLOP per report", text)
 
