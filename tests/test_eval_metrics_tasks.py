@@ -151,8 +151,10 @@ def opera_root(tmp_path_factory):
         for filt in "BDE":
             _wav(root / "KAUH" / "AudioFiles" / f"{filt}P{p + 1}_{diagnosis},I E W,P L L,63,M.wav", seed=p)
     # RespiratoryDatabase@TR
-    _csv(root / "copd" / "Labels.csv", ["Patient ID", "Diagnosis"], [[f"H{p:03d}", f"COPD{p % 5}"] for p in range(15)])
-    for p in range(15):
+    # 40 patients (8 per severity): enough for a stratified 80/20 draw with every class on both sides (the real
+    # database has 42).
+    _csv(root / "copd" / "Labels.csv", ["Patient ID", "Diagnosis"], [[f"H{p:03d}", f"COPD{p % 5}"] for p in range(40)])
+    for p in range(40):
         for channel in ("L1", "R1"):
             _wav(root / "copd" / "RespiratoryDatabase@TR" / f"H{p:03d}_{channel}.wav", seed=p)
     # NoseMic
@@ -201,7 +203,7 @@ def opera_root(tmp_path_factory):
 
 
 EXPECTED_OPERA = {  # task -> (recordings, classes or None)
-    "icbhi_copd": (16, 2), "kauh_obstructive_opera": (24, 2), "copd_severity": (30, 5), "nosemic_rr": (12, None),
+    "icbhi_copd": (16, 2), "kauh_obstructive_opera": (24, 2), "copd_severity": (80, 5), "nosemic_rr": (12, None),
     "mmlung_deep_breath_fvc": (5, None), "mmlung_vowel_o_fev1_fvc": (5, None), "coughvid_covid": (8, 2),
     "coughvid_sex": (12, 2), "covid_uk_exhalation": (10, 2), "covid_uk_cough": (10, 2), "coswara_smoker": (11, 2),
     "coswara_sex_opera": (11, 2),
@@ -228,6 +230,83 @@ def test_kauh_opera_rule_and_patient_groups(opera_root):
     names = {p.name.split(",")[0].split("_", 1)[1] for p, label in zip(data.paths, data.labels) if label == 1}
     assert names == {"Asthma", "COPD", "Heart Failure + COPD"}
     assert len(set(data.groups)) == 8  # three filter versions of one examination share a patient
+    # The dev pack names KAUH patients "kauh_P<n>": the same ids, so a leakage check sees a patient in both.
+    assert set(data.groups) <= {f"kauh_P{n}" for n in range(1, 11)} and {"kauh_P1", "kauh_P10"} <= set(data.groups)
+
+
+def test_group_shuffle_puts_every_class_on_both_sides_for_every_seed():
+    from modeling_acula.evaluation.tasks import TaskData, get_task
+
+    # Five classes, two patients each (one of them with a single patient for the rarest class would be impossible).
+    labels = np.repeat(np.arange(5), 6)
+    groups = np.array([f"p{i // 3}" for i in range(30)], dtype=object)  # 10 patients, 2 per class
+    data = TaskData(spec=get_task("copd_severity"), paths=[f"/x/{i}.wav" for i in range(30)], labels=labels,
+                    classes=[f"c{k}" for k in range(5)], groups=groups, known_groups=np.ones(30, bool), rows=[{}] * 30)
+    policy = SplitPolicy(kind="group_shuffle", test_size=0.5)
+    splits = make_splits(data, policy, seeds=range(5))
+    assert len(splits) == 5
+    for split in splits:
+        for side in (split.train, split.test):
+            assert set(labels[side]) == set(range(5))
+    result = run_probe(np.random.default_rng(0).normal(size=(30, 4)), data, splits, bootstrap_samples=0)
+    assert len(result.scores) == 5 and result.extra["scored_splits"] == 5
+    # A class held by a single patient can never be on both sides: a clear error, not fewer seeds.
+    lonely = TaskData(spec=data.spec, paths=data.paths, labels=np.r_[labels[:27], [5, 5, 5]],
+                      classes=data.classes + ["c5"], groups=groups, known_groups=data.known_groups, rows=data.rows)
+    with pytest.raises(ValueError, match="holds every class on both sides"):
+        make_splits(lonely, policy, seeds=[0])
+
+
+def test_group_kfold_uses_the_policy_folds_whatever_the_seed_count():
+    from modeling_acula.evaluation.tasks import TaskData, get_task
+
+    labels = np.arange(40) % 2
+    groups = np.array([f"p{i // 2}" for i in range(40)], dtype=object)
+    data = TaskData(spec=get_task("pascal_murmur"), paths=[f"/x/{i}.wav" for i in range(40)], labels=labels,
+                    classes=["normal", "murmur"], groups=groups, known_groups=np.ones(40, bool), rows=[{}] * 40)
+    for seeds in ([0], [0, 1, 2], range(5)):
+        splits = make_splits(data, SplitPolicy(kind="group_kfold", n_splits=4), seeds=seeds)
+        assert len(splits) == 4
+        assert sorted(np.concatenate([s.test for s in splits]).tolist()) == list(range(40))
+    same = [s.test.tolist() for s in make_splits(data, SplitPolicy(kind="group_kfold", n_splits=4), seeds=[0])]
+    assert same == [s.test.tolist() for s in make_splits(data, SplitPolicy(kind="group_kfold", n_splits=4),
+                                                         seeds=[0, 1, 2])]
+
+
+def test_leave_one_subject_out_regression_scores_every_subject():
+    from modeling_acula.evaluation.tasks import TaskData, get_task
+
+    # Subjects with one and with several recordings: each held-out subject is one split and one score.
+    groups = np.array(["a", "a", "a", "b", "c", "d", "d", "e", "f", "g", "h", "i"], dtype=object)
+    labels = np.linspace(10, 20, len(groups))
+    data = TaskData(spec=get_task("nosemic_rr"), paths=[f"/x/{i}.wav" for i in range(len(groups))], labels=labels,
+                    classes=[], groups=groups, known_groups=np.ones(len(groups), bool), rows=[{}] * len(groups))
+    splits = make_splits(data, SplitPolicy(kind="leave_one_group_out"))
+    features = np.c_[labels + np.random.default_rng(0).normal(0, 1.0, len(groups)), np.ones(len(groups))]
+    result = run_probe(features, data, splits, bootstrap_samples=0)
+    assert len(result.scores) == len(set(groups)) == result.extra["scored_splits"]
+
+
+def test_bootstrap_resamples_patients_not_recordings():
+    from modeling_acula.evaluation.probes import score_predictions
+
+    rng = np.random.default_rng(0)
+    # 12 patients with 10 near-identical recordings each: 12 independent observations, not 120.
+    patient_label = np.arange(12) % 2
+    patient_score = rng.normal(size=12) + 0.3 * patient_label
+    labels, scores = np.repeat(patient_label, 10), np.repeat(patient_score, 10) + rng.normal(0, 1e-3, 120)
+    groups = np.repeat([f"p{i}" for i in range(12)], 10)
+    flat = score_predictions(labels, np.c_[1 - scores, scores], classification=True, bootstrap_samples=300)
+    grouped = score_predictions(labels, np.c_[1 - scores, scores], classification=True, bootstrap_samples=300,
+                                groups=groups)
+    assert grouped["roc_auc"] == flat["roc_auc"]
+    assert (grouped["roc_auc_ci_high"] - grouped["roc_auc_ci_low"]) > 1.5 * (flat["roc_auc_ci_high"] - flat["roc_auc_ci_low"])
+    values = np.repeat(rng.normal(size=12), 10)
+    flat = score_predictions(values, values + np.repeat(rng.normal(size=12), 10), classification=False,
+                             bootstrap_samples=300)
+    grouped = score_predictions(values, values + np.repeat(rng.normal(size=12), 10), classification=False,
+                                bootstrap_samples=300, groups=groups)
+    assert (grouped["mae_ci_high"] - grouped["mae_ci_low"]) > 1.5 * (flat["mae_ci_high"] - flat["mae_ci_low"])
 
 
 def test_opera_tasks_fail_clearly_without_data(tmp_path):

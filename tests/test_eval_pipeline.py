@@ -164,6 +164,25 @@ def test_recall_is_one_on_a_constructed_case_and_handles_duplicates():
     assert duplicated["report_to_audio"]["R@1"] == 1.0
 
 
+def test_recall_leaves_out_cut_offs_that_cannot_miss_and_needs_two_reports():
+    rng = np.random.default_rng(0)
+    audio, text = rng.normal(size=(8, 4)), rng.normal(size=(8, 4))
+    reports = ["a", "a", "a", "a", "b", "b", "c", "c"]  # 3 distinct reports, at most 4 recordings share one
+    result = recall_at_k(audio, text, reports, ks=(1, 2, 3, 4, 5))
+    assert set(result["audio_to_report"]) == {"R@1", "R@2"}  # R@3 would rank every report
+    assert set(result["report_to_audio"]) == {"R@1", "R@2", "R@3", "R@4"}  # R@5 always reaches one of "a"
+    with pytest.raises(ValueError, match="at least two distinct reports"):
+        recall_at_k(audio, text, ["same"] * 8)
+
+
+def test_retrieval_table_marks_missing_values():
+    from modeling_acula.evaluation.runner import _retrieval_markdown
+
+    table = _retrieval_markdown([{"task": "t", "model": "m", "retrieval": {"audio_to_report": {"R@1": 0.5},
+                                  "report_to_audio": {}}, "zero_shot": {}}])
+    assert "| t | m | 0.50/–/– | –/–/– | – | – |" in table and "nan" not in table
+
+
 def test_aligned_space_reloads_minilm_teacher_and_scores_zero_shot(aligned_model):
     assert resolve_teacher_path(json.loads((aligned_model / "teacher.json").read_text())) == default_teacher_path()
     space = AlignedSpace(aligned_model)
@@ -206,7 +225,10 @@ def test_cli_end_to_end_with_leakage_refusal(tiny_model, aligned_model, dev_pack
     assert index[1]["model-index"][0]["results"][0]["metrics"][0]["type"] == "roc_auc"
     extra = {(r["task"], r["model"]): r for r in payload["retrieval_zero_shot"]}
     assert set(extra) == {("yaseen_valve", "aligned")}
-    assert set(extra[("yaseen_valve", "aligned")]["retrieval"]["audio_to_report"]) == {"R@1", "R@5", "R@10"}
+    retrieval = extra[("yaseen_valve", "aligned")]["retrieval"]
+    # Only cut-offs that can miss: fewer than the number of distinct reports.
+    assert set(retrieval["audio_to_report"]) == {f"R@{k}" for k in (1, 5, 10) if k < retrieval["num_reports"]}
+    assert "R@1" in retrieval["audio_to_report"]
     assert 0.0 <= extra[("yaseen_valve", "aligned")]["zero_shot"]["roc_auc"] <= 1.0
 
     # Both models see the same splits: the random model's scores do not depend on the other column.

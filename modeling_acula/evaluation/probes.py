@@ -15,9 +15,12 @@ from sklearn.metrics import log_loss, mean_absolute_error
 from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
+from transformers.utils import logging
 
 from .metrics import load_metric
 from .tasks import Split, TaskData
+
+logger = logging.get_logger(__name__)
 
 DEFAULT_C_GRID = (0.001, 0.01, 0.1, 1.0)
 DEFAULT_ALPHA_GRID = (0.1, 1.0, 10.0, 100.0, 1000.0)
@@ -138,6 +141,7 @@ def score_predictions(
     bootstrap_samples: int = 0,
     confidence_level: float = 0.95,
     seed: int = 0,
+    groups: np.ndarray | None = None,
 ) -> dict[str, float]:
     """
     AUROC (binary, or macro one-vs-rest) and accuracy, or MAE and MAPE, through acula's metric modules.
@@ -150,11 +154,15 @@ def score_predictions(
         bootstrap_samples (`int`): resamples for the confidence interval (0: none).
         confidence_level (`float`): coverage of the interval.
         seed (`int`): seed of the resampling.
+        groups (`np.ndarray`, *optional*): patient of each prediction: the bootstrap resamples patients, not
+            recordings (several recordings of one patient are not independent).
 
     Returns:
         `dict` with `roc_auc` (+ `roc_auc_ci_low/high`) and `accuracy`, or `mae` (+ CI) and `mape`.
     """
     bootstrap = {"bootstrap_samples": bootstrap_samples, "confidence_level": confidence_level, "seed": seed}
+    if bootstrap_samples and groups is not None:
+        bootstrap["groups"] = [str(group) for group in groups]
     if classification:
         if num_classes == 2:
             result = _compute("roc_auc", "binary", references=labels.tolist(),
@@ -219,9 +227,8 @@ def run_probe(
         sums[split.test] += predicted
         counts[split.test] += 1
         if classification and len(np.unique(data.labels[split.test])) < (2 if num_classes == 2 else num_classes):
-            # One patient per fold (leave-one-group-out) or a test side lacking a class: only the pooled score counts.
-            continue
-        if not classification and len(split.test) < 2 and len(splits) > 2:
+            # One patient per fold (leave-one-group-out) or a test side lacking a class: AUROC is undefined there,
+            # so this split enters only the pooled score (and `scored_splits` says how many did count).
             continue
         metrics = score_predictions(data.labels[split.test], predicted if classification else predicted[:, 0],
                                     classification=classification, num_classes=num_classes)
@@ -235,11 +242,16 @@ def run_probe(
     pooled = score_predictions(
         data.labels[tested], pooled_scores if classification else pooled_scores[:, 0], classification=classification,
         num_classes=num_classes, bootstrap_samples=bootstrap_samples, confidence_level=confidence_level,
+        groups=data.groups[tested],
     )
-    if not scores:  # e.g. leave-one-subject-out: the pooled out-of-fold predictions are the score
+    scored_splits = len(scores)
+    if 0 < scored_splits < len(splits):
+        logger.warning(f"Task {data.spec.name!r}, model {model_name!r}: only {scored_splits} of {len(splits)} splits "
+                       "have every class on the test side; the mean and std are over those.")
+    if not scores:  # e.g. leave-one-patient-out classification: the pooled out-of-fold predictions are the score
         scores = [pooled[data.spec.metric]]
     extra: dict[str, Any] = {"regularisation": chosen, "num_test_recordings": len(tested),
-                             "num_splits": len(splits)}
+                             "num_splits": len(splits), "scored_splits": scored_splits}
     if classification:
         extra["accuracy_mean"] = float(np.mean(accuracies)) if accuracies else pooled["accuracy"]
     elif per_split_mape:

@@ -50,6 +50,11 @@ def markdown_table(results: Sequence[Mapping[str, Any]], models: Sequence[str], 
                 texts.append(str(cell["status"]))
             else:
                 text = _fmt(cell["mean"], cell["std"])
+                scored_splits, num_splits = cell.get("scored_splits"), cell.get("num_splits")
+                if scored_splits == 0:  # no split could be scored on its own (e.g. one patient per fold)
+                    text += " (pooled)"
+                elif scored_splits is not None and num_splits is not None and scored_splits < num_splits:
+                    text += f" ({scored_splits} of {num_splits} splits)"
                 if len(scored) > 1 and math.isclose(cell["mean"], best):
                     text = f"**{text}**"
                 if cell.get("leakage", {}).get("leaked"):

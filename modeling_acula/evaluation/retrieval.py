@@ -103,7 +103,9 @@ def recall_at_k(
 
     Templated reports repeat (every normal Yaseen clip gets the same text), so reports are deduplicated: audio ->
     report ranks the distinct texts and hits when the recording's own text is in the top k; report -> audio hits
-    when any recording with that text is in the top k.
+    when any recording with that text is in the top k. A cut-off that cannot miss is left out: audio -> report
+    R@k needs k < the number of distinct reports, report -> audio R@k needs k <= n minus the most recordings that
+    share one report.
 
     Args:
         audio (`np.ndarray`): `(n, d)` normalised audio projections.
@@ -117,7 +119,11 @@ def recall_at_k(
     unique: dict[str, int] = {}
     for report in reports:
         unique.setdefault(report, len(unique))
+    if len(unique) < 2:
+        raise ValueError(f"Retrieval needs at least two distinct reports; all {len(reports)} recordings share one "
+                         "(metadata without findings gives every recording the same templated report).")
     owner = np.array([unique[r] for r in reports])
+    largest_share = int(np.bincount(owner).max())
     first = np.array([reports.index(r) for r in unique])
     similarity = audio @ text[first].T  # (n recordings, m distinct reports)
     audio_rank = np.argsort(-similarity, axis=1, kind="stable")
@@ -125,10 +131,12 @@ def recall_at_k(
     result: dict[str, Any] = {"audio_to_report": {}, "report_to_audio": {}, "num_recordings": len(reports),
                               "num_reports": len(unique)}
     for k in ks:
-        hits_a = [owner[i] in audio_rank[i, :k] for i in range(len(reports))]
-        hits_t = [np.any(owner[report_rank[j, :k]] == j) for j in range(len(unique))]
-        result["audio_to_report"][f"R@{k}"] = float(np.mean(hits_a))
-        result["report_to_audio"][f"R@{k}"] = float(np.mean(hits_t))
+        if k < len(unique):
+            hits_a = [owner[i] in audio_rank[i, :k] for i in range(len(reports))]
+            result["audio_to_report"][f"R@{k}"] = float(np.mean(hits_a))
+        if k <= len(reports) - largest_share:
+            hits_t = [np.any(owner[report_rank[j, :k]] == j) for j in range(len(unique))]
+            result["report_to_audio"][f"R@{k}"] = float(np.mean(hits_t))
     return result
 
 

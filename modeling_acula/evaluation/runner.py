@@ -235,6 +235,11 @@ def _retrieval_and_zero_shot(space: AlignedSpace, features: np.ndarray, data: Ta
     return record
 
 
+def _number(value: float | None, digits: int) -> str:
+    """A table cell: the value, or "–" where it was not measured (trivial cut-off, skipped, undefined)."""
+    return "–" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+
+
 def _retrieval_markdown(extras: list[dict[str, Any]]) -> str:
     if not extras:
         return ""
@@ -246,9 +251,9 @@ def _retrieval_markdown(extras: list[dict[str, Any]]) -> str:
         r2a = retrieval.get("report_to_audio", {})
         zero = record.get("zero_shot", {})
         lines.append(f"| {record['task']} | {record['model']} | "
-                     + "/".join(f"{a2r.get(f'R@{k}', float('nan')):.2f}" for k in (1, 5, 10)) + " | "
-                     + "/".join(f"{r2a.get(f'R@{k}', float('nan')):.2f}" for k in (1, 5, 10)) + " | "
-                     + f"{zero.get('roc_auc', float('nan')):.3f} | {zero.get('accuracy', float('nan')):.3f} |")
+                     + "/".join(_number(a2r.get(f"R@{k}"), 2) for k in (1, 5, 10)) + " | "
+                     + "/".join(_number(r2a.get(f"R@{k}"), 2) for k in (1, 5, 10)) + " | "
+                     + f"{_number(zero.get('roc_auc'), 3)} | {_number(zero.get('accuracy'), 3)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -16,6 +16,7 @@ import csv
 import functools
 import os
 import re
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -38,13 +39,14 @@ class SplitPolicy:
 
     Args:
         kind (`str`): `"column"` (a split column, the same split for every seed), `"group_kfold"` (stratified grouped
-            K-fold: one fold per seed, every recording tested once), `"group_shuffle"` (a fresh grouped train/test
+            K-fold: `n_splits` folds, every recording tested once), `"group_shuffle"` (a fresh grouped train/test
             draw per seed) or `"leave_one_group_out"` (one fold per patient; regression tasks).
         column (`str`, *optional*): split column for `"column"`.
         train_values (`tuple[str, ...]`): column values of the training side.
         test_values (`tuple[str, ...]`): column values of the test side.
         n_splits (`int`): folds for `"group_kfold"`.
-        test_size (`float`): test fraction of the groups for `"group_shuffle"`.
+        test_size (`float`): test fraction of the groups for `"group_shuffle"` (classification tasks draw it stratified
+            by class, as the first of `round(1 / test_size)` stratified grouped folds).
     """
 
     kind: str = "group_kfold"
@@ -325,8 +327,10 @@ def make_splits(data: TaskData, policy: SplitPolicy | None = None, seeds: Sequen
     Args:
         data (`TaskData`): the task's recordings.
         policy (`SplitPolicy`, *optional*): defaults to the task's own.
-        seeds (`Sequence[int]`): one split per seed (for `"group_kfold"`: the first seed shuffles, one fold per seed;
-            for `"column"`: the same split with a different probe seed; `"leave_one_group_out"` ignores them).
+        seeds (`Sequence[int]`): one split per seed for `"group_shuffle"` (every class on both sides) and `"column"`
+            (the same split with a different probe seed); for `"group_kfold"` the first seed shuffles the
+            `policy.n_splits` folds and the seeds are cycled over them as probe seeds; `"leave_one_group_out"`
+            ignores them.
 
     Returns:
         `list[Split]`.
@@ -354,7 +358,10 @@ def make_splits(data: TaskData, policy: SplitPolicy | None = None, seeds: Sequen
         test = indices[np.isin(values, [v.lower() for v in policy.test_values])]
         splits = [Split(f"{policy.column}-seed{seed}", train, test, seed) for seed in seeds]
     elif policy.kind == "group_kfold":
-        n_splits = min(max(len(seeds), 2), len(np.unique(groups)))
+        n_splits = min(policy.n_splits, len(np.unique(groups)))
+        if n_splits < 2:
+            raise ValueError(f"Task {data.spec.name!r}: grouped K-fold needs at least 2 patients (groups), found "
+                             f"{len(np.unique(groups))}.")
         if classification:
             folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seeds[0])
         else:
@@ -362,14 +369,29 @@ def make_splits(data: TaskData, policy: SplitPolicy | None = None, seeds: Sequen
         for fold, (train, test) in enumerate(folds.split(indices, data.labels, groups)):
             splits.append(Split(f"fold{fold}", train, test, seeds[fold % len(seeds)]))
     elif policy.kind == "group_shuffle":
+        every_class = np.unique(data.labels) if classification else None
         for seed in seeds:
-            for attempt in range(50):  # redraw until both sides hold every class
-                draw = GroupShuffleSplit(n_splits=1, test_size=policy.test_size, random_state=seed + 1000 * attempt)
+            if classification:
+                # A stratified grouped draw: the first of round(1 / test_size) stratified grouped folds that holds
+                # every class on both sides, so that every seed can be scored, also for rare classes.
+                folds = StratifiedGroupKFold(n_splits=max(2, round(1 / policy.test_size)), shuffle=True,
+                                             random_state=seed)
+                with warnings.catch_warnings():  # "least populated class has fewer members than n_splits"
+                    warnings.simplefilter("ignore", UserWarning)
+                    candidates = list(folds.split(indices, data.labels, groups))
+                complete = [
+                    (train, test) for train, test in candidates
+                    if all(np.array_equal(np.unique(data.labels[part]), every_class) for part in (train, test))
+                ]
+                if not complete:
+                    raise ValueError(
+                        f"Task {data.spec.name!r}, seed {seed}: no grouped {policy.test_size:.0%} test draw holds "
+                        "every class on both sides; too few patients per class for this split policy."
+                    )
+                train, test = complete[0]
+            else:
+                draw = GroupShuffleSplit(n_splits=1, test_size=policy.test_size, random_state=seed)
                 train, test = next(draw.split(indices, data.labels, groups))
-                if not classification or (
-                    len(np.unique(data.labels[train])) > 1 and len(np.unique(data.labels[test])) > 1
-                ):
-                    break
             splits.append(Split(f"shuffle-seed{seed}", train, test, seed))
     else:
         for fold, (train, test) in enumerate(LeaveOneGroupOut().split(indices, data.labels, groups)):
@@ -724,7 +746,8 @@ def _kauh_opera_loader(context: LoadContext) -> list[dict[str, Any]]:
         head = path.stem.split(",")[0]
         diagnosis = head.split("_")[-1]
         label = _kauh_obstructive_label("normal" if diagnosis == "N" else diagnosis.replace(" and ", "+"))
-        rows.append({"path": path, "label": label, "group_id": f"kauh_{head.split('_')[0][2:]}", "modality": "lung"})
+        # "BP100_N" -> "kauh_P100": the dev pack's id for the same patient, so leakage checks see the overlap.
+        rows.append({"path": path, "label": label, "group_id": f"kauh_{head.split('_')[0][1:]}", "modality": "lung"})
     return rows
 
 

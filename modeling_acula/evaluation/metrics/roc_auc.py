@@ -22,6 +22,8 @@ Args:
     bootstrap_samples (`int`, defaults to 0): number of bootstrap resamples for the confidence interval.
     confidence_level (`float`, defaults to 0.95): coverage of the interval.
     seed (`int`, defaults to 0): seed of the resampling.
+    groups (`list`, *optional*): a group id (e.g. patient) per example; the bootstrap then resamples whole groups,
+        so that several recordings of one patient do not narrow the interval as if they were independent.
 Returns:
     `roc_auc`, and with bootstrapping `roc_auc_ci_low`, `roc_auc_ci_high`, `bootstrap_samples_used`.
 """
@@ -37,6 +39,15 @@ def _binary_auc(positive, scores):
     n_neg = positive.shape[-1] - n_pos
     with np.errstate(invalid="ignore", divide="ignore"):
         return ((ranks * positive).sum(axis=-1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def _group_resamples(rng, groups, samples):
+    """`samples` index arrays, each the members of as many groups as there are, drawn with replacement."""
+    _, inverse = np.unique(np.asarray(groups).astype(str), return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    members = np.split(order, np.cumsum(np.bincount(inverse))[:-1])
+    draws = rng.integers(0, len(members), (int(samples), len(members)))
+    return [np.concatenate([members[g] for g in draw]) for draw in draws]
 
 
 def _score(references, scores, multiclass):
@@ -65,7 +76,8 @@ class RocAuc(evaluate.Metric):
             description=_DESCRIPTION, citation=_CITATION, inputs_description=_KWARGS_DESCRIPTION, features=features
         )
 
-    def _compute(self, references, prediction_scores, bootstrap_samples=0, confidence_level=0.95, seed=0):
+    def _compute(self, references, prediction_scores, bootstrap_samples=0, confidence_level=0.95, seed=0,
+                 groups=None):
         references = np.asarray(references)
         scores = np.asarray(prediction_scores, dtype=np.float64)
         multiclass = self.config_name == "multiclass"
@@ -79,11 +91,21 @@ class RocAuc(evaluate.Metric):
         result = {"roc_auc": float(_score(references, scores, multiclass))}
         if bootstrap_samples:
             rng = np.random.default_rng(seed)
-            index = rng.integers(0, len(references), (int(bootstrap_samples), len(references)))
-            resampled = references[index]
-            # A resample that lacks a class has no AUROC: it is dropped.
-            complete = np.array([len(np.unique(row)) == len(np.unique(references)) for row in resampled])
-            values = _score(resampled[complete], scores[index[complete]], multiclass)
+            num_classes = len(np.unique(references))
+            if groups is None:
+                index = rng.integers(0, len(references), (int(bootstrap_samples), len(references)))
+                resampled = references[index]
+                # A resample that lacks a class has no AUROC: it is dropped.
+                complete = np.array([len(np.unique(row)) == num_classes for row in resampled])
+                values = _score(resampled[complete], scores[index[complete]], multiclass)
+            else:
+                if len(groups) != len(references):
+                    raise ValueError(f"roc_auc: {len(groups)} group ids for {len(references)} examples.")
+                values = np.array([
+                    _score(references[index], scores[index], multiclass)
+                    for index in _group_resamples(rng, groups, bootstrap_samples)
+                    if len(np.unique(references[index])) == num_classes
+                ])
             values = values[np.isfinite(values)]
             if len(values):
                 alpha = (1.0 - confidence_level) / 2.0
