@@ -10,6 +10,7 @@ licences and source paths never reach the text.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections import Counter
@@ -165,7 +166,129 @@ _FINDING_VOCABULARY = (
     "regurgitation", "stenosis", "prolapse", "fibrillation", "block", "tachycardia", "bradycardia",
     "extrasystole", "gallop", "click", "s3", "s4", "hypertension", "diabetes", "fever", "smoker",
     "covid-19 positive", "bronchiectasis", "bronchitis", "tuberculosis", "cancer",
+    "covid", "cough", "disease", "infection", "arrhythmia", "irregular", "infarction", "ischemi", "ischaemi",
+    "edema", "oedema", "embolism", "insufficiency", "incompetence", "defect", "aneurysm", "thrill", "snap",
+    "split", "rub", "rales", "consolidation", "atelectasis", "emphysema", "pneumothorax", "hypotension",
+    "syncope", "pain", "palpitation", "calcifi", "vegetation", "tumor", "tumour", "nodule", "sepsis", "s1", "s2",
 )
+
+# Words that qualify a finding (valve / chamber, timing, phase, severity, character, site, grade), by concept.
+# A rewrite may use one only where the template uses the same concept: "aortic", "late diastolic",
+# "holosystolic", "at the apex" or "severe" cannot be added to a template that does not say so.
+_QUALIFIER_FORMS = {
+    "mitral": ("mitral",),
+    "aortic": ("aortic", "aorta"),
+    "tricuspid": ("tricuspid",),
+    "pulmonary": ("pulmonary", "pulmonic", "pulmonal"),
+    "atrial": ("atrial", "atrium", "atria"),
+    "atrioventricular": ("atrioventricular", "av"),
+    "ventricular": ("ventricular", "ventricle", "ventricles"),
+    "septal": ("septal", "septum"),
+    "valve": ("valve", "valves", "valvular"),
+    "pleural": ("pleural", "pleura"),
+    "systolic": ("systolic", "systole"),
+    "diastolic": ("diastolic", "diastole"),
+    "holosystolic": ("holosystolic", "pansystolic", "holo", "pan"),
+    "mid": ("mid", "midsystolic", "middiastolic"),
+    "early": ("early",),
+    "late": ("late",),
+    "continuous": ("continuous",),
+    "inspiratory": ("inspiratory", "inspiration", "inhalation"),
+    "expiratory": ("expiratory", "expiration", "exhalation"),
+    "biphasic": ("biphasic",),
+    "normal": ("normal", "normally", "unremarkable"),
+    "abnormal": ("abnormal", "abnormally", "abnormality", "abnormalities", "pathological", "pathologic"),
+    "healthy": ("healthy",),
+    "positive": ("positive",),
+    "negative": ("negative",),
+    "mild": ("mild", "mildly"),
+    "moderate": ("moderate", "moderately"),
+    "severe": ("severe", "severely", "severity"),
+    "significant": ("significant", "significantly"),
+    "marked": ("marked", "markedly"),
+    "trace": ("trace", "trivial", "minimal"),
+    "critical": ("critical", "advanced", "massive", "extensive"),
+    "loud": ("loud", "louder"),
+    "soft": ("soft", "faint"),
+    "harsh": ("harsh",),
+    "blowing": ("blowing",),
+    "musical": ("musical",),
+    "rumbling": ("rumbling", "rumble"),
+    "fine": ("fine",),
+    "coarse": ("coarse",),
+    "pitched": ("pitched", "pitch"),
+    "crescendo": ("crescendo", "decrescendo"),
+    "ejection": ("ejection",),
+    "regurgitant": ("regurgitant",),
+    "diffuse": ("diffuse", "widespread", "scattered", "generalized", "generalised"),
+    "focal": ("focal", "localized", "localised"),
+    "bilateral": ("bilateral", "bilaterally"),
+    "unilateral": ("unilateral",),
+    "prominent": ("prominent",),
+    "intermittent": ("intermittent", "paroxysmal", "occasional"),
+    "persistent": ("persistent", "recurrent", "frequent"),
+    "acute": ("acute",),
+    "chronic": ("chronic",),
+    "polyphonic": ("polyphonic",),
+    "monophonic": ("monophonic",),
+    "wet": ("wet", "productive"),
+    "dry": ("dry",),
+    "apex": ("apex", "apical"),
+    "base": ("base", "basal", "bases", "basilar", "bibasilar"),
+    "sternal": ("sternal", "sternum", "parasternal"),
+    "border": ("border",),
+    "left": ("left",),
+    "right": ("right",),
+    "upper": ("upper",),
+    "lower": ("lower",),
+    "middle": ("middle",),
+    "anterior": ("anterior",),
+    "posterior": ("posterior",),
+    "lateral": ("lateral",),
+    "axilla": ("axilla", "axillary"),
+    "intercostal": ("intercostal",),
+    "carotid": ("carotid",),
+    "lobe": ("lobe", "lobar"),
+    "degree": ("degree",),
+    "first": ("first",),
+    "second": ("second",),
+    "third": ("third",),
+    "fourth": ("fourth",),
+    "grade": ("grade", "graded", "grading"),
+}
+_QUALIFIER_OF = {form: concept for concept, forms in _QUALIFIER_FORMS.items() for form in forms}
+# Qualifiers of the whole report rather than of one finding ("abnormal expiratory wheezes" for "Abnormal lung sounds
+# with expiratory wheezes"): checked as words only, never as part of a finding phrase.
+_REPORT_WIDE_QUALIFIERS = frozenset({"normal", "abnormal", "healthy", "positive", "negative"})
+_ROMAN = {"i": 1, "ii": 2, "iii": 3, "iv": 4, "v": 5, "vi": 6}
+_NUMBER_WORDS = frozenset(
+    "two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen "
+    "eighteen nineteen twenty thirty forty fifty sixty seventy eighty ninety hundred twenties thirties forties "
+    "fifties sixties seventies eighties nineties dozen".split()
+)
+# Disease-like word endings (pericarditis, cardiomyopathy, hypoxaemia, cardiomegaly, ...): such a word must be in
+# the template even when it is not in `_FINDING_VOCABULARY`.
+_DISEASE_WORD = re.compile(
+    r"[a-z]{2,}(?:itis|osis|emia|aemia|pathy|megaly|plasia|ectasis|pnea|pnoea|rrhea|rrhoea|algia|plegia|trophy|oma)"
+)
+_NOT_DISEASE_WORDS = frozenset({"diagnosis", "prognosis"})
+_NEGATIONS = frozenset({"no", "not", "without", "absent", "absence", "denies", "denied", "lacks", "lacking",
+                        "neither", "nor", "never", "isn", "aren", "wasn", "weren", "doesn", "didn"})
+_SEX_WORDS = {
+    "male": ("male", "males", "man", "men", "gentleman", "boy", "he", "his", "him", "himself"),
+    "female": ("female", "females", "woman", "women", "lady", "girl", "she", "her", "hers", "herself"),
+}
+_SEX_OF = {form: sex for sex, forms in _SEX_WORDS.items() for form in forms}
+# Age words and the ages (lower bound inclusive, upper bound exclusive) they may describe.
+_AGE_WORDS = {
+    **dict.fromkeys(("elderly", "geriatric", "senior", "older"), (60, None)),
+    **dict.fromkeys(("young", "younger"), (None, 40)),
+    **dict.fromkeys(("adult", "adults"), (18, None)),
+    **dict.fromkeys(("child", "children", "childhood", "pediatric", "paediatric", "kid", "boy", "girl",
+                     "juvenile"), (None, 18)),
+    **dict.fromkeys(("infant", "baby", "newborn", "neonate", "neonatal", "toddler"), (None, 3)),
+    **dict.fromkeys(("adolescent", "teenager", "teenage", "teen"), (12, 20)),
+}
 
 # Signs of a failed LLM call (or of a refusal) instead of a report.
 _FAILED_CALL_PATTERNS = (
@@ -187,6 +310,11 @@ _ERROR_PATTERNS = _FAILED_CALL_PATTERNS + (
     (r"\b(?:train|training|val|validation|test|eval|evaluation)\s+(?:split|set|fold)\b", "mentions a data split"),
 )
 _MAX_REPORT_CHARS = 1200
+# A whole cell that only stands for a missing value ("nan", "None", "null", "N/A", ...), as CSV exports write it.
+_PLACEHOLDER = re.compile(
+    r"[\s\W_]*(?:nan|none|null|nil|na|n/a|n\.a\.|undefined|missing|empty|unknown|not available|-+)[\s\W_]*",
+    re.IGNORECASE,
+)
 
 
 def _value(row: Mapping[str, Any], key: str) -> str | None:
@@ -496,6 +624,7 @@ def _stem(word: str) -> str:
     return lowered
 
 
+@functools.lru_cache(maxsize=None)
 def _term_pattern(term: str) -> re.Pattern:
     """Word-start match tolerant to plural / -ing forms and to spaces vs hyphens between words."""
     words = re.findall(r"[\w/]+", term)
@@ -510,6 +639,147 @@ def mentions(text: str, term: str) -> bool:
     return _term_pattern(term).search(text) is not None
 
 
+_Token = tuple[str, int, int]  # (lower-cased word, start, end)
+
+
+def _tokens(text: str) -> list[_Token]:
+    return [(m.group(0).lower(), m.start(), m.end()) for m in re.finditer(r"[A-Za-z0-9]+", text)]
+
+
+def _chunk(text: str, start: int, end: int, words_after: int = 0) -> str:
+    """The whitespace-delimited piece of `text` around `text[start:end]` and `words_after` more words."""
+    left = text.rfind(" ", 0, start) + 1
+    right = text.find(" ", end)
+    for _ in range(words_after):
+        if right < 0:
+            break
+        right = text.find(" ", right + 1)
+    right = len(text) if right < 0 else right
+    return text[left:right].strip(" .,;:()")
+
+
+def _finding_phrases(text: str) -> list[tuple[str, frozenset, str]]:
+    """
+    Each mention of a `_FINDING_VOCABULARY` term with the qualifiers written right before it:
+    "grade IV/VI holosystolic murmur" -> ("murmur", {grade, number 4, number 6, holosystolic}, the phrase).
+    """
+    tokens = _tokens(text)
+    phrases = []
+    for term in _FINDING_VOCABULARY:
+        for match in _term_pattern(term).finditer(text):
+            index = next((i for i, (_, s, _e) in enumerate(tokens) if s >= match.start()), len(tokens))
+            concepts, start = set(), match.start()
+            for word, word_start, word_end in reversed(tokens[:index]):
+                if not re.fullmatch(r"[\s\-/]*", text[word_end:start]):
+                    break
+                if word in _QUALIFIER_OF:
+                    if _QUALIFIER_OF[word] not in _REPORT_WIDE_QUALIFIERS:
+                        concepts.add(_QUALIFIER_OF[word])
+                elif word in _ROMAN or word.isdigit():
+                    concepts.add(f"number {_ROMAN.get(word, word)}")
+                else:
+                    break
+                start = word_start
+            phrases.append((term, frozenset(concepts), text[start : match.end()]))
+    return phrases
+
+
+def _negated_terms(text: str) -> list[tuple[str, str]]:
+    """Finding terms negated in `text` ("no murmur", "without any wheezes", "crackles are absent"), with the clause."""
+    negated = []
+    present = [term for term in _FINDING_VOCABULARY if _term_pattern(term).search(text)]
+    for clause in re.split(r"[.;:,!?()]|\bbut\b", text):
+        tokens = _tokens(clause)
+        clause_wide = any(w in ("absent", "absence") for w, _, _ in tokens) or re.search(
+            r"\bnot\s+(?:be\s+)?(?:heard|present|detected|appreciated|audible|seen|identified|noted|found)\b",
+            clause, re.IGNORECASE,
+        )
+        for term in present:
+            for match in _term_pattern(term).finditer(clause):
+                before = [w for w, _, end in tokens if end <= match.start()][-4:]
+                if clause_wide or any(w in _NEGATIONS for w in before):
+                    negated.append((term, clause.strip()))
+    return negated
+
+
+def _numbers(text: str) -> list[tuple[str, str]]:
+    """Numbers in `text` as (normalised value, the text around it): digits, grades such as IV/VI, number words."""
+    found = []
+    for match in re.finditer(r"(?<![A-Za-z])\d+(?:\.\d+)?", text):
+        found.append((f"{float(match.group(0)):g}", _chunk(text, match.start(), match.end())))
+    for match in re.finditer(r"\b(II|III|IV|V|VI)\b|\b([ivIV]{1,3}|[vV][iI]?)\s*/\s*(?=(?:vi|VI|6)\b)", text):
+        roman = (match.group(1) or match.group(2)).lower()
+        if roman in _ROMAN:
+            found.append((str(_ROMAN[roman]), _chunk(text, match.start(), match.end())))
+    for match in re.finditer(r"/\s*(vi|VI)\b", text):
+        found.append(("6", _chunk(text, match.start(), match.end())))
+    for word, start, end in _tokens(text):
+        if word in _NUMBER_WORDS:
+            found.append((word, _chunk(text, start, end)))
+    return found
+
+
+def _unsupported(text: str, row: Mapping[str, Any], template: str) -> str | None:
+    """Why `text` says something that `template` and the row's metadata do not support, or `None`."""
+    # 1. Finding terms and the qualifiers written before them: each phrase of the rewrite must be a phrase of the
+    #    template, or the template's phrase with qualifiers left out ("systolic murmur" for "early systolic murmur").
+    for term in _FINDING_VOCABULARY:
+        if mentions(text, term) and not mentions(template, term):
+            return f"invented finding: {term!r}"
+    template_phrases: dict[str, list[frozenset]] = {}
+    for term, concepts, _ in _finding_phrases(template):
+        template_phrases.setdefault(term, []).append(concepts)
+    for term, concepts, phrase in _finding_phrases(text):
+        if not any(concepts <= known for known in template_phrases.get(term, [])):
+            return f"invented finding: {phrase!r} (not supported by the template)"
+    # 2. Qualifier words anywhere ("murmur at the apex", "wheezes on expiration") and disease-like words.
+    template_words = {word for word, _, _ in _tokens(template)}
+    template_concepts = {_QUALIFIER_OF[word] for word in template_words if word in _QUALIFIER_OF}
+    for word, start, end in _tokens(text):
+        if word in _QUALIFIER_OF and _QUALIFIER_OF[word] not in template_concepts:
+            return f"invented finding: qualifier {word!r} in {_chunk(text, start, end, 2)!r} (not in the template)"
+        if _DISEASE_WORD.fullmatch(word) and word not in _NOT_DISEASE_WORDS and word not in template_words:
+            return f"invented finding: {word!r} (not in the template)"
+    # 3. Negation: "no murmur" / "wheezes are absent" only where the template negates the same finding.
+    template_negated = {term for term, _ in _negated_terms(template)}
+    for term, clause in _negated_terms(text):
+        if term not in template_negated:
+            return f"invented finding: {term!r} negated in {clause!r}"
+    # 4. Age and sex must be the row's.
+    age = _value(row, "age")
+    try:
+        age_number = float(age) if age is not None else None
+    except ValueError:
+        age_number = None
+    for match in re.finditer(
+        r"(\d+(?:\.\d+)?)\s*-?\s*(?:years?|yrs?|y/o|yo)\b(?:[\s-]*old\b)?"
+        r"|\bage[ds]?\s*(?:of\s*)?:?\s*(\d+(?:\.\d+)?)",
+        text,
+        re.IGNORECASE,
+    ):
+        said = float(match.group(1) or match.group(2))
+        if age_number is None or said != age_number:
+            return f"wrong age: {match.group(0)!r} but the row's age is {age if age is not None else 'not recorded'}"
+    words = _tokens(text)
+    middle_aged = [(m.start(), m.end(), (40, 65)) for m in re.finditer(r"\bmiddle[\s-]aged\b", text, re.I)]
+    for start, end, (low, high) in middle_aged + [(s, e, _AGE_WORDS[w]) for w, s, e in words if w in _AGE_WORDS]:
+        if age_number is None or (low is not None and age_number < low) or (high is not None and age_number >= high):
+            return (
+                f"wrong age: {text[start:end]!r} but the row's age is {age if age is not None else 'not recorded'}"
+            )
+    sex = _value(row, "sex")
+    sex = _SEX.get(sex.lower(), sex.lower()) if sex else None
+    for word, start, end in words:
+        if word in _SEX_OF and _SEX_OF[word] != sex:
+            return f"wrong sex: {text[start:end]!r} but the row's sex is {sex or 'not recorded'}"
+    # 5. Every other number (grades such as IV/VI, counts, durations) must be one of the template's.
+    template_numbers = {value for value, _ in _numbers(template)}
+    for value, where in _numbers(text):
+        if value not in template_numbers:
+            return f"unsupported number: {where!r} (the template has no {value})"
+    return None
+
+
 def validate_report(text: str | None, row: Mapping[str, Any], *, template: str | None = None) -> str | None:
     """
     Why `text` is not a valid report of `row`, or `None` when it is.
@@ -517,7 +787,22 @@ def validate_report(text: str | None, row: Mapping[str, Any], *, template: str |
     Rejected: empty text; text over 1,200 characters; text that looks like an error from a failed LLM call
     (error / exception / traceback / rate limit / "as an AI" / "I cannot" / HTTP codes / JSON or HTML);
     placeholders such as "None" or "nan"; mention of a data split or of the audio file name; a dropped
-    term of `findings(row)`; a finding the template of the row does not mention (an invented finding).
+    term of `findings(row)`; and anything the template and the row do not support, checked conservatively
+    (when unsure, reject: the template is always a safe fallback):
+
+    - a finding term (`_FINDING_VOCABULARY`: murmur, stenosis, fibrillation, COPD, ...) the template does not
+      mention, or a disease-like word (-itis, -osis, -pathy, ...) that is not in the template;
+    - a finding phrase whose qualifiers written before the term (valve / chamber, timing such as early / late /
+      systolic / holosystolic, phase, severity, grade such as IV/VI, site) are not those of a phrase of the
+      template with that term: "aortic stenosis" for "mitral stenosis", "late diastolic murmur" for "early
+      systolic murmur" (leaving qualifiers out is allowed: "systolic murmur");
+    - a qualifier word anywhere ("at the apex", "severe") whose concept the template does not use;
+    - a finding negated ("no murmur", "wheezes are absent") that the template does not negate;
+    - an age ("25-year-old", "aged 25") other than the row's, an age word ("elderly", "child") that does not fit
+      the row's age, a sex word (male, woman, he, her, ...) other than the row's sex (or any when not recorded);
+    - any other number (digits, grades such as IV/VI, number words) that is not in the template.
+
+    The reason names the phrase, word or number that is not supported.
 
     Args:
         text (`str`): the candidate report.
@@ -546,10 +831,7 @@ def validate_report(text: str | None, row: Mapping[str, Any], *, template: str |
         if not mentions(text, term):
             return f"missing finding: {term!r}"
     template = write_report(row) if template is None else template
-    for term in _FINDING_VOCABULARY:
-        if mentions(text, term) and not mentions(template, term):
-            return f"invented finding: {term!r}"
-    return None
+    return _unsupported(text, row, template)
 
 
 def _reason_kind(reason: str) -> str:
@@ -694,7 +976,8 @@ def build_reports(
     One report per manifest row.
 
     A ready-written report column (`report_column`, else `manifest.report_column`) is used as it is, after
-    checking that no cell is empty or looks like an error message (all offending rows are listed). Without
+    checking that no cell is empty, a missing-value placeholder ("nan", "None", "null", "N/A", ...), without any
+    word, or looks like an error message (all offending rows are listed). Without
     one, reports are templates (`write_report`), optionally rewritten by `rewriter`.
 
     Args:
@@ -714,9 +997,18 @@ def build_reports(
             if column not in row:
                 raise ValueError(f"{manifest.describe_row(i)}: no report column {column!r}.")
             text = row[column]
-            text = "" if text is None else str(text)
+            text = "" if text is None or (isinstance(text, float) and text != text) else str(text)
             if not text.strip():
                 problems.append(f"{manifest.describe_row(i)}: empty report in column {column!r}")
+            elif _PLACEHOLDER.fullmatch(text):
+                problems.append(
+                    f"{manifest.describe_row(i)}: report in column {column!r} is a missing-value placeholder "
+                    f"({text.strip()!r}), not a report"
+                )
+            elif not re.search(r"[^\W\d_]", text):
+                problems.append(
+                    f"{manifest.describe_row(i)}: report in column {column!r} has no words ({text.strip()!r})"
+                )
             else:
                 error_like = next(
                     (name for pattern, name in _FAILED_CALL_PATTERNS if re.search(pattern, text, re.IGNORECASE)),

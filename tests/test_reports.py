@@ -231,3 +231,160 @@ def test_build_reports(manifest, tmp_path):
     rows[3]["report"] = rows[5]["report"] = "Fine."
     reports, stats = build_reports(with_column, report_column="report")
     assert reports[3] == "Fine." and stats["source"] == "column"
+
+
+# Rewrites that invent or change findings (each kept the template's key terms, so only the new rules catch them).
+_INVENTED = {
+    "second-valve": (
+        dict(source_dataset="Yaseen2018", label="mitral_stenosis"),
+        "Heart sound recording. Diagnosis: mitral stenosis with aortic stenosis.",
+        "invented finding: 'aortic stenosis'",
+    ),
+    "timing": (
+        dict(source_dataset="HLS-CMDS_manikin", label="early_systolic_murmur"),
+        "Heart sound recording of a female manikin. Finding: early systolic murmur and a late diastolic murmur.",
+        "invented finding: 'late diastolic murmur'",
+    ),
+    "grade": (
+        dict(source_dataset="PASCAL_CHSC2011", label="murmur"),
+        "Heart sound recording. Finding: grade IV/VI holosystolic murmur at the apex.",
+        "invented finding: 'grade IV/VI holosystolic murmur'",
+    ),
+    "age": (
+        dict(source_dataset="KAUH_lung_sounds", diagnosis="copd"),
+        "Lung sound recording of a 25-year-old male patient. Abnormal lung sounds with expiratory wheezes; diagnosis: "
+        "COPD.",
+        "wrong age: '25-year-old' but the row's age is 63",
+    ),
+    "sex": (
+        dict(source_dataset="KAUH_lung_sounds", diagnosis="copd"),
+        "Lung sound recording of a 63-year-old female patient. Abnormal lung sounds with expiratory wheezes; "
+        "diagnosis: COPD.",
+        "wrong sex: 'female' but the row's sex is male",
+    ),
+    "new-finding": (
+        dict(source_dataset="HLS-CMDS_manikin", label="atrial_fibrillation"),
+        "Heart sound recording of a manikin. Finding: atrial fibrillation and ventricular fibrillation.",
+        "invented finding: 'ventricular fibrillation'",
+    ),
+    "grade-number": (
+        dict(source_dataset="HLS-CMDS_manikin", label="early_systolic_murmur"),
+        "Heart sound recording of a female manikin with an early systolic murmur, grade 3/6.",
+        "invented finding: qualifier 'grade' in 'grade 3/6'",
+    ),
+    "site": (
+        dict(source_dataset="PASCAL_CHSC2011", label="murmur"),
+        "Heart sound recording with a murmur heard best at the apex.",
+        "invented finding: qualifier 'apex'",
+    ),
+    "severity": (
+        dict(source_dataset="KAUH_lung_sounds", diagnosis="copd"),
+        "Abnormal lung sounds of a 63-year-old man with COPD and severe expiratory wheezes.",
+        "invented finding: 'severe expiratory wheezes'",
+    ),
+    "swapped-phase": (
+        dict(source_dataset="KAUH_lung_sounds", diagnosis="copd"),
+        "Abnormal lung sounds of a 63-year-old man with COPD and inspiratory wheezes.",
+        "invented finding: 'inspiratory wheezes'",
+    ),
+    "negated": (
+        dict(source_dataset="KAUH_lung_sounds", diagnosis="copd"),
+        "Abnormal lung sounds of a 63-year-old man with COPD; expiratory wheezes are absent.",
+        "invented finding: 'wheez' negated",
+    ),
+    "disease-word": (
+        dict(source_dataset="KAUH_lung_sounds", diagnosis="copd"),
+        "Abnormal lung sounds of a 63-year-old man with COPD, expiratory wheezes and bronchiolitis.",
+        "invented finding: 'bronchiolitis'",
+    ),
+    "age-word": (
+        dict(source_dataset="KAUH_lung_sounds", diagnosis="copd"),
+        "Abnormal lung sounds of a young man with COPD and expiratory wheezes.",
+        "wrong age: 'young' but the row's age is 63",
+    ),
+    "sex-not-recorded": (
+        dict(source_dataset="PASCAL_CHSC2011", label="murmur"),
+        "Heart sound recording of a man with a murmur.",
+        "wrong sex: 'man' but the row's sex is not recorded",
+    ),
+    "number": (
+        dict(source_dataset="KAUH_lung_sounds", diagnosis="copd"),
+        "Abnormal lung sounds of a 63-year-old man with COPD and expiratory wheezes, recorded for 8 seconds.",
+        "unsupported number: '8'",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(_INVENTED))
+def test_validate_report_rejects_invented_findings(manifest, case):
+    where, text, expected = _INVENTED[case]
+    row = _first(manifest, **where)
+    reason = validate_report(text, row)
+    assert reason is not None and reason.startswith(expected), (write_report(row), reason)
+
+
+_PARAPHRASES = [
+    (dict(source_dataset="KAUH_lung_sounds", diagnosis="copd"),
+     "A 63-year-old man's lungs were auscultated over the posterior right lower chest; abnormal expiratory wheezes "
+     "were heard, consistent with COPD."),
+    (dict(source_dataset="KAUH_lung_sounds", diagnosis="copd"),
+     "Abnormal lung sounds of a 63 year old male with COPD: expiratory wheezing, recorded with a Littmann 3200 "
+     "stethoscope."),
+    (dict(source_dataset="KAUH_lung_sounds", diagnosis="copd"),
+     "Abnormal lung sounds of a male patient aged 63: wheezes on expiration, known COPD."),
+    (dict(source_dataset="KAUH_lung_sounds", diagnosis="heart_failure+copd"),
+     "Lung auscultation of an elderly man shows abnormal findings: inspiratory crackling and expiratory wheezing. "
+     "Known heart failure and COPD."),
+    (dict(source_dataset="HLS-CMDS_manikin", label="early_systolic_murmur"),
+     "Manikin heart recording of an early systolic murmur at the left lower sternal border; simulated, not from a "
+     "patient."),
+    (dict(source_dataset="HLS-CMDS_manikin", label="atrial_fibrillation"),
+     "Heart sounds from a female manikin: atrial fibrillation, recorded at the cardiac apex."),
+    (dict(source_dataset="HLS-CMDS_manikin", label="s3"),
+     "Heart sounds from a female manikin with an S3 at the apex."),
+    (dict(source_dataset="Yaseen2018", label="mitral_stenosis"), "Phonocardiogram of the heart with mitral stenosis."),
+    (dict(source_dataset="PASCAL_CHSC2011", label="murmur"),
+     "Heart sound recording with a murmur, taken with an iStethoscope Pro iPhone app."),
+    (dict(source_dataset="KAUH_lung_sounds", label="normal"), "Normal lung sounds; no disease was diagnosed."),
+    (dict(source_dataset="Coswara_20200413", conditions="asthma;smoker"),
+     "Deep breathing recorded by a 30-year-old man, healthy with respect to COVID-19, who reports asthma and is a "
+     "smoker; good audio quality."),
+]
+
+
+@pytest.mark.parametrize("where, text", _PARAPHRASES)
+def test_validate_report_keeps_legitimate_paraphrases(manifest, where, text):
+    row = _first(manifest, **where)
+    assert validate_report(text, row) is None, write_report(row)
+
+
+def test_rewriter_falls_back_on_invented_findings(manifest):
+    cases = [_INVENTED[name] for name in ("second-valve", "timing", "grade", "age", "new-finding")]
+    rows = [_first(manifest, **where) for where, _, _ in cases]
+    templates = [write_report(row) for row in rows]
+
+    def fake(prompts, **kwargs):
+        return [[{"generated_text": text}] for _, text, _ in cases]
+
+    reports, stats = LLMReportRewriter(fake, batch_size=len(cases)).rewrite_all(rows, templates)
+    assert reports == templates
+    assert stats["accepted"] == 0 and stats["fallback_reasons"] == {"invented finding": 4, "wrong age": 1}
+
+
+@pytest.mark.parametrize("placeholder", ["nan", "None", "null", "NaN", " N/A ", "NULL.", "-", "", "   "])
+def test_report_column_refuses_placeholders(manifest, placeholder):
+    from modeling_acula.manifest import Manifest
+
+    subset = manifest.select(range(0, 600, 200))
+    rows = [dict(row, report="Normal heart sounds.") for row in subset.to_records()]
+    rows[1]["report"] = placeholder
+    with_column = Manifest(rows=rows, root=subset.root, source=subset.source, audio_paths=subset.audio_paths,
+                           row_numbers=subset.row_numbers, row_label="line")
+    with pytest.raises(ValueError, match="1 invalid report") as info:
+        build_reports(with_column, report_column="report")
+    message = str(info.value)
+    assert f"{subset.source} line {subset.row_numbers[1]}: " in message and "'report'" in message
+    assert re.search(r"empty report|missing-value placeholder|has no words", message), message
+    rows[1]["report"] = "Normal heart sounds."
+    reports, stats = build_reports(with_column, report_column="report")
+    assert reports == ["Normal heart sounds."] * 3 and stats["source"] == "column"
