@@ -80,6 +80,12 @@ def apply_lora(model: nn.Module, lora_config: LoraConfig | None = None, **lora_k
         `peft.PeftModel`. Call `merge_and_unload()` on it to get the plain model back with merged weights.
     """
     peft_model = get_peft_model(model, lora_config or lora_config_for(model, **lora_kwargs))
+    # The frozen patch embedding gives the encoder blocks an input without gradient; under reentrant gradient
+    # checkpointing (enabled now or later) the checkpointed blocks would then give the adapters no gradient at all.
+    # peft registers the same hook only when checkpointing is already on; it is not registered twice.
+    base_model = peft_model.get_base_model()
+    if hasattr(base_model, "enable_input_require_grads") and not getattr(base_model, "_require_grads_hooks", None):
+        base_model.enable_input_require_grads()
     # peft marks every parameter of a `modules_to_save` copy trainable; the fixed sine-cosine tables must stay fixed.
     for name, parameter in peft_model.named_parameters():
         if name.endswith("position_embeddings"):

@@ -66,7 +66,8 @@ def build_2d_sincos_position_embedding(grid_size: tuple[int, int], embed_dim: in
         embed_dim (`int`): embedding width, a multiple of 4.
 
     Returns:
-        `torch.FloatTensor` of shape `(1, 1 + grid_t * grid_f, embed_dim)`.
+        `torch.Tensor` of shape `(1, 1 + grid_t * grid_f, embed_dim)`, in torch's default dtype (the dtype a model
+        is being built in, e.g. bfloat16 under `from_pretrained(..., dtype=torch.bfloat16)`).
     """
     if embed_dim % 4:
         raise ValueError(f"Sine-cosine positions need a width divisible by 4, got {embed_dim}.")
@@ -79,7 +80,7 @@ def build_2d_sincos_position_embedding(grid_size: tuple[int, int], embed_dim: in
     angle_f = grid_f.flatten()[:, None] * omega[None]
     table = torch.cat([angle_t.sin(), angle_t.cos(), angle_f.sin(), angle_f.cos()], dim=1)
     table = torch.cat([torch.zeros(1, embed_dim, dtype=torch.float64), table], dim=0)
-    return table.float().unsqueeze(0)
+    return table.to(torch.get_default_dtype()).unsqueeze(0)
 
 
 class AculaPatchEmbeddings(nn.Module):
@@ -92,6 +93,8 @@ class AculaPatchEmbeddings(nn.Module):
         )
 
     def forward(self, input_values: torch.Tensor) -> torch.Tensor:
+        # The feature extractor returns float32; a model loaded in half precision takes it as it is.
+        input_values = input_values.to(dtype=self.projection.weight.dtype)
         return self.projection(input_values).flatten(2).transpose(1, 2)
 
 
@@ -102,7 +105,8 @@ class AculaEmbeddings(nn.Module):
         super().__init__()
         self.patch_embeddings = AculaPatchEmbeddings(config)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
-        # A frozen parameter (not a buffer) so that converted checkpoints can carry their own table.
+        # A frozen parameter (not a buffer) so that converted checkpoints can carry their own table. Loading replaces
+        # it with a trainable parameter; `AculaPreTrainedModel.from_pretrained` freezes it again.
         self.position_embeddings = nn.Parameter(
             build_2d_sincos_position_embedding(config.grid_size, config.hidden_size), requires_grad=False
         )
@@ -209,6 +213,21 @@ class AculaPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["AculaEmbeddings", "AculaLayer"]
     _supports_sdpa = True
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """[`~transformers.PreTrainedModel.from_pretrained`], then the fixed sine-cosine position tables are frozen
+        again (transformers' loading turns `requires_grad` back on for every parameter it sets)."""
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        model._freeze_position_tables()
+        return loaded
+
+    def _freeze_position_tables(self) -> None:
+        """Keep the sine-cosine tables of the encoder and the masked-audio decoder out of training."""
+        for module in self.modules():
+            if isinstance(module, (AculaEmbeddings, AculaMAMDecoder)):
+                module.position_embeddings.requires_grad_(False)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -397,17 +416,60 @@ def build_audio_encoder(config: AculaConfig) -> PreTrainedModel:
     return AutoModel.from_config(config.audio_backbone_config)
 
 
-def pool_audio_encoder_output(outputs, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+def pool_audio_encoder_output(
+    outputs, attention_mask: torch.Tensor | None = None, encoder: nn.Module | None = None
+) -> torch.Tensor:
     """One vector per recording: the encoder's `pooler_output` when it has one (AculaModel, AST), else the mean of
-    `last_hidden_state` over time (wav2vec2-family), ignoring padded frames when a frame mask is given."""
+    `last_hidden_state` over time (wav2vec2-family), ignoring padded frames.
+
+    Args:
+        outputs: the encoder's output (with `pooler_output` and/or `last_hidden_state`).
+        attention_mask (`torch.Tensor` of shape `(batch_size, length)`, *optional*):
+            1 for real input, 0 for padding: either per frame of `last_hidden_state`, or per input sample as the
+            wav2vec2-family feature extractors return it, which is turned into a frame mask with the encoder's
+            `_get_feature_vector_attention_mask`.
+        encoder (`nn.Module`, *optional*): the encoder that produced `outputs`; needed for a sample-level mask.
+    """
     pooled = getattr(outputs, "pooler_output", None)
     if pooled is not None:
         return pooled
     hidden = outputs.last_hidden_state
-    if attention_mask is None or attention_mask.shape[1] != hidden.shape[1]:
+    if attention_mask is None:
         return hidden.mean(dim=1)
+    if attention_mask.shape[1] != hidden.shape[1]:
+        to_frames = getattr(encoder, "_get_feature_vector_attention_mask", None)
+        if to_frames is None:
+            raise ValueError(
+                f"attention_mask has {attention_mask.shape[1]} positions but the encoder returned {hidden.shape[1]} "
+                f"frames, and {type(encoder).__name__} cannot map a sample-level mask to frames."
+            )
+        attention_mask = to_frames(hidden.shape[1], attention_mask)
     weights = attention_mask.to(hidden.dtype).unsqueeze(-1)
     return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
+
+
+def mean_per_recording(values: torch.Tensor, recording_index: torch.Tensor) -> torch.Tensor:
+    """Averages the rows of `values` that belong to the same recording.
+
+    Args:
+        values (`torch.Tensor` of shape `(num_windows, ...)`): one row per window.
+        recording_index (`torch.LongTensor` of shape `(num_windows,)`): the recording of each window, numbered from 0
+            in input order, as [`AculaFeatureExtractor`] returns it in sliding-window mode.
+
+    Returns:
+        `torch.Tensor` of shape `(num_recordings, ...)`, `num_recordings = recording_index.max() + 1`.
+    """
+    if recording_index.dim() != 1 or recording_index.shape[0] != values.shape[0]:
+        raise ValueError(
+            f"recording_index must have shape ({values.shape[0]},), one entry per window, got "
+            f"{tuple(recording_index.shape)}."
+        )
+    recording_index = recording_index.to(device=values.device, dtype=torch.long)
+    counts = torch.bincount(recording_index)
+    if (counts == 0).any():
+        raise ValueError("recording_index must number the recordings 0, 1, ... without gaps.")
+    sums = values.new_zeros((counts.shape[0], *values.shape[1:])).index_add_(0, recording_index, values)
+    return sums / counts.to(values.dtype).view(-1, *([1] * (values.dim() - 1)))
 
 
 class AculaForPreTraining(AculaPreTrainedModel):
@@ -461,7 +523,9 @@ class AculaForPreTraining(AculaPreTrainedModel):
             self._reference_encoder.append(reference)
         reference = self._reference_encoder[0].to(pooled.device)
         with torch.no_grad():
-            target = pool_audio_encoder_output(reference(input_values, **encoder_kwargs), encoder_kwargs.get("attention_mask"))
+            target = pool_audio_encoder_output(
+                reference(input_values, **encoder_kwargs), encoder_kwargs.get("attention_mask"), reference
+            )
         return F.mse_loss(pooled, target)
 
     def forward(
@@ -481,7 +545,8 @@ class AculaForPreTraining(AculaPreTrainedModel):
             teacher_embeds (`torch.FloatTensor` of shape `(batch_size, teacher_hidden_size)`, *optional*):
                 Frozen teacher vectors of the reports of the same recordings. Without them no alignment loss is computed.
             attention_mask (`torch.LongTensor`, *optional*):
-                Passed to a foreign backbone that takes one (wav2vec2-family).
+                Passed to a foreign backbone that takes one (wav2vec2-family); padded frames are left out of the
+                mean over time.
             noise (`torch.FloatTensor` of shape `(batch_size, num_patches)`, *optional*):
                 Controls which patches are masked for masked-audio modeling (for reproducible tests).
             return_dict (`bool`, *optional*):
@@ -490,7 +555,7 @@ class AculaForPreTraining(AculaPreTrainedModel):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         config = self.config
         encoder_kwargs = {"attention_mask": attention_mask} if attention_mask is not None else {}
-        pooled = pool_audio_encoder_output(self.acula(input_values, **encoder_kwargs), attention_mask)
+        pooled = pool_audio_encoder_output(self.acula(input_values, **encoder_kwargs), attention_mask, self.acula)
         audio_embeds = self.audio_projection(pooled)
 
         losses: dict[str, torch.Tensor] = {}
@@ -558,6 +623,7 @@ class AculaForAudioClassification(AculaPreTrainedModel):
         input_values: torch.Tensor,
         labels: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        recording_index: torch.Tensor | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> SequenceClassifierOutput | tuple:
@@ -566,16 +632,24 @@ class AculaForAudioClassification(AculaPreTrainedModel):
             input_values (`torch.FloatTensor`):
                 Spectrograms from [`AculaFeatureExtractor`] (or the foreign backbone's inputs).
             labels (`torch.LongTensor` of shape `(batch_size,)` or `torch.FloatTensor`, *optional*):
-                Class indices for single-label classification, floats for regression or multi-label.
+                Class indices for single-label classification, floats for regression or multi-label; one per
+                recording when `recording_index` is given.
             attention_mask (`torch.LongTensor`, *optional*):
-                Passed to a foreign backbone that takes one.
+                Passed to a foreign backbone that takes one; padded frames are left out of the mean over time.
+            recording_index (`torch.LongTensor` of shape `(num_windows,)`, *optional*):
+                The recording each row of `input_values` belongs to, as [`AculaFeatureExtractor`] returns it in
+                sliding-window mode. The logits of the windows of one recording are averaged, so `logits` has one
+                row per recording (this is what `pipeline("audio-classification")` scores when the feature extractor
+                has `window_seconds`). Without it every row of `input_values` is its own example.
             return_dict (`bool`, *optional*):
                 Whether to return a [`~transformers.modeling_outputs.SequenceClassifierOutput`].
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         encoder_kwargs = {"attention_mask": attention_mask} if attention_mask is not None else {}
-        pooled = pool_audio_encoder_output(self.acula(input_values, **encoder_kwargs), attention_mask)
+        pooled = pool_audio_encoder_output(self.acula(input_values, **encoder_kwargs), attention_mask, self.acula)
         logits = self.classifier(self.dropout(pooled))
+        if recording_index is not None:
+            logits = mean_per_recording(logits, recording_index)
         loss = ForSequenceClassificationLoss(labels, logits, self.config) if labels is not None else None
         output = SequenceClassifierOutput(loss=loss, logits=logits)
         return output if return_dict else output.to_tuple()

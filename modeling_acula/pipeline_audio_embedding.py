@@ -8,15 +8,20 @@ longer than the model's window are cut into sliding windows whose embeddings are
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
-from transformers import Pipeline
+from transformers.pipelines.base import ChunkPipeline
 
 
-class AudioEmbeddingPipeline(Pipeline):
+class AudioEmbeddingPipeline(ChunkPipeline):
     """Embeds recordings with an acula encoder.
+
+    Each window of a recording is one model input, so `batch_size` counts windows (of one or several recordings);
+    the window embeddings of each recording are averaged in `postprocess`, and the result does not depend on
+    `batch_size`.
 
     Example:
 
@@ -25,6 +30,7 @@ class AudioEmbeddingPipeline(Pipeline):
     >>> from transformers import pipeline
     >>> embed = pipeline("audio-embedding", model="path/to/acula-model")
     >>> vector = embed({"array": waveform, "sampling_rate": 44100})  # numpy array of shape (hidden_size,)
+    >>> vectors = embed([waveform_1, waveform_2], batch_size=8)  # one vector per recording
     ```
     """
 
@@ -39,7 +45,7 @@ class AudioEmbeddingPipeline(Pipeline):
             preprocess_kwargs["sliding_window"] = sliding_window
         return preprocess_kwargs, {}, {}
 
-    def preprocess(self, inputs: Any, sliding_window: bool = True) -> dict[str, torch.Tensor]:
+    def preprocess(self, inputs: Any, sliding_window: bool = True) -> Iterator[dict[str, Any]]:
         extractor = self.feature_extractor
         if isinstance(inputs, str):
             waveform, sampling_rate = extractor.load_audio(inputs)
@@ -52,15 +58,24 @@ class AudioEmbeddingPipeline(Pipeline):
             sampling_rate = inputs["sampling_rate"]
         else:
             waveform, sampling_rate = inputs, extractor.sampling_rate
-        return extractor(waveform, sampling_rate=sampling_rate, return_tensors="pt", sliding_window=sliding_window)
+        features = extractor(waveform, sampling_rate=sampling_rate, return_tensors="pt", sliding_window=sliding_window)
+        windows = features["input_values"]
+        if self.dtype is not None and self.dtype.is_floating_point:
+            windows = windows.to(dtype=self.dtype)
+        # One window per item: transformers' collation then batches windows across recordings, and `is_last` tells
+        # the pipeline where a recording ends.
+        for position in range(windows.shape[0]):
+            yield {"input_values": windows[position : position + 1], "is_last": position == windows.shape[0] - 1}
 
-    def _forward(self, model_inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _forward(self, model_inputs: dict[str, Any]) -> dict[str, Any]:
+        is_last = model_inputs.pop("is_last")
         outputs = self.model(input_values=model_inputs["input_values"])
-        # Every window of one recording belongs to it: average them into one vector.
-        return {"embedding": outputs.pooler_output.mean(dim=0)}
+        return {"pooler_output": outputs.pooler_output, "is_last": is_last}
 
-    def postprocess(self, model_outputs: dict[str, torch.Tensor]) -> np.ndarray:
-        return model_outputs["embedding"].float().cpu().numpy()
+    def postprocess(self, model_outputs: list[dict[str, torch.Tensor]]) -> np.ndarray:
+        # Every window of one recording belongs to it: average them into one vector.
+        pooled = torch.cat([output["pooler_output"] for output in model_outputs]).float()
+        return pooled.mean(dim=0).cpu().numpy()
 
 
 __all__ = ["AudioEmbeddingPipeline"]

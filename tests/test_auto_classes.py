@@ -149,3 +149,48 @@ def test_audio_embedding_pipeline_matches_the_model(saved_model, tmp_path):
     expected_long = model(input_values=windows["input_values"]).pooler_output.mean(0)
     np.testing.assert_allclose(embed({"array": long, "sampling_rate": 16000}), expected_long.detach().numpy(),
                                atol=1e-5)
+
+
+def test_audio_embedding_pipeline_batches_per_recording(saved_model):
+    _, _, folder = saved_model
+    embed = pipeline("audio-embedding", model=str(folder))
+    short, other = _waveforms(2)
+    recordings = [short, np.tile(other, 7), short[:16000]]  # 3 s, 21 s (several windows), 1 s
+    one_by_one = [embed(recording) for recording in recordings]
+    for batch_size in (2, 4):
+        batched = embed(recordings, batch_size=batch_size)
+        assert len(batched) == len(recordings)
+        for vector, expected in zip(batched, one_by_one):
+            assert vector.shape == expected.shape == (32,)
+            np.testing.assert_allclose(vector, expected, atol=1e-5)
+    assert not np.allclose(one_by_one[0], one_by_one[1], atol=1e-3)
+
+
+def test_audio_embedding_pipeline_in_bfloat16(saved_model):
+    _, _, folder = saved_model
+    waveform = _waveforms(1)[0]
+    reference = pipeline("audio-embedding", model=str(folder))(waveform)
+    vector = pipeline("audio-embedding", model=str(folder), dtype=torch.bfloat16)(waveform)
+    assert vector.dtype == np.float32 and vector.shape == reference.shape
+    np.testing.assert_allclose(vector, reference, atol=0.1, rtol=0.05)
+
+
+def test_audio_classification_pipeline_scores_every_window(tmp_path):
+    torch.manual_seed(0)
+    model = AculaForAudioClassification(tiny_config(num_labels=2)).eval()
+    model.save_pretrained(tmp_path)
+    extractor = AculaFeatureExtractor(window_seconds=4.0)
+    extractor.save_pretrained(tmp_path)
+    rng = np.random.default_rng(0)
+    # 20 s: a quiet first window, then a tone; the first window alone would score differently
+    waveform = np.concatenate([rng.standard_normal(64000) * 0.01, np.sin(np.arange(256000) / 3.0)]).astype(np.float32)
+    result = pipeline("audio-classification", model=str(tmp_path))(waveform)
+    features = extractor(waveform, sampling_rate=16000)
+    assert features["input_values"].shape[0] == 5
+    with torch.no_grad():
+        logits = model(features["input_values"]).logits
+    expected = logits.mean(0).softmax(-1)
+    scores = {item["label"]: item["score"] for item in result}
+    assert scores == pytest.approx({model.config.id2label[i]: expected[i].item() for i in range(2)}, abs=1e-5)
+    assert scores != pytest.approx({model.config.id2label[i]: logits[0].softmax(-1)[i].item() for i in range(2)},
+                                   abs=1e-3)

@@ -1,7 +1,9 @@
 """LoRA on the encoder: what trains, adapter save/load, and merge_and_unload."""
 
+import copy
 import re
 
+import pytest
 import torch
 from peft import PeftModel
 
@@ -88,3 +90,37 @@ def test_lora_fine_tuning_of_the_classifier():
     assert all("lora_" in name or "classifier" in name for name in trainable)
     out = model(input_values=spectrograms(2), labels=torch.tensor([0, 2]))
     out.loss.backward()
+
+
+def _adapter_gradients(model: torch.nn.Module, x: torch.Tensor, teacher: torch.Tensor, noise: torch.Tensor) -> dict:
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # the same non-zero adapters in every model compared
+        for name, parameter in model.named_parameters():
+            if "lora_" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.1)
+    model.train()
+    model.zero_grad()
+    model(input_values=x, teacher_embeds=teacher, noise=noise).loss.backward()
+    return {name: p.grad for name, p in model.named_parameters() if "lora_" in name}
+
+
+@pytest.mark.parametrize("checkpointing_first", [False, True], ids=["lora-then-gc", "gc-then-lora"])
+def test_adapters_get_gradients_under_reentrant_checkpointing(checkpointing_first):
+    torch.manual_seed(0)
+    base = AculaForPreTraining(tiny_config())
+    x, teacher, noise = spectrograms(4), torch.randn(4, 12), torch.rand(4, base.config.num_patches)
+    reference = apply_lora(copy.deepcopy(base), lora_dropout=0.0)
+    expected = _adapter_gradients(reference, x, teacher, noise)
+
+    model = copy.deepcopy(base)
+    if checkpointing_first:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+    model = apply_lora(model, lora_dropout=0.0)
+    if not checkpointing_first:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+    gradients = _adapter_gradients(model, x, teacher, noise)
+    assert gradients.keys() == expected.keys() and any("lora_A" in name for name in gradients)
+    missing = sorted(name for name, grad in gradients.items() if grad is None)
+    assert not missing, missing
+    for name, grad in gradients.items():
+        torch.testing.assert_close(grad, expected[name], atol=1e-6, rtol=1e-5)

@@ -307,3 +307,91 @@ def test_foreign_backbone_from_a_pretrained_checkpoint(tmp_path):
     saved = ASTModel.from_pretrained(tmp_path).state_dict()
     for name, value in model.acula.state_dict().items():
         assert torch.equal(value, saved[name]), name
+
+
+# --- loading, precision, padding and windows ------------------------------------------------------------------
+
+
+def _position_tables(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    return {name: p for name, p in model.named_parameters() if name.endswith("position_embeddings")}
+
+
+@pytest.mark.parametrize("model_class", [AculaModel, AculaForPreTraining, AculaForAudioClassification])
+def test_position_tables_stay_frozen_after_from_pretrained(tmp_path, model_class):
+    source = AculaForPreTraining(tiny_config())
+    with torch.no_grad():  # a checkpoint may carry its own table (converted OPERA weights): it must be loaded
+        source.acula.embeddings.position_embeddings.add_(0.25)
+    source.save_pretrained(tmp_path)
+    loaded = model_class.from_pretrained(tmp_path)
+    tables = _position_tables(loaded)
+    assert len(tables) == (2 if model_class is AculaForPreTraining else 1)
+    assert not any(table.requires_grad for table in tables.values()), sorted(tables)
+    encoder = loaded if model_class is AculaModel else loaded.acula
+    torch.testing.assert_close(encoder.embeddings.position_embeddings, source.acula.embeddings.position_embeddings)
+    # an optimiser over the trainable parameters (train_acula.py --full_finetune) leaves the tables alone
+    assert all(p.requires_grad for name, p in loaded.named_parameters() if name not in tables)
+    # with output_loading_info the model is frozen too
+    again, info = model_class.from_pretrained(tmp_path, output_loading_info=True)
+    assert not any(table.requires_grad for table in _position_tables(again).values())
+
+
+def test_bfloat16_model_takes_the_float32_features(tmp_path):
+    AculaForPreTraining(tiny_config()).save_pretrained(tmp_path)
+    model = AculaForPreTraining.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    x = spectrograms(4)  # float32, as AculaFeatureExtractor returns it
+    out = model(x, teacher_embeds=torch.randn(4, 12))
+    assert out.pooler_output.dtype == torch.bfloat16 and torch.isfinite(out.loss)
+    encoder = AculaModel.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
+    reference = AculaModel.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(encoder(x).pooler_output.float(), reference(x).pooler_output, atol=0.1, rtol=0.05)
+
+
+def _wav2vec2_layer_norm_config() -> Wav2Vec2Config:
+    """A wav2vec2 whose feature encoder normalises per frame, so padding does not leak into real frames."""
+    w2v, _ = _wav2vec2_setup()
+    w2v.feat_extract_norm, w2v.do_stable_layer_norm = "layer", True
+    return w2v
+
+
+@pytest.mark.parametrize("model_class", [AculaForPreTraining, AculaForAudioClassification])
+def test_wav2vec2_pooling_leaves_out_padded_frames(model_class):
+    config = tiny_config(use_mam=False, audio_backbone_config=_wav2vec2_layer_norm_config().to_dict(), num_labels=2)
+    torch.manual_seed(0)
+    model = model_class(config).eval()
+    short = torch.randn(1, 4000, generator=torch.Generator().manual_seed(0))
+    padded = torch.cat([short, torch.zeros(1, 12000)], dim=1)
+    mask = torch.cat([torch.ones(1, 4000), torch.zeros(1, 12000)], dim=1).long()
+    key = "pooler_output" if model_class is AculaForPreTraining else "logits"
+    with torch.no_grad():
+        alone = model(short, attention_mask=torch.ones(1, 4000, dtype=torch.long))[key]
+        with_padding = model(padded, attention_mask=mask)[key]
+    torch.testing.assert_close(with_padding, alone, atol=1e-5, rtol=1e-5)
+
+
+def test_pooling_refuses_a_mask_it_cannot_map_to_frames():
+    from transformers.modeling_outputs import BaseModelOutput
+
+    from modeling_acula.modeling_acula import pool_audio_encoder_output
+
+    outputs = BaseModelOutput(last_hidden_state=torch.randn(2, 5, 3))
+    frame_mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    expected = torch.stack([outputs.last_hidden_state[0, :3].mean(0), outputs.last_hidden_state[1].mean(0)])
+    torch.testing.assert_close(pool_audio_encoder_output(outputs, frame_mask), expected)
+    with pytest.raises(ValueError, match="cannot map a sample-level mask"):
+        pool_audio_encoder_output(outputs, torch.ones(2, 400, dtype=torch.long))
+
+
+def test_classifier_averages_window_logits_per_recording():
+    model = AculaForAudioClassification(tiny_config(num_labels=3)).eval()
+    windows = spectrograms(5)
+    recording_index = torch.tensor([0, 0, 1, 1, 1])
+    with torch.no_grad():
+        out = model(windows, recording_index=recording_index, labels=torch.tensor([2, 0]))
+        per_window = model(windows).logits
+    assert out.logits.shape == (2, 3) and torch.isfinite(out.loss)
+    torch.testing.assert_close(out.logits, torch.stack([per_window[:2].mean(0), per_window[2:].mean(0)]))
+    with pytest.raises(ValueError, match="one entry per window"):
+        model(windows, recording_index=torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="without gaps"):
+        model(windows, recording_index=torch.tensor([0, 0, 2, 2, 2]))

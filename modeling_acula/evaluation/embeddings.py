@@ -215,12 +215,8 @@ class AudioEmbedder:
             inputs = self.feature_extractor(segments[start : start + 4 * self.batch_size], **kwargs)
             inputs = {k: v.to(self.device) for k, v in inputs.items() if k in self._forward_params}
             outputs = self.model(**inputs)
-            mask = inputs.get("attention_mask")
-            frame_mask_from = getattr(self.model, "_get_feature_vector_attention_mask", None)
-            if mask is not None and getattr(outputs, "pooler_output", None) is None and frame_mask_from is not None:
-                # Sample-level mask -> frame-level mask, so padded frames do not enter the mean.
-                mask = frame_mask_from(outputs.last_hidden_state.shape[1], mask)
-            pooled.append(pool_audio_encoder_output(outputs, mask).float())
+            # Padded frames stay out of the mean (a sample-level mask is mapped to frames by the encoder).
+            pooled.append(pool_audio_encoder_output(outputs, inputs.get("attention_mask"), self.model).float())
         index_tensor = torch.tensor(index, dtype=torch.long, device=self.device)
         return self._mean_per_recording(torch.cat(pooled), index_tensor, len(waveforms))
 
