@@ -4,9 +4,14 @@
     # the built-in demo: the CPU preset on 48 real recordings shipped with acula, the PyPI MiniLM teacher
     python train_acula.py
 
-    # your data, any number of GPUs or machines (DDP; FSDP/DeepSpeed through `accelerate config`)
+    # your data, any number of GPUs or machines (DDP; FSDP/DeepSpeed through `accelerate config`); LoRA, lr 1e-4
     accelerate launch train_acula.py --manifest my_data/metadata.csv --split_column split \
         --output_dir outputs/my-acula --preset opera-gt --init_from path/to/converted-opera-gt
+
+    # the reference recipe (one GPU): --preset alone does not change the optimisation
+    python train_acula.py --manifest my_data/metadata.csv --split_column split --output_dir outputs/acula-ref \
+        --preset opera-gt --init_from path/to/converted-opera-gt --teacher google/medgemma-4b-pt \
+        --full_finetune --learning_rate 1e-5 --warmup_steps 400
 
 The library (`modeling_acula`) does the work; this script wires it: manifest -> leakage guard -> reports ->
 cached teacher vectors -> cached spectrograms -> Accelerate training loop with crash-safe checkpoints -> a folder
@@ -15,9 +20,11 @@ that `AutoModel.from_pretrained` loads, with a model card, optionally pushed to 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import shutil
 import signal
 import sys
 import time
@@ -28,12 +35,12 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, DistributedType, gather_object, set_seed
+from accelerate.utils import DataLoaderConfiguration, DistributedType, ProjectConfiguration, gather_object, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser, get_linear_schedule_with_warmup
 
-import modeling_acula  # noqa: F401  (registers the Auto classes)
+import modeling_acula  # registers the Auto classes
 from modeling_acula import AculaConfig, AculaFeatureExtractor, AculaForPreTraining, AculaTeacher, apply_lora
 from modeling_acula.audio_batches import decoded_batches
 from modeling_acula.configuration_acula import MINILM_TEACHER
@@ -45,7 +52,7 @@ from modeling_acula.reports import LLMReportRewriter, build_reports
 from modeling_acula.spectrogram_cache import AudioSpectrogramDataset, SpectrogramCache
 from modeling_acula.teacher import default_teacher_path
 from modeling_acula.teacher_cache import TeacherEmbeddingCache
-from modeling_acula.training_checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from modeling_acula.training_checkpoint import list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parent
 DEMO_MANIFEST = REPO_ROOT / "data" / "auscultation-mini" / "metadata.csv"
@@ -93,7 +100,13 @@ class DataArguments:
 
 @dataclass
 class ModelArguments:
-    preset: str = field(default="cpu-small", metadata={"help": "Model preset: cpu-small or opera-gt."})
+    preset: str = field(
+        default="cpu-small",
+        metadata={"help": "Model preset: cpu-small or opera-gt. It sets the encoder architecture only, neither the "
+                          "teacher (--teacher) nor the optimisation: the reference recipe also needs --teacher "
+                          "google/medgemma-4b-pt --full_finetune --learning_rate 1e-5 --warmup_steps 400 (see "
+                          "README, 'Align your own encoder')."},
+    )
     init_from: str | None = field(
         default=None, metadata={"help": "Folder (or Hub id) of a pretrained AculaModel / AculaForPreTraining to start from."}
     )
@@ -108,7 +121,10 @@ class ModelArguments:
     alignment_loss: str | None = field(
         default=None, metadata={"help": "cka, debiased_cka, released_covariance_cka or infonce (default: the preset's)."}
     )
-    full_finetune: bool = field(default=False, metadata={"help": "Train the whole encoder instead of LoRA adapters."})
+    full_finetune: bool = field(
+        default=False, metadata={"help": "Train the whole encoder instead of LoRA adapters (the reference trains it "
+                                         "whole; the default is LoRA)."}
+    )
     lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha."})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
@@ -121,9 +137,14 @@ class TrainingArguments:
     seed: int = field(default=42, metadata={"help": "Seed of every random draw (data order, masks, dropout)."})
     per_device_train_batch_size: int = field(default=24, metadata={"help": "Batch size per process."})
     gradient_accumulation_steps: int = field(default=2, metadata={"help": "Micro-batches per optimiser step."})
-    learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate (1e-5 in the reference, full fine-tuning)."})
+    learning_rate: float = field(
+        default=1e-4, metadata={"help": "AdamW learning rate (default for LoRA; the reference uses 1e-5 with "
+                                        "--full_finetune)."}
+    )
     weight_decay: float = field(default=1e-2, metadata={"help": "AdamW weight decay."})
-    warmup_steps: int | None = field(default=None, metadata={"help": "Warm-up steps (default: 5% of the run)."})
+    warmup_steps: int | None = field(
+        default=None, metadata={"help": "Warm-up steps (default: 5%% of the run; the reference uses 400)."}
+    )
     num_train_epochs: float = field(default=50, metadata={"help": "Epochs over the (guarded) manifest (50 in the reference)."})
     max_steps: int | None = field(default=None, metadata={"help": "Stop after this many optimiser steps."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
@@ -131,7 +152,14 @@ class TrainingArguments:
     checkpointing_steps: int | None = field(default=50, metadata={"help": "Checkpoint every N steps (0 or None: never)."})
     checkpoints_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept."})
     resume_from_checkpoint: str | None = field(
-        default=None, metadata={"help": "'latest' (starts fresh if there is none) or a checkpoint folder."}
+        default=None,
+        metadata={"help": "'latest' (starts fresh if there is none) or a checkpoint folder. A resume with other run "
+                          "settings than the checkpoint's is refused."},
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start afresh in an --output_dir that holds checkpoints of an earlier run: they and its logs "
+                          "are deleted (without this flag such a start is refused)."},
     )
     on_nonfinite_loss: str = field(default="stop", metadata={"help": "stop (keep the last good checkpoint) or skip."})
     report_to: list[str] = field(default_factory=list, metadata={"help": "Accelerate trackers (tensorboard, wandb, ...)."})
@@ -150,6 +178,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[DataArguments, ModelArgum
         parser.error(f"--spectrogram_dtype must be 'float32' or 'float64', got {data_args.spectrogram_dtype!r}.")
     if data_args.decode_workers < 0:
         parser.error(f"--decode_workers must be >= 0, got {data_args.decode_workers}.")
+    if train_args.overwrite_output_dir and train_args.resume_from_checkpoint:
+        parser.error("--overwrite_output_dir deletes the checkpoints that --resume_from_checkpoint resumes from: "
+                     "pass one of them.")
     if data_args.manifest is None:
         data_args.manifest = str(DEMO_MANIFEST)
         data_args.split_column = data_args.split_column or "suggested_split"
@@ -232,6 +263,118 @@ def masking_noise(indices: torch.Tensor, num_patches: int, seed: int, epoch: int
     return torch.stack(rows)
 
 
+def run_config(data_args: DataArguments, model_args: ModelArguments, train_args: TrainingArguments, *, kept,
+               num_processes: int, mixed_precision: str, total_steps: int, warmup: int) -> dict[str, Any]:
+    """The settings that define a run: saved in every checkpoint, and a resume whose settings differ is refused.
+
+    Left out are settings that do not change what is trained (output and cache folders, logging, checkpointing
+    frequency, workers, trackers, Hub upload, --on_nonfinite_loss, which a stopped run may switch to skip)."""
+    def resolved(path: str | None) -> str | None:
+        return None if path is None else str(Path(path).expanduser().resolve())
+
+    fingerprint = hashlib.sha256("\n".join(str(path) for path in kept.audio_paths).encode("utf-8")).hexdigest()
+    settings = {
+        "manifest": resolved(data_args.manifest),
+        "rows_used": len(kept),
+        "rows_fingerprint": fingerprint[:16],
+        "audio_column": data_args.audio_column,
+        "report_column": data_args.report_column,
+        "split_column": data_args.split_column,
+        "eval_splits": list(data_args.eval_splits),
+        "exclude": [resolved(path) for path in data_args.exclude],
+        "allow_leakage": data_args.allow_leakage,
+        "rewrite_model": data_args.rewrite_model,
+        "max_train_samples": data_args.max_train_samples,
+        "keep_silent_recordings": data_args.keep_silent_recordings,
+        "spectrogram_dtype": data_args.spectrogram_dtype,
+        "preset": model_args.preset,
+        "init_from": model_args.init_from,
+        "config_overrides": json.loads(model_args.config_overrides) if model_args.config_overrides else None,
+        "teacher": model_args.teacher,
+        "teacher_revision": model_args.teacher_revision,
+        "teacher_layer": model_args.teacher_layer,
+        "teacher_pooling": model_args.teacher_pooling,
+        "teacher_max_length": model_args.teacher_max_length,
+        "alignment_loss": model_args.alignment_loss,
+        "full_finetune": model_args.full_finetune,
+        "seed": train_args.seed,
+        "per_device_train_batch_size": train_args.per_device_train_batch_size,
+        "gradient_accumulation_steps": train_args.gradient_accumulation_steps,
+        "num_processes": num_processes,
+        "mixed_precision": mixed_precision,
+        "learning_rate": train_args.learning_rate,
+        "weight_decay": train_args.weight_decay,
+        "warmup_steps": warmup,
+        "total_steps (--max_steps / --num_train_epochs)": total_steps,
+        "max_grad_norm": train_args.max_grad_norm,
+    }
+    lora = not model_args.full_finetune  # LoRA settings mean nothing for a full fine-tune
+    settings.update(lora_r=model_args.lora_r if lora else None, lora_alpha=model_args.lora_alpha if lora else None,
+                    lora_dropout=model_args.lora_dropout if lora else None,
+                    lora_include_mlp=model_args.lora_include_mlp if lora else None)
+    return settings
+
+
+# What a run writes into --output_dir (the folder is replaced whole at the end of a run, so nothing else may be there).
+OUTPUT_NAMES = frozenset({
+    "adapter", "alignment", "checkpoints", "logs", "config.json", "preprocessor_config.json", "training_args.json",
+    "teacher.json", "data_summary.json", "reports.jsonl", "skipped_rows.jsonl", "README.md", ".gitattributes",
+    # save_pretrained copies the model code beside the weights (auto_map, for trust_remote_code users)
+    *(path.name for path in Path(modeling_acula.__file__).parent.glob("*.py")),
+})
+
+
+def foreign_entries(output_dir: Path) -> list[str]:
+    """Entries of `output_dir` that no acula run writes (weights may be sharded: model*.safetensors[.index.json])."""
+    if not output_dir.is_dir():
+        return []
+    return sorted(
+        entry.name for entry in output_dir.iterdir()
+        if entry.name not in OUTPUT_NAMES and not (entry.name.startswith("model") and ".safetensors" in entry.name)
+    )
+
+
+def refuse_foreign_output_dir(output_dir: Path) -> None:
+    """The finished folder replaces --output_dir whole: refuse (before any work) a folder holding other files."""
+    foreign = foreign_entries(output_dir)
+    if foreign:
+        raise ValueError(
+            f"--output_dir {output_dir} holds files that train_acula.py does not write ({', '.join(foreign[:5])}"
+            f"{', ...' if len(foreign) > 5 else ''}); a run replaces its output folder whole, so point --output_dir "
+            "at a new or empty folder, or at the folder of an earlier acula run."
+        )
+
+
+def refuse_stale_checkpoints(output_dir: Path, train_args: TrainingArguments) -> None:
+    """A fresh start must not share --output_dir with an earlier run's checkpoints: `latest` would resume them."""
+    if train_args.resume_from_checkpoint or train_args.overwrite_output_dir:
+        return
+    found = list_checkpoints(output_dir / "checkpoints")
+    if found:
+        raise ValueError(
+            f"{output_dir} already holds checkpoints of an earlier run ({', '.join(p.name for p in found)} in "
+            f"{output_dir / 'checkpoints'}). Pass --resume_from_checkpoint latest to continue that run, choose "
+            "another --output_dir (or clear this one), or pass --overwrite_output_dir to delete them and start afresh."
+        )
+
+
+def truncate_jsonl(path: Path, keep) -> None:
+    """Keep only the records of a JSONL log for which `keep(record)` holds (atomic rewrite)."""
+    if not path.is_file():
+        return
+    lines = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by a kill
+            continue
+        if keep(record):
+            lines.append(line + "\n")
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text("".join(lines), encoding="utf-8")
+    os.replace(temporary, path)
+
+
 def summarise_data(manifest, kept, guard_report, report_stats: dict) -> dict[str, Any]:
     sources: dict[str, dict[str, Any]] = {}
     for row in kept.rows:
@@ -257,13 +400,20 @@ def main(argv: list[str] | None = None) -> Path:
     accelerator = Accelerator(
         gradient_accumulation_steps=train_args.gradient_accumulation_steps,
         log_with=train_args.report_to or None,
-        project_dir=train_args.output_dir,
+        # tracker logs go to logs/, which (like checkpoints/) survives the final swap of the output folder
+        project_config=ProjectConfiguration(project_dir=train_args.output_dir,
+                                            logging_dir=str(Path(train_args.output_dir) / "logs")),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=train_args.seed),
     )
     set_seed(train_args.seed)
     output_dir = Path(train_args.output_dir)
     cache_dir = Path(data_args.cache_dir or os.environ.get("ACULA_CACHE", Path.home() / ".cache" / "acula"))
     log = accelerator.print
+    if accelerator.is_main_process:
+        recover_interrupted_swap(output_dir)
+    accelerator.wait_for_everyone()
+    refuse_foreign_output_dir(output_dir)
+    refuse_stale_checkpoints(output_dir, train_args)
 
     # --- data: manifest, leakage guard, reports -------------------------------------------------------------
     manifest = load_manifest(data_args.manifest, audio_column=data_args.audio_column,
@@ -341,7 +491,8 @@ def main(argv: list[str] | None = None) -> Path:
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=train_args.learning_rate, weight_decay=train_args.weight_decay)
     batches_per_epoch = len(dataset) // global_batch
-    steps_per_epoch = max(1, batches_per_epoch // train_args.gradient_accumulation_steps)
+    # Accelerate steps the optimiser on an epoch's last, partial accumulation too: ceil, not floor.
+    steps_per_epoch = max(1, math.ceil(batches_per_epoch / train_args.gradient_accumulation_steps))
     total_steps = train_args.max_steps or math.ceil(train_args.num_train_epochs * steps_per_epoch)
     warmup = train_args.warmup_steps if train_args.warmup_steps is not None else max(1, round(0.05 * total_steps))
     scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
@@ -361,21 +512,38 @@ def main(argv: list[str] | None = None) -> Path:
     # --- resume ------------------------------------------------------------------------------------------------
     checkpoints_dir = output_dir / "checkpoints"
     state = {"global_step": 0, "epoch": 0, "batches_in_epoch": 0, "skipped_nonfinite": 0}
+    settings = run_config(data_args, model_args, train_args, kept=kept, num_processes=accelerator.num_processes,
+                          mixed_precision=str(accelerator.mixed_precision), total_steps=total_steps, warmup=warmup)
     if train_args.resume_from_checkpoint:
         found = resolve_checkpoint(checkpoints_dir, train_args.resume_from_checkpoint)
         if found is None:
             log(f"No checkpoint in {checkpoints_dir}: starting from scratch.")
         else:
-            state.update(load_checkpoint(found, accelerator.unwrap_model(model), optimizer, scheduler))
+            state.update(load_checkpoint(found, accelerator.unwrap_model(model), optimizer, scheduler,
+                                         run_config=settings))
             log(f"Resumed from {found} at step {state['global_step']}.")
+    log_dir = output_dir / "logs"
+    if accelerator.is_main_process and state["global_step"] == 0:
+        # A run from step 0 owns checkpoints/ and logs/: whatever is there (an earlier run's, with
+        # --overwrite_output_dir, or debris of an attempt killed before its first checkpoint) goes.
+        shutil.rmtree(checkpoints_dir, ignore_errors=True)
+        shutil.rmtree(log_dir, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    if state["global_step"]:
+        # Steps after the checkpoint were logged by the interrupted run and are about to be logged again.
+        resumed_at = (state["epoch"], state["batches_in_epoch"])
+        if accelerator.is_main_process:
+            truncate_jsonl(log_dir / "train_log.jsonl", lambda r: r.get("step", 0) <= state["global_step"])
+        truncate_jsonl(log_dir / f"batch_indices_rank{accelerator.process_index}.jsonl",
+                       lambda r: "epoch" in r and (r["epoch"], r["micro_step"]) <= resumed_at)
 
     # --- training loop -----------------------------------------------------------------------------------------
     if train_args.report_to:
         accelerator.init_trackers("acula", config={**asdict(data_args), **asdict(model_args), **asdict(train_args)})
     output_dir.mkdir(parents=True, exist_ok=True)
-    log_path = output_dir / "logs" / "train_log.jsonl"
+    log_path = log_dir / "train_log.jsonl"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    index_log = (output_dir / "logs" / f"batch_indices_rank{accelerator.process_index}.jsonl"
+    index_log = (log_dir / f"batch_indices_rank{accelerator.process_index}.jsonl"
                  if train_args.log_batch_indices else None)
     progress = tqdm(total=total_steps, initial=state["global_step"], desc="aligning",
                     disable=not accelerator.is_local_main_process)
@@ -455,6 +623,7 @@ def main(argv: list[str] | None = None) -> Path:
                             {k: v for k, v in state.items() if k != "global_step"},
                             total_limit=train_args.checkpoints_total_limit,
                             before_publish=lambda _tmp, s=step: fault_injection_point(f"checkpoint_write:{s}"),
+                            run_config=settings,
                         )
                     accelerator.wait_for_everyone()
                 if step >= total_steps:
@@ -506,15 +675,46 @@ def main(argv: list[str] | None = None) -> Path:
     return output_dir
 
 
+def _staging_paths(output_dir: Path) -> tuple[Path, Path]:
+    """Hidden siblings of the output folder: the new folder being written, and the previous one during the swap."""
+    output_dir = output_dir.resolve()
+    return (output_dir.with_name(f".{output_dir.name}.acula-staging"),
+            output_dir.with_name(f".{output_dir.name}.acula-previous"))
+
+
+def recover_interrupted_swap(output_dir: Path) -> None:
+    """Undo what a run killed inside `save_output_folder` left: its staging folder goes, and if it was killed
+    between the two renames of the swap, the previous output folder (with its checkpoints) is put back."""
+    staging, previous = _staging_paths(output_dir)
+    if previous.exists():
+        if output_dir.resolve().exists():
+            shutil.rmtree(previous)
+        else:
+            os.replace(previous, output_dir.resolve())
+    if staging.exists():
+        shutil.rmtree(staging)
+
+
+def _link_tree(source: Path, target: Path) -> None:
+    """Hard-link (or, where links are not supported, copy) a folder's files into `target`; the source stays."""
+    def link(src, dst):
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    shutil.copytree(source, target, copy_function=link, ignore=shutil.ignore_patterns("*.tmp", ".tmp-*"))
+
+
 def save_output_folder(model, extractor, output_dir: Path, *, full_finetune: bool, reports, kept, summary,
                        teacher_identity, args, run_facts, skipped_rows=()) -> None:
-    """Write the encoder folder; files are written to a staging folder and moved in last, so an interrupted save
-    never leaves a half-written model over a good one."""
-    staging = output_dir / ".staging-output"
-    if staging.exists():
-        import shutil
+    """Write the complete output folder as a hidden sibling and swap it in: the output folder is always either
+    the previous one, whole, or this run's, whole (never a mix of two runs, never stale files of an earlier run).
 
-        shutil.rmtree(staging)
+    The run's own `checkpoints/` and `logs/` (which live inside the output folder while training) are hard-linked
+    into the new folder, so that they stay in place until the swap and a run killed here still resumes."""
+    recover_interrupted_swap(output_dir)
+    staging, previous = _staging_paths(output_dir)
     staging.mkdir(parents=True)
     if not full_finetune:
         model.save_pretrained(staging / "adapter")  # the LoRA adapter + trained heads (peft format, safetensors)
@@ -533,14 +733,21 @@ def save_output_folder(model, extractor, output_dir: Path, *, full_finetune: boo
     card = render_model_card(repo_id=output_dir.name, config=model.config, run=run_facts, data_summary=summary,
                              teacher_identity=teacher_identity)
     card.save(staging / "README.md")
-    for item in staging.iterdir():
-        target = output_dir / item.name
-        if target.is_dir() and not target.is_symlink():
-            import shutil
-
-            shutil.rmtree(target)
-        os.replace(item, target)
-    staging.rmdir()
+    target = output_dir.resolve()
+    refuse_foreign_output_dir(target)  # checked at the start too; files added during the run must not be lost
+    for name in ("checkpoints", "logs"):  # this run's (a run from step 0 cleared an earlier run's)
+        if (target / name).is_dir():
+            _link_tree(target / name, staging / name)
+    if target.exists():
+        os.replace(target, previous)
+        try:
+            os.replace(staging, target)
+        except BaseException:
+            os.replace(previous, target)
+            raise
+        shutil.rmtree(previous)
+    else:
+        os.replace(staging, target)
 
 
 def upload_file_list(output_dir: str | os.PathLike) -> list[str]:

@@ -4,7 +4,8 @@ AcuLa writes reports from labels of datasets that are also evaluation tasks, so 
 patient) of an evaluation split that is used for alignment inflates every reported number. The guard
 removes, before training:
 
-- rows whose split column holds an evaluation split (`val`, `test` by default);
+- rows whose split column holds an evaluation split (`val`, `test` by default), and every other row of a patient
+  / participant (`group_id`) that has a row in an evaluation split;
 - rows whose recording is listed in any `--exclude` manifest, matched by resolved absolute path (and,
   optionally, by file content), and rows of the same patient / participant (`group_id`) when both
   manifests have that column.
@@ -42,6 +43,8 @@ class LeakageReport:
         allow_leakage (`bool`): whether flagged rows were kept anyway.
         split_column (`str`, *optional*), eval_splits (`tuple[str, ...]`), exclude_sources (`list[str]`),
         group_column (`str`, *optional*): the settings used.
+        group_scopes (`list[str]`): what the group rule looked at: `"split"` (patients with rows in an
+            evaluation split) and / or `"exclude"` (patients in an excluded manifest).
     """
 
     n_input: int
@@ -52,6 +55,7 @@ class LeakageReport:
     eval_splits: tuple[str, ...] = ()
     exclude_sources: list[str] = field(default_factory=list)
     group_column: str | None = None
+    group_scopes: list[str] = field(default_factory=list)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -87,11 +91,18 @@ class LeakageReport:
             lines.append("  split rule: off (no split column given)")
         if self.exclude_sources:
             lines.append(f"  recording rule: {counts['recording']} rows whose audio file is in an excluded manifest")
-            group = f"{self.group_column!r}" if self.group_column else "off (a manifest lacks the group column)"
-            lines.append(f"  group rule: {counts['group']} rows of a patient in an excluded manifest, by {group}")
-            lines.append("  excluded manifests: " + ", ".join(self.exclude_sources))
         else:
-            lines.append("  recording / group rules: off (no excluded manifests)")
+            lines.append("  recording rule: off (no excluded manifests)")
+        scopes = {"split": f"with rows in {list(self.eval_splits)}", "exclude": "in an excluded manifest"}
+        if self.group_scopes and self.group_column:
+            where = " or ".join(scopes[scope] for scope in self.group_scopes)
+            lines.append(f"  group rule: {counts['group']} other rows of a patient {where}, by {self.group_column!r}")
+        elif self.split_column is not None or self.exclude_sources:
+            lines.append("  group rule: off (a manifest lacks the group column)")
+        else:
+            lines.append("  group rule: off (no split column or excluded manifests)")
+        if self.exclude_sources:
+            lines.append("  excluded manifests: " + ", ".join(self.exclude_sources))
         if self.allow_leakage and self.n_flagged:
             lines.append("  WARNING: alignment uses evaluation recordings; evaluation numbers will be inflated.")
         return "\n".join(lines)
@@ -194,7 +205,9 @@ def apply_leakage_guard(
     Args:
         manifest ([`Manifest`]): the alignment manifest.
         split_column (`str`, *optional*): column naming each row's split (e.g. `"suggested_split"`); rows whose
-            value is in `eval_splits` (case-insensitive) are removed. Must exist when given.
+            value is in `eval_splits` (case-insensitive) are removed, and so are all rows of their patients (by
+            `group_column`, when the manifest has it), whatever split those rows are labelled. Must exist when
+            given.
         eval_splits (`Sequence[str]`, *optional*, defaults to `("val", "test")`): evaluation split names.
         exclude_manifests (iterable of [`Manifest`] or paths): evaluation manifests; their recordings (and
             their patients, by `group_column`) are removed.
@@ -223,8 +236,17 @@ def apply_leakage_guard(
         ]
     sources = []
     group_used: str | None = None
+    group_scopes: list[str] = []
     recording: set[int] = set()
     group: set[int] = set()
+    if split_column is not None and group_column and group_column in manifest.columns:
+        # Other recordings of an evaluation-split patient are that patient's data, whatever split they are labelled.
+        groups = _group_values(manifest, group_column)
+        eval_groups = {groups[i] for i in flagged["split"] if groups[i] is not None}
+        split_rows = set(flagged["split"])
+        group.update(i for i, g in enumerate(groups) if g in eval_groups and i not in split_rows)
+        group_used = group_column
+        group_scopes.append("split")
     for item in exclude_manifests:
         other = _as_manifest(item, manifest.audio_column)
         sources.append(str(other.source))
@@ -233,6 +255,8 @@ def apply_leakage_guard(
         group.update(overlap["group"])
         if group_column and group_column in manifest.columns and group_column in other.columns:
             group_used = group_column
+            if "exclude" not in group_scopes:
+                group_scopes.append("exclude")
     flagged["recording"], flagged["group"] = sorted(recording), sorted(group)
     flagged_rows = {i for indices in flagged.values() for i in indices}
     keep = list(range(len(manifest))) if allow_leakage else [i for i in range(len(manifest)) if i not in flagged_rows]
@@ -245,6 +269,7 @@ def apply_leakage_guard(
         eval_splits=tuple(eval_splits),
         exclude_sources=sources,
         group_column=group_used,
+        group_scopes=group_scopes,
     )
     if allow_leakage and flagged_rows:
         message = (

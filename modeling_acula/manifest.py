@@ -120,8 +120,9 @@ def _resolve(root: Path, value: Any) -> Path:
         value = value.get("path")
     if value is None:
         return root  # reported as a missing audio path by validation
+    # Absolute paths are resolved too (symlinks, `..`): one file reached through two spellings is one recording.
     path = Path(str(value)).expanduser()
-    return path if path.is_absolute() else (root / path).resolve()
+    return (path if path.is_absolute() else root / path).resolve()
 
 
 def _clean_value(value: Any) -> Any:

@@ -89,3 +89,36 @@ def test_recording_keys_and_content_overlap(manifest, tmp_path):
     _write_exclude(everything, [[str(p), ""] for p in subset.audio_paths])
     with pytest.raises(ValueError, match="removed every row"):
         apply_leakage_guard(subset, exclude_manifests=[everything])
+
+
+def test_split_rule_also_removes_other_rows_of_an_eval_patient(manifest, tmp_path):
+    # One patient's recordings labelled both 'test' and 'train' in the same manifest: the 'train' ones are that
+    # patient's data all the same and must stay out of alignment too.
+    kauh = [i for i, row in enumerate(manifest.rows) if row["source_dataset"] == "KAUH_lung_sounds"]
+    patient = manifest.rows[kauh[0]]["group_id"]
+    same = [i for i in kauh if manifest.rows[i]["group_id"] == patient]
+    others = [i for i in kauh if manifest.rows[i]["group_id"] != patient][:3]
+    assert len(same) >= 3
+    rows = manifest.to_records(absolute_paths=True)
+    selected = [dict(rows[i], split="train") for i in same + others]
+    selected[0]["split"] = "test"
+    path = tmp_path / "mixed.csv"
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(selected[0]))
+        writer.writeheader()
+        writer.writerows(selected)
+    kept, report = apply_leakage_guard(load_manifest(path), split_column="split")
+    assert patient not in {row["group_id"] for row in kept.rows}
+    assert len(kept) == len(others)
+    assert report.counts == {"split": 1, "recording": 0, "group": len(same) - 1}
+    assert report.group_column == "group_id"
+    assert f"group rule: {len(same) - 1} other rows of a patient with rows in ['val', 'test'], by 'group_id'" in (
+        report.summary())
+    # Without a group column only the split rule applies, and the summary says the group rule is off.
+    no_group = tmp_path / "nogroup.csv"
+    with open(no_group, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["file", "split"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(selected)
+    kept, report = apply_leakage_guard(load_manifest(no_group), split_column="split")
+    assert len(kept) == len(selected) - 1 and "group rule: off" in report.summary()

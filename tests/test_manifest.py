@@ -112,6 +112,18 @@ def test_duplicate_paths_empty_cells_and_ragged_rows(tmp_path):
         load_manifest(ragged)
 
 
+def test_same_file_through_a_symlinked_folder_is_a_duplicate(tmp_path):
+    _write_wav(tmp_path / "real" / "a.wav")
+    (tmp_path / "link").symlink_to(tmp_path / "real", target_is_directory=True)
+    # a relative path through the link and an absolute one through it (with a `..` detour): one recording
+    dup = _write_csv(tmp_path / "dup.csv", [{"file": "real/a.wav"},
+                                            {"file": str(tmp_path / "link" / ".." / "link" / "a.wav")}])
+    with pytest.raises(ValueError, match=r"duplicate audio path.*line 3 repeats"):
+        load_manifest(dup)
+    single = _write_csv(tmp_path / "single.csv", [{"file": str(tmp_path / "link" / "a.wav")}])
+    assert load_manifest(single).audio_paths == [(tmp_path / "real" / "a.wav").resolve()]
+
+
 def test_empty_manifest(tmp_path):
     header_only = tmp_path / "h.csv"
     header_only.write_text("file,label\n")

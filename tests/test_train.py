@@ -3,6 +3,7 @@
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from transformers import AutoFeatureExtractor, AutoModel
 
 import train_acula
 from modeling_acula import AculaForPreTraining, AculaModel
+from modeling_acula.training_checkpoint import list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = json.dumps({
@@ -165,6 +167,158 @@ def test_refuses_a_cache_of_another_teacher_setting(trained):
 
         index = json.loads((root / "cache" / "teacher" / "index.json").read_text())
         TeacherEmbeddingCache(root / "cache" / "teacher", {**index["identity"], "pooling": "cls"})
+
+
+def test_fresh_start_into_a_folder_with_checkpoints_is_refused(trained):
+    output, root = trained
+    before = sorted(p.name for p in (output / "checkpoints").iterdir())
+    with pytest.raises(ValueError, match="already holds checkpoints") as error:
+        run_in_process(tiny_args(output, root / "cache", "--max_steps", "1"))
+    message = str(error.value)
+    assert str(output) in message and "--resume_from_checkpoint latest" in message
+    assert "another --output_dir" in message and "--overwrite_output_dir" in message
+    assert sorted(p.name for p in (output / "checkpoints").iterdir()) == before  # nothing touched
+    with pytest.raises(SystemExit):  # the two flags contradict each other
+        train_acula.parse_args(["--overwrite_output_dir", "--resume_from_checkpoint", "latest"])
+
+
+def _tiny_optimisation():
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    return model, optimizer, scheduler
+
+
+def test_pruning_never_deletes_the_checkpoint_just_written(tmp_path):
+    model, optimizer, scheduler = _tiny_optimisation()
+    folder = tmp_path / "checkpoints"
+    for step in (4, 6):  # left by an earlier timeline
+        save_checkpoint(folder, step, model.state_dict(), optimizer, scheduler, {}, total_limit=2)
+    written = save_checkpoint(folder, 2, model.state_dict(), optimizer, scheduler, {}, total_limit=2)
+    assert written.is_dir() and resolve_checkpoint(folder, "latest") == written
+    assert [p.name for p in list_checkpoints(folder)] == ["step-00000002"]
+    for step in (4, 6, 8):  # the limit still applies to the run's own checkpoints
+        save_checkpoint(folder, step, model.state_dict(), optimizer, scheduler, {}, total_limit=2)
+    assert [p.name for p in list_checkpoints(folder)] == ["step-00000006", "step-00000008"]
+
+
+@pytest.mark.parametrize(("damaged", "words"), [
+    ("optimizer.safetensors", "not valid safetensors"),
+    ("model.safetensors", "not valid safetensors"),
+    ("trainer_state.json", "not valid JSON"),
+])
+def test_damaged_checkpoint_file_is_a_value_error_naming_it(tmp_path, damaged, words):
+    model, optimizer, scheduler = _tiny_optimisation()
+    path = save_checkpoint(tmp_path, 2, model.state_dict(), optimizer, scheduler, {"epoch": 0})
+    with open(path / damaged, "r+b") as handle:
+        handle.truncate(100)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=words) as error:
+        load_checkpoint(path, model, optimizer, scheduler)
+    assert str(path / damaged) in str(error.value) and "--resume_from_checkpoint" in str(error.value)
+    for name, value in model.state_dict().items():  # nothing restored from a damaged checkpoint
+        assert torch.equal(value, weights[name])
+
+
+def test_resume_with_other_settings_is_refused_naming_them(trained, tmp_path):
+    output, root = trained
+    shutil.copytree(output, tmp_path / "out")
+    args = tiny_args(tmp_path / "out", root / "cache", "--max_steps", "4", "--checkpointing_steps", "2",
+                     "--resume_from_checkpoint", "latest", "--seed", "7", "--full_finetune")
+    args[args.index("--learning_rate") + 1] = "1e-5"
+    args[args.index("--per_device_train_batch_size") + 1] = "16"
+    with pytest.raises(ValueError, match="other settings") as error:
+        run_in_process(args)
+    message = str(error.value)
+    for name in ("learning_rate: 0.001 -> 1e-05", "per_device_train_batch_size: 8 -> 16", "seed: 42 -> 7",
+                 "full_finetune: False -> True"):
+        assert name in message
+    assert "gradient_accumulation_steps" not in message and "step-00000002" in message
+    saved = json.loads((output / "checkpoints" / "step-00000002" / "trainer_state.json").read_text())["run_config"]
+    assert saved["num_processes"] == 1 and saved["gradient_accumulation_steps"] == 1
+    assert saved["manifest"].endswith("metadata.csv") and saved["rows_used"] == 48
+
+
+def test_resume_with_the_same_settings_logs_each_step_once(trained, tmp_path):
+    output, root = trained
+    shutil.copytree(output, tmp_path / "out")  # a finished run: its log holds steps 1-4, its checkpoint step 2
+    run_in_process(tiny_args(tmp_path / "out", root / "cache", "--max_steps", "4", "--checkpointing_steps", "2",
+                             "--resume_from_checkpoint", "latest"))
+    assert read_log(tmp_path / "out") == read_log(output)  # steps 3 and 4 logged again, not twice
+    final = load_file(str(tmp_path / "out" / "alignment" / "model.safetensors"))
+    for name, value in load_file(str(output / "alignment" / "model.safetensors")).items():
+        assert torch.equal(final[name], value), name
+
+
+def test_output_folder_is_replaced_whole_never_mixed(trained, tmp_path, monkeypatch):
+    output, root = trained
+    out = tmp_path / "out"
+    shutil.copytree(output, out)  # a finished LoRA run, with checkpoints
+    args = tiny_args(out, root / "cache", "--max_steps", "1", "--checkpointing_steps", "0", "--full_finetune",
+                     "--overwrite_output_dir")
+    # interrupted while the new folder is swapped in: the folder is still the LoRA run's, whole
+    real_replace = os.replace
+
+    def interrupted(src, dst):
+        if str(src).endswith(".acula-staging"):
+            raise KeyboardInterrupt("killed during the swap")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_in_process(args)
+    monkeypatch.setattr(os, "replace", real_replace)
+    for name in ("config.json", "model.safetensors", "adapter", "alignment", "README.md"):
+        assert (out / name).exists(), name
+    assert json.loads((out / "training_args.json").read_text())["model"]["full_finetune"] is False
+    assert "LoRA r=8" in (out / "README.md").read_text()
+
+    run_in_process(args)  # completes: nothing of the LoRA run is left
+    assert not (out / "adapter").exists() and not (out / "checkpoints").exists()
+    assert json.loads((out / "training_args.json").read_text())["model"]["full_finetune"] is True
+    card = (out / "README.md").read_text()
+    assert "full fine-tuning" in card and "LoRA r=8" not in card
+    assert not any(f.startswith("adapter") for f in train_acula.upload_file_list(out))
+    assert [r["step"] for r in read_log(out)] == [1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging or backup folder left
+
+
+def test_output_dir_with_other_files_is_refused_before_any_work(tmp_path):
+    out = tmp_path / "project"
+    out.mkdir()
+    (out / "notes.txt").write_text("not acula's")
+    with pytest.raises(ValueError, match=r"holds files that train_acula.py does not write \(notes.txt\)"):
+        run_in_process(tiny_args(out, tmp_path / "cache", "--max_steps", "1"))
+    assert (out / "notes.txt").read_text() == "not acula's"
+    assert train_acula.foreign_entries(out) == ["notes.txt"]
+    (out / "notes.txt").unlink()
+    for name in ("config.json", "model.safetensors", "model-00001-of-00002.safetensors", "adapter", "checkpoints"):
+        (out / name).mkdir()
+    assert train_acula.foreign_entries(out) == []
+
+
+def test_swap_killed_between_its_two_renames_is_undone_at_the_next_start(tmp_path):
+    out = tmp_path / "out"
+    staging, previous = train_acula._staging_paths(out)
+    (previous / "checkpoints" / "step-00000002").mkdir(parents=True)  # the earlier folder, renamed away
+    (staging / "adapter").mkdir(parents=True)  # the new one, not yet in place
+    train_acula.recover_interrupted_swap(out)
+    assert (out / "checkpoints" / "step-00000002").is_dir() and not staging.exists() and not previous.exists()
+
+
+def test_epochs_count_the_last_partial_accumulation(trained, tmp_path):
+    # 48 rows, batch 8: 6 micro-batches per epoch; accumulation 4: steps after micro-batches 4 and 6 (Accelerate
+    # steps on an epoch's last, partial accumulation), so 2 steps per epoch and 4 for 2 epochs.
+    args = tiny_args(tmp_path / "out", trained[1] / "cache", "--num_train_epochs", "2", "--checkpointing_steps", "0",
+                     "--log_batch_indices")
+    args[args.index("--gradient_accumulation_steps") + 1] = "4"
+    output = run_in_process(args)
+    assert [(r["step"], r["epoch"]) for r in read_log(output)] == [(1, 0), (2, 0), (3, 1), (4, 1)]
+    records = [json.loads(line) for line in (output / "logs" / "batch_indices_rank0.jsonl").read_text().splitlines()]
+    batches = [r for r in records if "indices" in r]
+    assert len(batches) == 12 and {r["epoch"] for r in batches} == {0, 1}
 
 
 @pytest.mark.slow
