@@ -158,8 +158,8 @@ class TrainingArguments:
     )
     overwrite_output_dir: bool = field(
         default=False,
-        metadata={"help": "Start afresh in an --output_dir that holds checkpoints of an earlier run: they and its logs "
-                          "are deleted (without this flag such a start is refused)."},
+        metadata={"help": "Start afresh in an --output_dir that holds checkpoints of an interrupted run: they and its "
+                          "logs are deleted (without this flag such a start is refused)."},
     )
     on_nonfinite_loss: str = field(default="stop", metadata={"help": "stop (keep the last good checkpoint) or skip."})
     report_to: list[str] = field(default_factory=list, metadata={"help": "Accelerate trackers (tensorboard, wandb, ...)."})
@@ -346,13 +346,17 @@ def refuse_foreign_output_dir(output_dir: Path) -> None:
 
 
 def refuse_stale_checkpoints(output_dir: Path, train_args: TrainingArguments) -> None:
-    """A fresh start must not share --output_dir with an earlier run's checkpoints: `latest` would resume them."""
+    """A fresh start must not silently throw away the checkpoints of an interrupted run (one whose final folder was
+    never written): the user may want to resume it. A finished run's checkpoints are replaced like its folder."""
     if train_args.resume_from_checkpoint or train_args.overwrite_output_dir:
         return
     found = list_checkpoints(output_dir / "checkpoints")
-    if found:
+    finished = output_dir / "training_args.json"  # written into the final folder, after every checkpoint of its run
+    # A checkpoint's files keep their write time through the final folder's hard links; its folder may not.
+    written = [(p / "trainer_state.json" if (p / "trainer_state.json").is_file() else p).stat().st_mtime for p in found]
+    if found and (not finished.is_file() or max(written) > finished.stat().st_mtime):
         raise ValueError(
-            f"{output_dir} already holds checkpoints of an earlier run ({', '.join(p.name for p in found)} in "
+            f"{output_dir} holds checkpoints of an interrupted run ({', '.join(p.name for p in found)} in "
             f"{output_dir / 'checkpoints'}). Pass --resume_from_checkpoint latest to continue that run, choose "
             "another --output_dir (or clear this one), or pass --overwrite_output_dir to delete them and start afresh."
         )

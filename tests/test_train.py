@@ -169,17 +169,24 @@ def test_refuses_a_cache_of_another_teacher_setting(trained):
         TeacherEmbeddingCache(root / "cache" / "teacher", {**index["identity"], "pooling": "cls"})
 
 
-def test_fresh_start_into_a_folder_with_checkpoints_is_refused(trained):
+def test_fresh_start_into_a_folder_with_checkpoints_is_refused(trained, tmp_path):
     output, root = trained
-    before = sorted(p.name for p in (output / "checkpoints").iterdir())
-    with pytest.raises(ValueError, match="already holds checkpoints") as error:
-        run_in_process(tiny_args(output, root / "cache", "--max_steps", "1"))
+    interrupted = tmp_path / "interrupted"
+    shutil.copytree(output / "checkpoints", interrupted / "checkpoints")  # killed before its final folder
+    before = sorted(p.name for p in (interrupted / "checkpoints").iterdir())
+    with pytest.raises(ValueError, match="holds checkpoints of an interrupted run") as error:
+        run_in_process(tiny_args(interrupted, root / "cache", "--max_steps", "1"))
     message = str(error.value)
-    assert str(output) in message and "--resume_from_checkpoint latest" in message
+    assert str(interrupted) in message and "--resume_from_checkpoint latest" in message
     assert "another --output_dir" in message and "--overwrite_output_dir" in message
-    assert sorted(p.name for p in (output / "checkpoints").iterdir()) == before  # nothing touched
+    assert sorted(p.name for p in (interrupted / "checkpoints").iterdir()) == before  # nothing touched
     with pytest.raises(SystemExit):  # the two flags contradict each other
         train_acula.parse_args(["--overwrite_output_dir", "--resume_from_checkpoint", "latest"])
+    # A finished run's folder is simply replaced by a fresh run (as rerunning the demo does), checkpoints included.
+    finished = tmp_path / "finished"
+    shutil.copytree(output, finished)
+    run_in_process(tiny_args(finished, root / "cache", "--max_steps", "1", "--checkpointing_steps", "0"))
+    assert not (finished / "checkpoints").exists() and [r["step"] for r in read_log(finished)] == [1]
 
 
 def _tiny_optimisation():
