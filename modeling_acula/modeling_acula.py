@@ -649,6 +649,14 @@ class AculaForAudioClassification(AculaPreTrainedModel):
         pooled = pool_audio_encoder_output(self.acula(input_values, **encoder_kwargs), attention_mask, self.acula)
         logits = self.classifier(self.dropout(pooled))
         if recording_index is not None:
+            if recording_index.shape[0] != logits.shape[0]:
+                # What transformers' audio-classification pipeline passes with batch_size > 1 and sliding windows:
+                # it batches one row per recording but concatenates every window's index.
+                raise ValueError(
+                    f"recording_index has {recording_index.shape[0]} entries for {logits.shape[0]} windows. "
+                    "pipeline('audio-classification') cannot batch recordings cut into several windows: call it "
+                    "without batch_size (each recording's windows are then averaged)."
+                )
             logits = mean_per_recording(logits, recording_index)
         loss = ForSequenceClassificationLoss(labels, logits, self.config) if labels is not None else None
         output = SequenceClassifierOutput(loss=loss, logits=logits)

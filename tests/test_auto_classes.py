@@ -194,3 +194,6 @@ def test_audio_classification_pipeline_scores_every_window(tmp_path):
     assert scores == pytest.approx({model.config.id2label[i]: expected[i].item() for i in range(2)}, abs=1e-5)
     assert scores != pytest.approx({model.config.id2label[i]: logits[0].softmax(-1)[i].item() for i in range(2)},
                                    abs=1e-3)
+    # transformers batches one row per recording: batching windowed recordings is refused, not scored wrongly.
+    with pytest.raises(ValueError, match="cannot batch recordings cut into several windows"):
+        pipeline("audio-classification", model=str(tmp_path))([waveform, waveform[:32000]], batch_size=2)
