@@ -238,7 +238,8 @@ def prepare_spectrograms(manifest, extractor: AculaFeatureExtractor, cache: Spec
         # The next batch is decoded in threads while this one is featurised; a bad file stops the run naming its row.
         batches = decoded_batches([manifest.audio_paths[index] for index in todo], extractor.sampling_rate,
                                   batch_size, workers=decode_workers,
-                                  describe=lambda position: manifest.describe_row(todo[position]))
+                                  describe=lambda position: manifest.describe_row(todo[position]),
+                                  resample_quality=extractor.resample_quality)
         for start, waveforms in zip(range(0, len(todo), batch_size), batches):
             chunk = todo[start : start + batch_size]
             features = extractor(waveforms, sampling_rate=extractor.sampling_rate, return_tensors="pt",

@@ -41,7 +41,8 @@ def fill_cache(manifest: Manifest, extractor: AculaFeatureExtractor, cache: Spec
     """Decode every recording not cached yet and featurise it in batches on `device`, writing the cache: the work of
     `train_acula.prepare_spectrograms` (one process), with the features computed on the benchmark's device."""
     todo = [index for index in range(len(manifest)) if cache.get(manifest.audio_paths[index]) is None]
-    batches = decoded_batches([manifest.audio_paths[index] for index in todo], extractor.sampling_rate, batch_size)
+    batches = decoded_batches([manifest.audio_paths[index] for index in todo], extractor.sampling_rate, batch_size,
+                              resample_quality=extractor.resample_quality)
     for start, waveforms in zip(range(0, len(todo), batch_size), batches):
         chunk = todo[start : start + batch_size]
         features = extractor(waveforms, sampling_rate=extractor.sampling_rate, device=device.torch_device)

@@ -28,7 +28,8 @@ class SpectrogramDataset(torch.utils.data.Dataset):
         self.labels = torch.tensor(labels)
         chunks = []
         for start in range(0, len(manifest), batch_size):
-            waves = [decode_audio(p, extractor.sampling_rate) for p in manifest.audio_paths[start : start + batch_size]]
+            waves = [decode_audio(p, extractor.sampling_rate, extractor.resample_quality)
+                     for p in manifest.audio_paths[start : start + batch_size]]
             chunks.append(extractor(waves, sampling_rate=extractor.sampling_rate, return_tensors="pt")["input_values"])
         self.inputs = torch.cat(chunks)
 

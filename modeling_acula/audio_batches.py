@@ -21,6 +21,7 @@ def decoded_batches(
     batch_size: int,
     workers: int = 2,
     describe: Callable[[int], str] | None = None,
+    resample_quality: str = "HQ",
 ) -> Iterator[list[np.ndarray]]:
     """
     Yields the decoded waveforms of `paths` in order, `batch_size` at a time.
@@ -35,6 +36,8 @@ def decoded_batches(
         workers (`int`, *optional*, defaults to 2): decoding threads; 0 decodes in the calling thread.
         describe (`Callable[[int], str]`, *optional*): names the position of a file in `paths` in error messages
             (e.g. its manifest row); by default the message names the file only.
+        resample_quality (`str`, *optional*, defaults to `"HQ"`): soxr quality for files at another rate (the
+            feature extractor's `resample_quality`).
 
     Raises:
         `ValueError`: for the first file (in order) that cannot be decoded, naming it; the remaining decoding is
@@ -56,7 +59,7 @@ def decoded_batches(
 
     if workers == 0:
         for start in starts:
-            yield [result(i, lambda i=i: decode_audio(paths[i], sampling_rate))
+            yield [result(i, lambda i=i: decode_audio(paths[i], sampling_rate, resample_quality))
                    for i in range(start, min(start + batch_size, len(paths)))]
         return
 
@@ -64,7 +67,8 @@ def decoded_batches(
 
         def submit(start: int) -> list[tuple[int, Future]]:
             stop = min(start + batch_size, len(paths))
-            return [(i, pool.submit(decode_audio, paths[i], sampling_rate)) for i in range(start, stop)]
+            return [(i, pool.submit(decode_audio, paths[i], sampling_rate, resample_quality))
+                    for i in range(start, stop)]
 
         pending = submit(0) if len(paths) else []
         for start in starts:

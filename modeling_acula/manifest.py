@@ -360,7 +360,7 @@ def _riff_declared_size(path: Path) -> int | None:
     return None
 
 
-def decode_audio(path: str | os.PathLike, target_sr: int = DEFAULT_SAMPLING_RATE) -> np.ndarray:
+def decode_audio(path: str | os.PathLike, target_sr: int = DEFAULT_SAMPLING_RATE, resample_quality: str = "HQ") -> np.ndarray:
     """
     Read an audio file as float32 mono at `target_sr` with soundfile + soxr (no FFmpeg needed).
 
@@ -369,6 +369,8 @@ def decode_audio(path: str | os.PathLike, target_sr: int = DEFAULT_SAMPLING_RATE
     Args:
         path (`str` or `os.PathLike`): the audio file (any format libsndfile reads: WAV, FLAC, OGG, MP3).
         target_sr (`int`, *optional*, defaults to 16000): output sampling rate.
+        resample_quality (`str`, *optional*, defaults to `"HQ"`): soxr quality of the resampling (pass the feature
+            extractor's `resample_quality`, so that files give the same features as waveforms passed to it).
 
     Returns:
         `np.ndarray` of shape `(num_samples,)`, dtype float32.
@@ -404,7 +406,7 @@ def decode_audio(path: str | os.PathLike, target_sr: int = DEFAULT_SAMPLING_RATE
         raise ValueError(f"{path}: {bad} NaN or Inf sample(s); the file is corrupt.")
     mono = audio.mean(axis=1) if audio.shape[1] > 1 else audio[:, 0]
     if sampling_rate != target_sr:
-        mono = soxr.resample(mono, sampling_rate, target_sr, quality="HQ")
+        mono = soxr.resample(mono, sampling_rate, target_sr, quality=resample_quality)
         if mono.size == 0:
             raise ValueError(
                 f"{path}: {audio.shape[0]} sample(s) at {sampling_rate} Hz leave nothing after resampling to "

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import soundfile
+import soxr
 
 from modeling_acula.audio_batches import decoded_batches
 from modeling_acula.manifest import decode_audio
@@ -54,3 +55,15 @@ def test_stopping_early_and_bad_settings(files):
         list(decoded_batches(files, 16000, batch_size=0))
     with pytest.raises(ValueError, match="workers"):
         list(decoded_batches(files, 16000, batch_size=2, workers=-1))
+
+
+def test_resample_quality_reaches_the_decoder(tmp_path):
+    """Files at another rate are resampled with the feature extractor's quality, as waveforms passed to it are."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "rate.wav"
+    soundfile.write(path, rng.standard_normal(44100).astype(np.float32) * 0.1, 44100)
+    for quality in ("QQ", "HQ"):
+        (decoded,) = next(decoded_batches([path], 16000, batch_size=1, workers=1, resample_quality=quality))
+        waveform, rate = soundfile.read(path, dtype="float32")
+        np.testing.assert_array_equal(decoded, soxr.resample(waveform, rate, 16000, quality=quality))
+    assert not np.array_equal(decode_audio(path, 16000, "QQ"), decode_audio(path, 16000, "HQ"))

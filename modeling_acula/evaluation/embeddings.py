@@ -261,7 +261,8 @@ class AudioEmbedder:
         todo = [i for i, vector in enumerate(vectors) if vector is None]
         bar = tqdm(total=len(paths), initial=len(paths) - len(todo), desc=desc or f"embedding ({self.model_dir.name})",
                    unit="rec", disable=not self.show_progress)
-        batches = decoded_batches([paths[i] for i in todo], self.sampling_rate, self.batch_size, self.decode_workers)
+        batches = decoded_batches([paths[i] for i in todo], self.sampling_rate, self.batch_size, self.decode_workers,
+                                  resample_quality=getattr(self.feature_extractor, "resample_quality", "HQ"))
         for start, waveforms in zip(range(0, len(todo), self.batch_size), batches):
             chunk = todo[start : start + self.batch_size]
             for i, vector in zip(chunk, self.embed_waveforms(waveforms)):
