@@ -204,6 +204,15 @@ class AculaEncoder(nn.Module):
         return hidden_states, all_hidden_states
 
 
+# Where the copied model code defines each Auto class (the module names of this package's files).
+REMOTE_CODE_AUTO_MAP = {
+    "AutoConfig": "configuration_acula.AculaConfig",
+    "AutoModel": "modeling_acula.AculaModel",
+    "AutoModelForPreTraining": "modeling_acula.AculaForPreTraining",
+    "AutoModelForAudioClassification": "modeling_acula.AculaForAudioClassification",
+}
+
+
 class AculaPreTrainedModel(PreTrainedModel):
     config_class = AculaConfig
     config: AculaConfig
@@ -222,6 +231,13 @@ class AculaPreTrainedModel(PreTrainedModel):
         model = loaded[0] if isinstance(loaded, tuple) else loaded
         model._freeze_position_tables()
         return loaded
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """[`~transformers.PreTrainedModel.save_pretrained`], with every acula Auto class in the config's `auto_map`:
+        transformers records only the class being saved, and one checkpoint serves all three heads (an encoder
+        folder is loaded with `AutoModelForAudioClassification` to fine-tune it, also with `trust_remote_code`)."""
+        self.config.auto_map = {**REMOTE_CODE_AUTO_MAP, **(getattr(self.config, "auto_map", None) or {})}
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     def _freeze_position_tables(self) -> None:
         """Keep the sine-cosine tables of the encoder and the masked-audio decoder out of training."""

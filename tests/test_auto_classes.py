@@ -98,6 +98,12 @@ def test_fresh_process_loads_folder_with_remote_code(saved_model, tmp_path):
         io = load_file({str(tmp_path / 'io.safetensors')!r})
         out = model(input_values=io["input_values"]).pooler_output
         assert (out - io["expected"]).abs().max() < 1e-5, (out - io["expected"]).abs().max()
+        # An encoder folder is what users fine-tune: every acula Auto class is in its auto_map.
+        from transformers import AutoModelForAudioClassification
+        classifier = AutoModelForAudioClassification.from_pretrained({str(folder)!r}, trust_remote_code=True,
+                                                                     num_labels=3)
+        assert type(classifier).__name__ == "AculaForAudioClassification"
+        assert classifier(input_values=io["input_values"]).logits.shape == (io["input_values"].shape[0], 3)
         assert "modeling_acula" not in sys.modules, "the package itself must not have been imported"
         print("LOADED", type(model).__module__, type(extractor).__name__)
         """
