@@ -47,7 +47,7 @@ from modeling_acula.configuration_acula import MINILM_TEACHER
 from modeling_acula.file_utils import write_json_atomic
 from modeling_acula.leakage import apply_leakage_guard
 from modeling_acula.manifest import load_manifest
-from modeling_acula.model_card import render_model_card
+from modeling_acula.model_card import describe_starting_encoder, render_model_card
 from modeling_acula.reports import LLMReportRewriter, build_reports
 from modeling_acula.spectrogram_cache import AudioSpectrogramDataset, SpectrogramCache
 from modeling_acula.teacher import default_teacher_path
@@ -668,7 +668,8 @@ def main(argv: list[str] | None = None) -> Path:
         save_output_folder(accelerator.unwrap_model(model), extractor, output_dir, full_finetune=model_args.full_finetune,
                            reports=reports, kept=kept, summary=summary, teacher_identity=teacher_identity,
                            args={"data": asdict(data_args), "model": asdict(model_args), "training": asdict(train_args)},
-                           run_facts=run_facts, skipped_rows=skipped_rows)
+                           run_facts=run_facts, skipped_rows=skipped_rows,
+                           repo_id=train_args.hub_model_id or output_dir.name)
         if train_args.push_to_hub:
             push_output_folder(output_dir, train_args.hub_model_id or output_dir.name, train_args.hub_private_repo)
         elapsed = time.time() - started
@@ -712,17 +713,19 @@ def _link_tree(source: Path, target: Path) -> None:
 
 
 def save_output_folder(model, extractor, output_dir: Path, *, full_finetune: bool, reports, kept, summary,
-                       teacher_identity, args, run_facts, skipped_rows=()) -> None:
+                       teacher_identity, args, run_facts, skipped_rows=(), repo_id: str | None = None) -> None:
     """Write the complete output folder as a hidden sibling and swap it in: the output folder is always either
     the previous one, whole, or this run's, whole (never a mix of two runs, never stale files of an earlier run).
 
     The run's own `checkpoints/` and `logs/` (which live inside the output folder while training) are hard-linked
-    into the new folder, so that they stay in place until the swap and a run killed here still resumes."""
+    into the new folder, so that they stay in place until the swap and a run killed here still resumes. The model
+    card names `repo_id` (the Hub id it will be pushed to; default: the folder name)."""
     recover_interrupted_swap(output_dir)
     staging, previous = _staging_paths(output_dir)
     staging.mkdir(parents=True)
     if not full_finetune:
         model.save_pretrained(staging / "adapter")  # the LoRA adapter + trained heads (peft format, safetensors)
+        write_adapter_card(staging / "adapter", run_facts.get("init_from"))
         model = model.merge_and_unload()
     model.save_pretrained(staging / "alignment")  # encoder + heads + decoder, for retrieval or more alignment
     model.acula.save_pretrained(staging)  # the merged encoder: what AutoModel loads
@@ -735,7 +738,7 @@ def save_output_folder(model, extractor, output_dir: Path, *, full_finetune: boo
             handle.write(json.dumps({"file": row.get(kept.audio_column), "path": str(path), "report": text}) + "\n")
     with open(staging / "skipped_rows.jsonl", "w", encoding="utf-8") as handle:
         handle.writelines(json.dumps(row) + "\n" for row in skipped_rows)
-    card = render_model_card(repo_id=output_dir.name, config=model.config, run=run_facts, data_summary=summary,
+    card = render_model_card(repo_id=repo_id or output_dir.name, config=model.config, run=run_facts, data_summary=summary,
                              teacher_identity=teacher_identity)
     card.save(staging / "README.md")
     target = output_dir.resolve()
@@ -753,6 +756,20 @@ def save_output_folder(model, extractor, output_dir: Path, *, full_finetune: boo
         shutil.rmtree(previous)
     else:
         os.replace(staging, target)
+
+
+def write_adapter_card(adapter_dir: Path, init_from: str | None) -> None:
+    """Replace peft's template card (placeholders only) with what the adapter is and what it applies to."""
+    base = (f"the encoder this run started from, {describe_starting_encoder(init_from)}" if init_from else
+            "the randomly initialised encoder this run started from, which is not published: use the merged model at "
+            "the top of this folder instead")
+    (adapter_dir / "README.md").write_text(
+        "# LoRA adapter of an AcuLa alignment run\n\n"
+        f"The peft adapter (and the trained projection heads and decoder) of this run. It applies to {base}. The "
+        "top-level folder holds the same encoder with the adapter merged in, which is what "
+        "`AutoModel.from_pretrained` loads; see its README.md for the training data, teacher and settings.\n",
+        encoding="utf-8",
+    )
 
 
 def upload_file_list(output_dir: str | os.PathLike) -> list[str]:

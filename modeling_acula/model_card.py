@@ -25,6 +25,28 @@ def _evaluation_section(evaluation: Sequence[Mapping[str, Any]] | None) -> str:
     return "\n".join(rows)
 
 
+def _hub_id_or_none(name: Any) -> str | None:
+    """`name` when it reads as a Hub repository id and is no local folder (a local path must neither become
+    `base_model` metadata nor be published), else `None`."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if not name or Path(str(name)).expanduser().exists() or str(name).startswith(("/", ".", "~")):
+        return None
+    try:
+        validate_repo_id(str(name))
+    except HFValidationError:
+        return None
+    return str(name)
+
+
+def describe_starting_encoder(init_from: Any) -> str:
+    """How a card names the encoder a run started from: its Hub id, or only the folder name of a local path."""
+    if not init_from:
+        return "randomly initialised (no pretrained encoder given)"
+    hub_id = _hub_id_or_none(init_from)
+    return f"`{hub_id}`" if hub_id else f"a local checkpoint (`{Path(str(init_from)).name}`)"
+
+
 def render_model_card(
     *,
     repo_id: str,
@@ -64,7 +86,7 @@ def render_model_card(
         tags=["audio", "medical-audio", "auscultation", "acula", "not-for-diagnosis"],
         model_name=repo_id.split("/")[-1],
         eval_results=eval_results or None,
-        base_model=run.get("init_from") if run.get("init_from") and "/" in str(run.get("init_from")) else None,
+        base_model=_hub_id_or_none(run.get("init_from")),
     )
     uses_mam = bool(getattr(config, "use_mam", False))
     reports = data_summary.get("reports", {})
@@ -83,7 +105,7 @@ def render_model_card(
         repo_id=repo_id,
         hidden_size=getattr(config, "hidden_size", "?"),
         window_seconds=run.get("window_seconds", "8.19"),
-        init_description=run.get("init_from") or "randomly initialised (no pretrained encoder given)",
+        init_description=describe_starting_encoder(run.get("init_from")),
         encoder_description=(
             f"ViT on {config.spectrogram_size[0]} x {config.spectrogram_size[1]} log-mel patches of "
             f"{config.patch_size[0]} x {config.patch_size[1]}, width {config.hidden_size}, depth {config.num_hidden_layers}"
@@ -116,4 +138,4 @@ def render_model_card(
     )
 
 
-__all__ = ["render_model_card"]
+__all__ = ["describe_starting_encoder", "render_model_card"]

@@ -122,6 +122,23 @@ def test_push_to_hub_uploads_exactly_the_model_files(trained):
         "alignment/configuration_acula.py", "alignment/modeling_acula.py", "alignment/losses.py",
     }
     assert set(files) == expected
+    adapter_card = (output / "adapter" / "README.md").read_text()
+    assert "More Information Needed" not in adapter_card and "randomly initialised" in adapter_card
+
+
+def test_model_card_names_the_hub_id_and_never_a_local_path(tmp_path):
+    from modeling_acula import AculaConfig
+    from modeling_acula.model_card import render_model_card
+
+    local = tmp_path / "opera-gt-converted"
+    local.mkdir()
+    for init_from, base in ((str(local), None), ("path/to/opera-gt-converted", None), ("~/models/x", None),
+                            ("evelyn0414/opera-gt", "evelyn0414/opera-gt"), (None, None)):
+        card = str(render_model_card(repo_id="alice/acula-lung", config=AculaConfig.from_preset("cpu-small"),
+                                     run={"init_from": init_from}, data_summary={}, teacher_identity={}))
+        metadata = yaml.safe_load(card.split("---")[1])
+        assert metadata.get("base_model") == base, init_from
+        assert str(tmp_path) not in card and 'from_pretrained("alice/acula-lung")' in card
 
 
 def test_second_run_reuses_caches(trained, capsys, monkeypatch):
