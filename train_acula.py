@@ -476,7 +476,8 @@ def main(argv: list[str] | None = None) -> Path:
         raise ValueError("train_acula.py trains the native encoder; align foreign backbones with the library API.")
     dataset = AudioSpectrogramDataset(
         kept, lambda waveform, rate: extractor(waveform, sampling_rate=rate, return_tensors="pt")["input_values"][0],
-        cache=spectrogram_cache, teacher_vectors=teacher_vectors,
+        cache=spectrogram_cache, teacher_vectors=teacher_vectors, sampling_rate=extractor.sampling_rate,
+        resample_quality=extractor.resample_quality,
     )
     # drop_last: every process must hold a full, equal shard for the global-batch alignment loss.
     dataloader = DataLoader(dataset, batch_size=train_args.per_device_train_batch_size, shuffle=True, drop_last=True,

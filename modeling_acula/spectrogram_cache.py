@@ -19,6 +19,13 @@ Choices:
   `os.replace` (atomic on POSIX and Windows): several processes (DDP ranks, DataLoader workers) may
   write the same key at once; readers see either no file or a complete one. Two levels of folders
   keep directories small at 100k recordings.
+- Every entry records its tensor's shape, dtype and CRC-32 in the safetensors metadata; `get` serves
+  an entry only if the file parses, those match, and the values are finite. Anything else (a damaged
+  file, NaN written into it, another tensor, an entry without these records) is logged and treated as
+  a miss, so the spectrogram is recomputed and the entry rewritten.
+
+Clearing: the cache is a plain folder. Deleting it, or one identity sub-folder, is always safe (the
+spectrograms are recomputed on the next run); just do not delete it while a run is writing to it.
 """
 
 from __future__ import annotations
@@ -27,14 +34,15 @@ import hashlib
 import json
 import logging
 import os
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch.utils.data import Dataset
 
 from .file_utils import atomic_write, file_sha256
@@ -45,6 +53,32 @@ logger = logging.getLogger(__name__)
 CACHE_FORMAT_VERSION = 1
 KEY_MODES = ("stat", "content")
 _TENSOR_NAME = "input_values"
+
+
+def _checksum(tensor: torch.Tensor) -> str:
+    """CRC-32 of a tensor's bytes (any dtype, bfloat16 included), as 8 hex digits."""
+    data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+    return f"{zlib.crc32(data) & 0xFFFFFFFF:08x}"
+
+
+def _entry_problem(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], identity_sha256: str) -> str | None:
+    """Why a parsed entry must not be served, or None if it is sound."""
+    if _TENSOR_NAME not in tensors:
+        return f"no tensor {_TENSOR_NAME!r}"
+    tensor = tensors[_TENSOR_NAME]
+    if metadata.get("identity_sha256") != identity_sha256:
+        return "written for another featurizer identity"
+    if "shape" not in metadata or "dtype" not in metadata or "crc32" not in metadata:
+        return "no shape/dtype/checksum record (written by an older version or by something else)"
+    if json.loads(metadata["shape"]) != list(tensor.shape):
+        return f"shape {list(tensor.shape)} != recorded {metadata['shape']}"
+    if str(tensor.dtype) != metadata["dtype"]:
+        return f"dtype {tensor.dtype} != recorded {metadata['dtype']}"
+    if _checksum(tensor) != metadata["crc32"]:
+        return "checksum mismatch (damaged data)"
+    if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+        return "NaN/Inf values"
+    return None
 
 
 def _json_default(value: Any) -> Any:
@@ -140,23 +174,39 @@ class SpectrogramCache:
         return self.folder / key[:2] / f"{key}.safetensors"
 
     def get(self, path: str | os.PathLike) -> torch.Tensor | None:
-        """The cached spectrogram of `path`, or `None` on a miss (an unreadable entry counts as a miss)."""
+        """The cached spectrogram of `path`, or `None` on a miss.
+
+        An entry that cannot be parsed, or whose shape, dtype or checksum differ from what `put` recorded,
+        or that holds NaN/Inf, counts as a miss (with a warning): it is never served."""
         entry = self.entry_path(path)
         if not entry.is_file():
             return None
         try:
-            return load_file(str(entry))[_TENSOR_NAME]
-        except (SafetensorError, OSError, KeyError) as error:
-            logger.warning("spectrogram cache entry %s for %s is unreadable (%s); recomputing it.", entry, path, error)
+            with safe_open(str(entry), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+                tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+            problem = _entry_problem(tensors, metadata, self.identity_hash)
+        except (SafetensorError, OSError, KeyError, ValueError, TypeError, RuntimeError) as error:
+            problem = f"unreadable: {error}"
+        if problem is not None:
+            logger.warning("spectrogram cache entry %s for %s is not usable (%s); recomputing it.", entry, path, problem)
             return None
+        return tensors[_TENSOR_NAME]
 
     def put(self, path: str | os.PathLike, tensor: torch.Tensor) -> Path:
         """Store the spectrogram of `path` atomically; returns the entry file."""
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"spectrogram of {path} must be a torch.Tensor, got {type(tensor).__name__}.")
         entry = self.entry_path(path)
-        data = {_TENSOR_NAME: tensor.detach().cpu().contiguous()}
-        metadata = {"audio_path": str(Path(path).resolve()), "identity_sha256": self.identity_hash}
+        stored = tensor.detach().cpu().contiguous()
+        data = {_TENSOR_NAME: stored}
+        metadata = {
+            "audio_path": str(Path(path).resolve()),
+            "identity_sha256": self.identity_hash,
+            "shape": json.dumps(list(stored.shape)),
+            "dtype": str(stored.dtype),
+            "crc32": _checksum(stored),
+        }
         atomic_write(entry, lambda tmp: save_file(data, tmp, metadata=metadata))
         return entry
 
@@ -176,6 +226,8 @@ class AudioSpectrogramDataset(Dataset):
         teacher_vectors (`torch.Tensor` or `np.ndarray`, *optional*): one teacher vector per manifest row,
             shape `(len(manifest), D)`; returned as `teacher_embeds`.
         sampling_rate (`int`, *optional*, defaults to 16000): rate the waveform is decoded at.
+        resample_quality (`str`, *optional*, defaults to `"HQ"`): soxr quality for files at another rate (the feature
+            extractor's `resample_quality`).
 
     Items are dicts `{"input_values": (1, T, F) tensor, "index": row index, "teacher_embeds": (D,)}`.
     """
@@ -188,6 +240,7 @@ class AudioSpectrogramDataset(Dataset):
         teacher_vectors: torch.Tensor | np.ndarray | Sequence | None = None,
         *,
         sampling_rate: int = DEFAULT_SAMPLING_RATE,
+        resample_quality: str = "HQ",
     ) -> None:
         if not callable(featurize):
             raise TypeError(f"featurize must be callable, got {type(featurize).__name__}.")
@@ -195,6 +248,7 @@ class AudioSpectrogramDataset(Dataset):
         self.featurize = featurize
         self.cache = cache
         self.sampling_rate = sampling_rate
+        self.resample_quality = resample_quality
         self.teacher_vectors = None
         if teacher_vectors is not None:
             if isinstance(teacher_vectors, torch.Tensor):
@@ -213,7 +267,7 @@ class AudioSpectrogramDataset(Dataset):
 
     def _compute(self, index: int) -> torch.Tensor:
         path = self.manifest.audio_paths[index]
-        waveform = decode_audio(path, self.sampling_rate)
+        waveform = decode_audio(path, self.sampling_rate, self.resample_quality)
         features = self.featurize(waveform, self.sampling_rate)
         if not isinstance(features, torch.Tensor):
             raise TypeError(f"featurize returned {type(features).__name__} for {path}; expected a torch.Tensor.")

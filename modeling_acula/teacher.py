@@ -2,7 +2,13 @@
 
 The teacher is only needed while training (and only once per report if its vectors are cached, see
 `teacher_cache.py`); it is NOT part of the saved audio model. What the saved model records about it
-is `AculaTeacher.identity`.
+is `AculaTeacher.identity`. A Hub model is identified by its name, revision and resolved commit; a local
+folder by `content_hash`, a sha256 over the files that decide the vectors (config, weights, tokenizer
+files, remote code), so replacing the weights in a folder changes the identity and a copy of the same
+files elsewhere keeps it. Each file is hashed once per process (remembered by path, size and mtime).
+
+Texts longer than `max_length` tokens are truncated; `encode` logs one warning per call with how many
+were, and keeps the count in `AculaTeacher.last_truncated`.
 
 Differences from the authors' code, on purpose:
 - padding never enters the pooled vector (they averaged over padding tokens);
@@ -14,14 +20,22 @@ Differences from the authors' code, on purpose:
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import logging
 import os
+import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer, PreTrainedConfig, PreTrainedModel
+
+from .file_utils import file_sha256
+
+logger = logging.getLogger(__name__)
 
 POOLING_MODES = ("mean", "last", "cls")
 
@@ -29,6 +43,24 @@ POOLING_MODES = ("mean", "last", "cls")
 _HIDDEN_SIZE_ATTRIBUTES = ("hidden_size", "d_model", "n_embd", "dim", "embed_dim", "model_dim")
 # Sub-configs of multimodal / composite configs (Gemma3, Llava, ...) that hold the text model.
 _TEXT_SUBCONFIG_ATTRIBUTES = ("text_config", "language_config", "llm_config", "decoder")
+
+# Files of a local model folder that decide the vectors: the config, the tokenizer files, the weights
+# (single or sharded, with their index) and remote code. Anything else (README, generation config,
+# sentence-transformers pooling sub-folders, which AutoModel does not read) is left out.
+_CONTENT_FILE_NAMES = (
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+)
+_CONTENT_FILE_SUFFIXES = (".safetensors", ".bin", ".model", ".tiktoken", ".py", ".index.json")
+# sha256 of files already hashed in this process, keyed on (real path, size, mtime_ns, inode).
+_FILE_HASHES: dict[tuple[str, int, int, int], str] = {}
+_FILE_HASHES_LOCK = threading.Lock()
 
 
 def default_teacher_path() -> str:
@@ -163,6 +195,56 @@ def pool_hidden_states(hidden_states: torch.Tensor, attention_mask: torch.Tensor
     return hidden_states[torch.arange(hidden_states.shape[0], device=hidden_states.device), positions]
 
 
+def _cached_file_sha256(path: Path) -> str:
+    """`file_sha256`, computed once per process per file version (path + size + mtime_ns + inode)."""
+    stat = path.stat()
+    memo_key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    with _FILE_HASHES_LOCK:
+        known = _FILE_HASHES.get(memo_key)
+    if known is None:
+        known = file_sha256(path)
+        with _FILE_HASHES_LOCK:
+            _FILE_HASHES[memo_key] = known
+    return known
+
+
+def folder_content_hash(folder: str | os.PathLike) -> str:
+    """sha256 over the names and bytes of the files of a model folder that decide its vectors (config,
+    tokenizer files, weights, remote code; see `_CONTENT_FILE_NAMES` / `_CONTENT_FILE_SUFFIXES`).
+
+    The folder's path does not enter the hash: the same files elsewhere give the same hash, other
+    weights in the same folder another. Each file is read once per process; later calls only `stat` it.
+
+    Args:
+        folder: a local model folder (top level only; sub-folders are not read by `AutoModel`).
+
+    Raises:
+        ValueError: if `folder` is not a directory or holds none of those files.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"{folder} is not a model folder.")
+    files = sorted(
+        path
+        for path in folder.iterdir()
+        if path.is_file() and (path.name in _CONTENT_FILE_NAMES or path.name.endswith(_CONTENT_FILE_SUFFIXES))
+    )
+    if not files:
+        raise ValueError(f"{folder} holds no config, tokenizer or weight file to identify the teacher by.")
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(f"{path.name}\0{_cached_file_sha256(path)}\n".encode("utf-8"))
+    return digest.hexdigest()
+
+
+def _local_model_folder(name_or_path: str, hub_kwargs: dict[str, Any] | None = None) -> Path | None:
+    """The folder the files are read from when `name_or_path` is a local folder (with `subfolder`)."""
+    if not os.path.isdir(name_or_path):
+        return None
+    subfolder = (hub_kwargs or {}).get("subfolder") or ""
+    return Path(name_or_path, subfolder)
+
+
 def _resolve_commit_hash(name_or_path: str, revision: str | None, hub_kwargs: dict[str, Any]) -> str | None:
     """The Hub commit the weights came from (from the local cache, no network); None for a folder."""
     if os.path.isdir(name_or_path):
@@ -196,8 +278,13 @@ class AculaTeacher:
         layer: which entry of `hidden_states` to pool: 0 is the embeddings output, 1..L the layers,
             negative values count from the end (-1 = last layer).
         pooling: "mean", "last" or "cls" (see `pool_hidden_states`).
-        max_length: texts are truncated to this many tokens.
+        max_length: texts are truncated to this many tokens (each `encode` call logs how many were).
         commit_hash: resolved Hub commit, if known.
+        content_hash: for a local folder, `folder_content_hash` of it; computed here when None and
+            `name_or_path` is a folder.
+
+    Attributes:
+        last_truncated: how many texts of the latest `encode` call were longer than `max_length`.
     """
 
     def __init__(
@@ -211,6 +298,7 @@ class AculaTeacher:
         pooling: str = "mean",
         max_length: int = 256,
         commit_hash: str | None = None,
+        content_hash: str | None = None,
     ) -> None:
         _check_pooling(pooling)
         if not isinstance(layer, int) or isinstance(layer, bool):
@@ -234,6 +322,15 @@ class AculaTeacher:
         self.pooling = pooling
         self.max_length = max_length
         self.commit_hash = commit_hash
+        if content_hash is None and commit_hash is None:
+            folder = _local_model_folder(self.name_or_path)
+            if folder is not None:
+                try:
+                    content_hash = folder_content_hash(folder)
+                except ValueError:  # a folder without model files: nothing to identify it by but its path
+                    content_hash = None
+        self.content_hash = content_hash
+        self.last_truncated = 0
         self._hidden_size = find_hidden_size(model.config)
 
         # Frozen: the teacher is never trained, and eval() switches dropout off.
@@ -296,6 +393,7 @@ class AculaTeacher:
             name_or_path, revision=revision, dtype=torch_dtype, trust_remote_code=trust_remote_code, **hub_kwargs
         )
         model.to(device)
+        folder = _local_model_folder(name_or_path, hub_kwargs)
         return cls(
             model,
             tokenizer,
@@ -305,6 +403,7 @@ class AculaTeacher:
             pooling=pooling,
             max_length=max_length,
             commit_hash=_resolve_commit_hash(name_or_path, revision, hub_kwargs),
+            content_hash=folder_content_hash(folder) if folder is not None else None,
         )
 
     @property
@@ -322,11 +421,13 @@ class AculaTeacher:
 
     @property
     def identity(self) -> dict[str, Any]:
-        """Everything that decides the vectors: what the cache keys on and the saved model records."""
+        """Everything that decides the vectors: what the cache keys on and the saved model records.
+        `content_hash` is set for a local folder (then the cache ignores the path), None for a Hub id."""
         return {
             "name_or_path": self.name_or_path,
             "revision": self.revision,
             "commit_hash": self.commit_hash,
+            "content_hash": self.content_hash,
             "layer": self.layer,
             "pooling": self.pooling,
             "max_length": self.max_length,
@@ -355,7 +456,15 @@ class AculaTeacher:
                 f"hidden size to {self.hidden_size} (take it from teacher.hidden_size, never hard-code it)."
             )
 
-    def _embed_batch(self, texts: list[str]) -> torch.Tensor:
+    def _count_truncated(self, texts: list[str], batch: Any) -> int:
+        """How many of `texts` the tokenizer cut to `max_length` tokens."""
+        encodings = getattr(batch, "encodings", None)
+        if encodings is not None and len(encodings) == len(texts):  # fast tokenizer: what was cut is kept
+            return sum(bool(encoding.overflowing) for encoding in encodings)
+        lengths = self.tokenizer(texts, truncation=False, verbose=False, return_attention_mask=False)["input_ids"]
+        return sum(len(ids) > self.max_length for ids in lengths)
+
+    def _embed_batch(self, texts: list[str]) -> tuple[torch.Tensor, int]:
         # Always pad on the right, whatever the tokenizer's own padding side (often "left" for decoders,
         # for generation): real tokens then keep positions 0..L-1 and, in a causal model, never see
         # padding, so a text's vector does not depend on what it is batched with. Pooling itself is
@@ -368,6 +477,7 @@ class AculaTeacher:
             return_tensors="pt",
             padding_side="right",
         )
+        truncated = self._count_truncated(texts, batch)
         inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
         if "token_type_ids" in batch and "token_type_ids" in self._forward_params:
             inputs["token_type_ids"] = batch["token_type_ids"]
@@ -381,7 +491,7 @@ class AculaTeacher:
                 f"Teacher {self.name_or_path!r} returned vectors of size {pooled.shape[-1]} but its config "
                 f"says hidden_size={self.hidden_size}."
             )
-        return pooled
+        return pooled, truncated
 
     @torch.no_grad()  # not inference_mode: the vectors are used as training targets, which autograd must accept
     def encode(self, texts: Sequence[str], batch_size: int = 32, show_progress: bool = False) -> torch.Tensor:
@@ -393,6 +503,9 @@ class AculaTeacher:
                 returned in input order.
             show_progress: show a tqdm bar.
 
+        Texts longer than `max_length` tokens are truncated: one warning per call says how many, and
+        `self.last_truncated` keeps the count.
+
         Returns:
             `(len(texts), hidden_size)` float32 tensor on CPU.
         """
@@ -402,9 +515,19 @@ class AculaTeacher:
         embeddings = torch.empty(len(texts), self.hidden_size, dtype=torch.float32)
         order = sorted(range(len(texts)), key=lambda index: -len(texts[index]))
         starts = range(0, len(order), batch_size)
+        truncated = 0
         for start in tqdm(starts, desc="Teacher embeddings", unit="batch", disable=not show_progress):
             indices = order[start : start + batch_size]
-            embeddings[indices] = self._embed_batch([texts[index] for index in indices]).cpu()
+            pooled, cut = self._embed_batch([texts[index] for index in indices])
+            embeddings[indices] = pooled.cpu()
+            truncated += cut
+        self.last_truncated = truncated
+        if truncated:
+            logger.warning(
+                f"{truncated} of {len(texts)} texts are longer than max_length={self.max_length} tokens and were "
+                f"truncated: the teacher ({self.name_or_path!r}) did not see their end. Raise max_length "
+                "(--teacher_max_length in train_acula.py) if the end of the texts matters."
+            )
         return embeddings
 
     def __repr__(self) -> str:

@@ -391,7 +391,7 @@ def test_classifier_averages_window_logits_per_recording():
         per_window = model(windows).logits
     assert out.logits.shape == (2, 3) and torch.isfinite(out.loss)
     torch.testing.assert_close(out.logits, torch.stack([per_window[:2].mean(0), per_window[2:].mean(0)]))
-    with pytest.raises(ValueError, match="one entry per window"):
+    with pytest.raises(ValueError, match="recording_index has 2 entries for 5 windows"):
         model(windows, recording_index=torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="without gaps"):
         model(windows, recording_index=torch.tensor([0, 0, 2, 2, 2]))

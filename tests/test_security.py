@@ -231,6 +231,8 @@ def _check_written_file(path: Path, root: Path) -> str | None:
     if path.suffix == ".md":
         data.decode("utf-8")
         return None
+    if path.name == ".lock" and not data:
+        return None  # the teacher cache's empty lock file (flock), no content at all
     if path.suffix == ".py":
         # the model code copied by `save_pretrained` (for trust_remote_code loading without acula): byte-identical
         # to the package's own modules, so nothing else can ride along

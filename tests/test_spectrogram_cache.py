@@ -1,5 +1,7 @@
 """Spectrogram cache and the training Dataset, on real dev-pack recordings."""
 
+import json
+import logging
 import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
@@ -7,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 from torch.utils.data import DataLoader
 
 from modeling_acula import spectrogram_cache
@@ -102,6 +105,76 @@ def test_concurrent_writers_and_corrupt_entry(small_manifest, tmp_path):
     assert not [p for p in entry.parent.iterdir() if p.suffix == ".tmp"]  # no temporary files left
     entry.write_bytes(b"garbage")
     assert cache.get(path) is None  # unreadable entry -> recompute
+
+
+def _rewrite_tensor(entry, tensor, metadata):
+    from safetensors.torch import save_file
+
+    save_file({"input_values": tensor}, str(entry), metadata=metadata)
+
+
+def test_damaged_entries_are_never_served(small_manifest, tmp_path, caplog):
+    cache = SpectrogramCache(tmp_path / "cache", IDENTITY)
+    path = small_manifest.audio_paths[0]
+    good = torch.rand(1, 16, 8)
+    entry = cache.put(path, good)
+    assert torch.equal(cache.get(path), good)
+
+    def damaged(description, damage):
+        cache.put(path, good)
+        damage()
+        with caplog.at_level(logging.WARNING, logger="modeling_acula.spectrogram_cache"):
+            caplog.clear()
+            assert cache.get(path) is None, description
+        assert "not usable" in caplog.text and str(entry) in caplog.text, description
+
+    def nan_in_data():
+        data = bytearray(entry.read_bytes())
+        data[-4:] = b"\xff\xff\xff\x7f"  # the last float becomes NaN, the header still parses
+        entry.write_bytes(bytes(data))
+
+    def flipped_bit():
+        data = bytearray(entry.read_bytes())
+        data[-1] ^= 0x01  # still finite, but not what was written
+        entry.write_bytes(bytes(data))
+
+    damaged("NaN written into the data", nan_in_data)
+    damaged("a flipped bit", flipped_bit)
+    damaged("another tensor, no records", lambda: _rewrite_tensor(entry, torch.zeros(3), None))
+    recorded = {"identity_sha256": cache.identity_hash, "shape": "[1, 16, 8]", "dtype": "torch.float32"}
+    wrong_shape = torch.zeros(1, 8, 16)
+    damaged(
+        "wrong shape",
+        lambda: _rewrite_tensor(entry, wrong_shape, {**recorded, "crc32": spectrogram_cache._checksum(wrong_shape)}),
+    )
+    as_half = good.half()
+    damaged(
+        "wrong dtype",
+        lambda: _rewrite_tensor(entry, as_half, {**recorded, "crc32": spectrogram_cache._checksum(as_half)}),
+    )
+    nan = torch.full((1, 16, 8), float("nan"))
+    damaged("NaN put with a valid checksum", lambda: cache.put(path, nan))
+
+    # What put records next to the tensor.
+    cache.put(path, good)
+    with safe_open(str(entry), framework="pt") as handle:
+        metadata = handle.metadata()
+    assert json.loads(metadata["shape"]) == [1, 16, 8] and metadata["dtype"] == "torch.float32"
+    # bfloat16 (--spectrogram_dtype) round-trips, checksum included.
+    cache.put(path, good.bfloat16())
+    assert torch.equal(cache.get(path), good.bfloat16())
+
+
+def test_dataset_recomputes_a_damaged_entry(small_manifest, tmp_path):
+    cache = SpectrogramCache(tmp_path / "cache", IDENTITY)
+    dataset = AudioSpectrogramDataset(small_manifest, tiny_featurize, cache=cache)
+    expected = dataset[0]["input_values"]
+    entry = cache.entry_path(small_manifest.audio_paths[0])
+    data = bytearray(entry.read_bytes())
+    data[-4:] = b"\xff\xff\xff\x7f"
+    entry.write_bytes(bytes(data))
+    assert torch.equal(dataset[0]["input_values"], expected)  # recomputed, not the damaged entry
+    assert torch.equal(cache.get(small_manifest.audio_paths[0]), expected)  # and rewritten
 
 
 def test_dataset_errors(small_manifest):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -19,7 +22,13 @@ from transformers import (
 )
 
 import modeling_acula.teacher as teacher_module
-from modeling_acula.teacher import AculaTeacher, default_teacher_path, find_hidden_size, pool_hidden_states
+from modeling_acula.teacher import (
+    AculaTeacher,
+    default_teacher_path,
+    find_hidden_size,
+    folder_content_hash,
+    pool_hidden_states,
+)
 
 SHORT = "Systolic murmur at the left sternal border."
 LONG = (
@@ -196,6 +205,55 @@ def test_trust_remote_code_defaults_to_false_and_no_device_map(monkeypatch):
     assert all("device_map" not in kwargs for kwargs in seen)
     with pytest.raises(ValueError, match="device_map"):
         AculaTeacher.from_pretrained(default_teacher_path(), device_map="auto")
+
+
+def test_minilm_truncation_is_counted_and_logged(minilm, caplog):
+    long = " ".join(["normal breath sounds bilaterally"] * 80)  # about 400 tokens > max_length=256
+    texts = [long + " Murmur: present.", SHORT, long + " Murmur: absent."]
+    with caplog.at_level(logging.WARNING, logger="modeling_acula.teacher"):
+        vectors = minilm.encode(texts, batch_size=2)
+    assert minilm.last_truncated == 2
+    warnings = [record for record in caplog.records if record.name == "modeling_acula.teacher"]
+    assert len(warnings) == 1  # one per call, not one per batch or text
+    assert "2 of 3 texts are longer than max_length=256 tokens" in warnings[0].getMessage()
+    torch.testing.assert_close(vectors[0], vectors[2])  # what truncation costs: the ends differ, the vectors not
+    # The count from the fast tokenizer's overflow equals a plain length count (the slow-tokenizer path).
+    batch = minilm.tokenizer(texts, truncation=True, max_length=minilm.max_length)
+    assert minilm._count_truncated(texts, batch) == minilm._count_truncated(texts, dict(batch)) == 2
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="modeling_acula.teacher"):
+        minilm.encode([SHORT, LONG])
+    assert minilm.last_truncated == 0 and not caplog.records
+
+
+def test_local_folder_identified_by_content(tiny_llama_path, tmp_path, monkeypatch):
+    teacher = AculaTeacher.from_pretrained(tiny_llama_path)
+    identity = teacher.identity
+    assert identity["commit_hash"] is None and identity["content_hash"] == folder_content_hash(tiny_llama_path)
+    copy = shutil.copytree(tiny_llama_path, tmp_path / "copy")
+    assert folder_content_hash(copy) == identity["content_hash"]  # the path does not count
+    (copy / "README.md").write_text("notes")  # files that do not decide the vectors do not count either
+    assert folder_content_hash(copy) == identity["content_hash"]
+
+    calls = []
+    original = teacher_module.file_sha256
+    monkeypatch.setattr(teacher_module, "file_sha256", lambda path: calls.append(Path(path).name) or original(path))
+    assert folder_content_hash(copy) == identity["content_hash"] and calls == []  # hashed once per process
+    config = copy / "tokenizer_config.json"
+    config.write_text(config.read_text().replace("</s>", "<s>", 1))
+    changed = folder_content_hash(copy)
+    assert changed != identity["content_hash"] and calls == ["tokenizer_config.json"]  # only the changed file
+    stat = (copy / "model.safetensors").stat()
+    os.utime(copy / "model.safetensors", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert folder_content_hash(copy) == changed and calls[-1] == "model.safetensors"  # touched: re-read
+
+    # A Hub id is identified by name + revision + commit, not by content.
+    hub = AculaTeacher(teacher.model, teacher.tokenizer, name_or_path="org/tiny-llama", commit_hash="c" * 40)
+    assert hub.identity["content_hash"] is None
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no config"):
+        folder_content_hash(tmp_path / "empty")
 
 
 # --- tiny decoder-only models ------------------------------------------------------------------------------

@@ -177,13 +177,16 @@ def test_silent_recordings_are_skipped_and_listed(tmp_path):
     assert summary["rows_used"] == 48 and summary["skipped"] == {"silent": 1}
 
 
-def test_refuses_a_cache_of_another_teacher_setting(trained):
+def test_teacher_cache_keeps_one_folder_per_teacher_setting(trained):
     _, root = trained
-    with pytest.raises(ValueError, match="pooling"):
-        from modeling_acula.teacher_cache import TeacherEmbeddingCache
+    from modeling_acula.teacher_cache import TeacherEmbeddingCache
 
-        index = json.loads((root / "cache" / "teacher" / "index.json").read_text())
-        TeacherEmbeddingCache(root / "cache" / "teacher", {**index["identity"], "pooling": "cls"})
+    (index_path,) = (root / "cache" / "teacher").glob("*/index.json")  # the run's teacher setting, one sub-folder
+    identity = json.loads(index_path.read_text())["identity"]
+    same = TeacherEmbeddingCache(root / "cache" / "teacher", identity)
+    assert same.folder == index_path.parent and len(same) > 0
+    other = TeacherEmbeddingCache(root / "cache" / "teacher", {**identity, "pooling": "cls"})
+    assert other.folder != index_path.parent and len(other) == 0  # vectors of another pooling are never served
 
 
 def test_fresh_start_into_a_folder_with_checkpoints_is_refused(trained, tmp_path):
