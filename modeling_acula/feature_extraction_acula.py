@@ -40,7 +40,10 @@ class _Workspace:
         held = self._buffers.get(name)
         if held is None or held.shape[1:] != shape[1:] or held.shape[0] < shape[0] or held.dtype != dtype or \
                 held.device != device:
-            held = self._buffers[name] = torch.empty(shape, dtype=dtype, device=device)
+            # A normal tensor even when the first call runs under `torch.inference_mode()`: an inference tensor could
+            # not be written in place by a later call outside it.
+            with torch.inference_mode(False):
+                held = self._buffers[name] = torch.empty(shape, dtype=dtype, device=device)
         return held[: shape[0]]
 
 

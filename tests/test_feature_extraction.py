@@ -436,7 +436,8 @@ def test_reused_buffers_never_leak_into_earlier_results_or_other_threads():
     extractor = AculaFeatureExtractor()
     rng = np.random.default_rng(0)
     first_audio = [rng.standard_normal(n).astype(np.float32) * 0.1 for n in (131000, 50000, 200000)]
-    first = extractor(first_audio, sampling_rate=16000, sliding_window=True)["input_values"].clone()
+    with torch.inference_mode():  # buffers made under inference mode must stay writable outside it
+        first = extractor(first_audio, sampling_rate=16000, sliding_window=True)["input_values"].clone()
     kept = extractor(first_audio, sampling_rate=16000, sliding_window=True)["input_values"]
     extractor([rng.standard_normal(9000).astype(np.float32)] * 11, sampling_rate=16000)  # other sizes, same buffers
     torch.testing.assert_close(kept, first, rtol=0, atol=0)
