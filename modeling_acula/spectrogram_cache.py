@@ -76,8 +76,8 @@ def _entry_problem(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, s
         return f"dtype {tensor.dtype} != recorded {metadata['dtype']}"
     if _checksum(tensor) != metadata["crc32"]:
         return "checksum mismatch (damaged data)"
-    if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-        return "NaN/Inf values"
+    # No finiteness check here: `put` refuses NaN/Inf, and the checksum says these are the bytes it wrote (the
+    # check cost ~50 us of the ~200 us of a read).
     return None
 
 
@@ -176,8 +176,8 @@ class SpectrogramCache:
     def get(self, path: str | os.PathLike) -> torch.Tensor | None:
         """The cached spectrogram of `path`, or `None` on a miss.
 
-        An entry that cannot be parsed, or whose shape, dtype or checksum differ from what `put` recorded,
-        or that holds NaN/Inf, counts as a miss (with a warning): it is never served."""
+        An entry that cannot be parsed, or whose shape, dtype or checksum differ from what `put` recorded (which
+        only writes finite values), counts as a miss (with a warning): it is never served."""
         entry = self.entry_path(path)
         if not entry.is_file():
             return None
@@ -199,6 +199,8 @@ class SpectrogramCache:
             raise TypeError(f"spectrogram of {path} must be a torch.Tensor, got {type(tensor).__name__}.")
         entry = self.entry_path(path)
         stored = tensor.detach().cpu().contiguous()
+        if stored.is_floating_point() and not torch.isfinite(stored).all():
+            raise ValueError(f"spectrogram of {path} holds NaN or Inf values: it is not cached (nor to be trained on).")
         data = {_TENSOR_NAME: stored}
         metadata = {
             "audio_path": str(Path(path).resolve()),
