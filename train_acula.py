@@ -47,7 +47,7 @@ from modeling_acula.configuration_acula import MINILM_TEACHER
 from modeling_acula.file_utils import write_json_atomic
 from modeling_acula.leakage import apply_leakage_guard
 from modeling_acula.manifest import load_manifest
-from modeling_acula.model_card import describe_starting_encoder, render_model_card
+from modeling_acula.model_card import describe_starting_encoder, hub_id_or_none, render_model_card
 from modeling_acula.reports import LLMReportRewriter, build_reports
 from modeling_acula.spectrogram_cache import AudioSpectrogramDataset, SpectrogramCache
 from modeling_acula.teacher import default_teacher_path
@@ -316,10 +316,13 @@ def run_config(data_args: DataArguments, model_args: ModelArguments, train_args:
     return settings
 
 
+# Where the finished files are staged when the output folder cannot be swapped whole (see `save_output_folder`).
+IN_FOLDER_STAGING = ".acula-staging"
 # What a run writes into --output_dir (the folder is replaced whole at the end of a run, so nothing else may be there).
 OUTPUT_NAMES = frozenset({
     "adapter", "alignment", "checkpoints", "logs", "config.json", "preprocessor_config.json", "training_args.json",
     "teacher.json", "data_summary.json", "reports.jsonl", "skipped_rows.jsonl", "README.md", ".gitattributes",
+    IN_FOLDER_STAGING,
     # save_pretrained copies the model code beside the weights (auto_map, for trust_remote_code users)
     *(path.name for path in Path(modeling_acula.__file__).parent.glob("*.py")),
 })
@@ -411,14 +414,23 @@ def main(argv: list[str] | None = None) -> Path:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=train_args.seed),
     )
     set_seed(train_args.seed)
-    output_dir = Path(train_args.output_dir)
+    # Absolute once: the final folder is swapped in by rename, and `.` or a relative path must keep meaning it.
+    output_dir = Path(train_args.output_dir).expanduser().resolve()
     cache_dir = Path(data_args.cache_dir or os.environ.get("ACULA_CACHE", Path.home() / ".cache" / "acula"))
+    if cache_dir.expanduser().resolve().is_relative_to(output_dir):
+        raise ValueError(f"--cache_dir {cache_dir} is inside --output_dir {output_dir}, which a run replaces whole: "
+                         "put the caches elsewhere (default: $ACULA_CACHE or ~/.cache/acula).")
     log = accelerator.print
     if accelerator.is_main_process:
         recover_interrupted_swap(output_dir)
     accelerator.wait_for_everyone()
     refuse_foreign_output_dir(output_dir)
     refuse_stale_checkpoints(output_dir, train_args)
+    # Checked before any work: a run must not train for hours and then fail to write its folder.
+    swap_whole = can_swap_output_folder(output_dir)
+    if not swap_whole:
+        log(f"{output_dir} cannot be replaced by a rename (a mount point, the working directory, or a parent folder "
+            "that is read-only or on another file system): the finished files are moved into it one by one.")
 
     # --- data: manifest, leakage guard, reports -------------------------------------------------------------
     manifest = load_manifest(data_args.manifest, audio_column=data_args.audio_column,
@@ -670,14 +682,14 @@ def main(argv: list[str] | None = None) -> Path:
                            reports=reports, kept=kept, summary=summary, teacher_identity=teacher_identity,
                            args={"data": asdict(data_args), "model": asdict(model_args), "training": asdict(train_args)},
                            run_facts=run_facts, skipped_rows=skipped_rows,
-                           repo_id=train_args.hub_model_id or output_dir.name)
+                           repo_id=train_args.hub_model_id or output_dir.name, swap_whole=swap_whole)
         if train_args.push_to_hub:
             push_output_folder(output_dir, train_args.hub_model_id or output_dir.name, train_args.hub_private_repo)
         elapsed = time.time() - started
-        print(f"\nAligned encoder written to {output_dir.resolve()} ({state['global_step']} steps, {elapsed:.0f} s; "
+        print(f"\nAligned encoder written to {output_dir} ({state['global_step']} steps, {elapsed:.0f} s; "
               f"final losses: {', '.join(f'{k} {v:.4f}' for k, v in last_losses.items())}).\nLoad it with:\n\n"
               f"    import modeling_acula; from transformers import AutoModel\n"
-              f"    model = AutoModel.from_pretrained({str(output_dir.resolve())!r})\n")
+              f"    model = AutoModel.from_pretrained({str(output_dir)!r})\n")
     accelerator.end_training()
     return output_dir
 
@@ -689,6 +701,25 @@ def _staging_paths(output_dir: Path) -> tuple[Path, Path]:
             output_dir.with_name(f".{output_dir.name}.acula-previous"))
 
 
+def can_swap_output_folder(output_dir: Path) -> bool:
+    """Whether the finished folder can replace `output_dir` by renames in its parent: not a mount point, not the
+    working directory (or above it), and a writable parent on the same file system."""
+    output_dir = output_dir.resolve()
+    parent = output_dir.parent
+    if output_dir == Path(output_dir.anchor) or Path.cwd().resolve().is_relative_to(output_dir):
+        return False
+    if output_dir.exists() and (os.path.ismount(output_dir) or output_dir.stat().st_dev != parent.stat().st_dev):
+        return False
+    staging, _ = _staging_paths(output_dir)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        staging.mkdir()
+        staging.rmdir()
+    except OSError:
+        return False
+    return True
+
+
 def recover_interrupted_swap(output_dir: Path) -> None:
     """Undo what a run killed inside `save_output_folder` left: its staging folder goes, and if it was killed
     between the two renames of the swap, the previous output folder (with its checkpoints) is put back."""
@@ -698,8 +729,9 @@ def recover_interrupted_swap(output_dir: Path) -> None:
             shutil.rmtree(previous)
         else:
             os.replace(previous, output_dir.resolve())
-    if staging.exists():
-        shutil.rmtree(staging)
+    for leftover in (staging, output_dir / IN_FOLDER_STAGING):
+        if leftover.exists():
+            shutil.rmtree(leftover)
 
 
 def _link_tree(source: Path, target: Path) -> None:
@@ -714,15 +746,20 @@ def _link_tree(source: Path, target: Path) -> None:
 
 
 def save_output_folder(model, extractor, output_dir: Path, *, full_finetune: bool, reports, kept, summary,
-                       teacher_identity, args, run_facts, skipped_rows=(), repo_id: str | None = None) -> None:
+                       teacher_identity, args, run_facts, skipped_rows=(), repo_id: str | None = None,
+                       swap_whole: bool = True) -> None:
     """Write the complete output folder as a hidden sibling and swap it in: the output folder is always either
     the previous one, whole, or this run's, whole (never a mix of two runs, never stale files of an earlier run).
 
     The run's own `checkpoints/` and `logs/` (which live inside the output folder while training) are hard-linked
     into the new folder, so that they stay in place until the swap and a run killed here still resumes. The model
-    card names `repo_id` (the Hub id it will be pushed to; default: the folder name)."""
+    card names `repo_id` (the Hub id it will be pushed to; default: the folder name).
+
+    Where the folder cannot be renamed (`swap_whole=False`, see [`can_swap_output_folder`]), the new files are
+    staged inside it and moved in one by one after the earlier run's files are removed: an interruption there can
+    leave a partial folder, but the checkpoints stay and a resume writes it again."""
     recover_interrupted_swap(output_dir)
-    staging, previous = _staging_paths(output_dir)
+    staging, previous = _staging_paths(output_dir) if swap_whole else (output_dir / IN_FOLDER_STAGING, None)
     staging.mkdir(parents=True)
     if not full_finetune:
         model.save_pretrained(staging / "adapter")  # the LoRA adapter + trained heads (peft format, safetensors)
@@ -744,6 +781,14 @@ def save_output_folder(model, extractor, output_dir: Path, *, full_finetune: boo
     card.save(staging / "README.md")
     target = output_dir.resolve()
     refuse_foreign_output_dir(target)  # checked at the start too; files added during the run must not be lost
+    if not swap_whole:
+        for entry in target.iterdir():  # the earlier run's files (foreign ones were refused above)
+            if entry.name not in ("checkpoints", "logs", IN_FOLDER_STAGING):
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        for entry in staging.iterdir():
+            os.replace(entry, target / entry.name)
+        staging.rmdir()
+        return
     for name in ("checkpoints", "logs"):  # this run's (a run from step 0 cleared an earlier run's)
         if (target / name).is_dir():
             _link_tree(target / name, staging / name)
@@ -760,7 +805,12 @@ def save_output_folder(model, extractor, output_dir: Path, *, full_finetune: boo
 
 
 def write_adapter_card(adapter_dir: Path, init_from: str | None) -> None:
-    """Replace peft's template card (placeholders only) with what the adapter is and what it applies to."""
+    """Replace peft's template card (placeholders only) with what the adapter is and what it applies to, and name
+    the base model in `adapter_config.json` only by a Hub id (a local path is neither useful nor to be published)."""
+    config_path = adapter_dir / "adapter_config.json"
+    adapter_config = json.loads(config_path.read_text(encoding="utf-8"))
+    adapter_config["base_model_name_or_path"] = hub_id_or_none(init_from)
+    write_json_atomic(config_path, adapter_config)
     base = (f"the encoder this run started from, {describe_starting_encoder(init_from)}" if init_from else
             "the randomly initialised encoder this run started from, which is not published: use the merged model at "
             "the top of this folder instead")

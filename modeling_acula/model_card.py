@@ -25,7 +25,7 @@ def _evaluation_section(evaluation: Sequence[Mapping[str, Any]] | None) -> str:
     return "\n".join(rows)
 
 
-def _hub_id_or_none(name: Any) -> str | None:
+def hub_id_or_none(name: Any) -> str | None:
     """`name` when it reads as a Hub repository id and is no local folder (a local path must neither become
     `base_model` metadata nor be published), else `None`."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
@@ -43,7 +43,7 @@ def describe_starting_encoder(init_from: Any) -> str:
     """How a card names the encoder a run started from: its Hub id, or only the folder name of a local path."""
     if not init_from:
         return "randomly initialised (no pretrained encoder given)"
-    hub_id = _hub_id_or_none(init_from)
+    hub_id = hub_id_or_none(init_from)
     return f"`{hub_id}`" if hub_id else f"a local checkpoint (`{Path(str(init_from)).name}`)"
 
 
@@ -86,7 +86,7 @@ def render_model_card(
         tags=["audio", "medical-audio", "auscultation", "acula", "not-for-diagnosis"],
         model_name=repo_id.split("/")[-1],
         eval_results=eval_results or None,
-        base_model=_hub_id_or_none(run.get("init_from")),
+        base_model=hub_id_or_none(run.get("init_from")),
     )
     uses_mam = bool(getattr(config, "use_mam", False))
     reports = data_summary.get("reports", {})
@@ -138,4 +138,4 @@ def render_model_card(
     )
 
 
-__all__ = ["describe_starting_encoder", "render_model_card"]
+__all__ = ["describe_starting_encoder", "hub_id_or_none", "render_model_card"]

@@ -124,6 +124,7 @@ def test_push_to_hub_uploads_exactly_the_model_files(trained):
     assert set(files) == expected
     adapter_card = (output / "adapter" / "README.md").read_text()
     assert "More Information Needed" not in adapter_card and "randomly initialised" in adapter_card
+    assert json.loads((output / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] is None
 
 
 def test_model_card_names_the_hub_id_and_never_a_local_path(tmp_path):
@@ -324,6 +325,27 @@ def test_output_dir_with_other_files_is_refused_before_any_work(tmp_path):
     for name in ("config.json", "model.safetensors", "model-00001-of-00002.safetensors", "adapter", "checkpoints"):
         (out / name).mkdir()
     assert train_acula.foreign_entries(out) == []
+
+
+def test_output_folder_that_cannot_be_renamed_is_filled_in_place(trained, tmp_path, monkeypatch):
+    # A mount point, the working directory or a read-only parent: the files are moved in one by one instead.
+    output, root = trained
+    out = tmp_path / "mounted"
+    shutil.copytree(output, out)  # a finished LoRA run
+    (out / "checkpoints").rename(tmp_path / "unused-checkpoints")
+    monkeypatch.chdir(out)  # the working directory cannot be renamed away
+    assert not train_acula.can_swap_output_folder(out)
+    run_in_process(tiny_args(Path("."), root / "cache", "--max_steps", "1", "--checkpointing_steps", "0",
+                             "--full_finetune"))
+    assert (out / "model.safetensors").is_file() and not (out / "adapter").exists()
+    assert not (out / train_acula.IN_FOLDER_STAGING).exists()
+    assert json.loads((out / "training_args.json").read_text())["model"]["full_finetune"] is True
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mounted", "unused-checkpoints"]  # nothing beside it
+
+
+def test_cache_inside_the_output_folder_is_refused_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match="is inside --output_dir"):
+        run_in_process(tiny_args(tmp_path / "out", tmp_path / "out" / "cache", "--max_steps", "1"))
 
 
 def test_swap_killed_between_its_two_renames_is_undone_at_the_next_start(tmp_path):
