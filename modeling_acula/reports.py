@@ -170,6 +170,7 @@ _FINDING_VOCABULARY = (
     "edema", "oedema", "embolism", "insufficiency", "incompetence", "defect", "aneurysm", "thrill", "snap",
     "split", "rub", "rales", "consolidation", "atelectasis", "emphysema", "pneumothorax", "hypotension",
     "syncope", "pain", "palpitation", "calcifi", "vegetation", "tumor", "tumour", "nodule", "sepsis", "s1", "s2",
+    "hypoxia", "failure", "shortness of breath", "dyspnea", "dyspnoea", "stroke", "radiat",
 )
 
 # Words that qualify a finding (valve / chamber, timing, phase, severity, character, site, grade), by concept.
@@ -247,7 +248,7 @@ _QUALIFIER_FORMS = {
     "lateral": ("lateral",),
     "axilla": ("axilla", "axillary"),
     "intercostal": ("intercostal",),
-    "carotid": ("carotid",),
+    "carotid": ("carotid", "carotids"),
     "lobe": ("lobe", "lobar"),
     "degree": ("degree",),
     "first": ("first",),
@@ -741,10 +742,20 @@ def _unsupported(text: str, row: Mapping[str, Any], template: str) -> str | None
         if _DISEASE_WORD.fullmatch(word) and word not in _NOT_DISEASE_WORDS and word not in template_words:
             return f"invented finding: {word!r} (not in the template)"
     # 3. Negation: "no murmur" / "wheezes are absent" only where the template negates the same finding.
-    template_negated = {term for term, _ in _negated_terms(template)}
+    template_negated = Counter(term for term, _ in _negated_terms(template))
+    text_negated = Counter(term for term, _ in _negated_terms(text))
     for term, clause in _negated_terms(text):
         if term not in template_negated:
             return f"invented finding: {term!r} negated in {clause!r}"
+    # ... and the other way round: a term the template negates ("no disease") may not be stated as present more
+    # often than the template states it ("a heart valve disease collection" does not license "a patient with
+    # heart valve disease").
+    for term, negated in template_negated.items():
+        stated_in_template = len(_term_pattern(term).findall(template)) - negated
+        stated = len(_term_pattern(term).findall(text)) - text_negated[term]
+        if stated > stated_in_template:
+            return (f"invented finding: {term!r} stated as present {stated} time(s), but the template negates it and "
+                    f"states it {stated_in_template} time(s)")
     # 4. Age and sex must be the row's.
     age = _value(row, "age")
     try:

@@ -235,6 +235,26 @@ def test_build_reports(manifest, tmp_path):
 
 # Rewrites that invent or change findings (each kept the template's key terms, so only the new rules catch them).
 _INVENTED = {
+    "negated-disease-stated": (
+        dict(source_dataset="KAUH_lung_sounds", label="normal"),
+        "Normal lung sounds from a patient with lung disease.",
+        "invented finding: 'disease' stated as present",
+    ),
+    "collection-disease-as-patient-disease": (
+        dict(source_dataset="Yaseen2018", label="normal"),
+        "Normal heart sounds in a patient with heart valve disease; from a curated heart valve disease collection.",
+        "invented finding: 'disease' stated as present 2 time(s)",
+    ),
+    "new-symptoms": (
+        dict(source_dataset="KAUH_lung_sounds", label="normal"),
+        "Normal lung sounds of a patient with shortness of breath and hypoxia.",
+        "invented finding:",
+    ),
+    "radiation": (
+        dict(source_dataset="HLS-CMDS_manikin", label="early_systolic_murmur"),
+        "Early systolic murmur of a manikin's heart that radiates to the carotids; simulated, not from a patient.",
+        "invented finding: 'radiat'",
+    ),
     "second-valve": (
         dict(source_dataset="Yaseen2018", label="mitral_stenosis"),
         "Heart sound recording. Diagnosis: mitral stenosis with aortic stenosis.",
