@@ -22,7 +22,9 @@ SECTION = "extraction"
 BATCH = 32  # files per call on a CPU
 GPU_BATCH = 256  # files per call on a GPU: ~430 windows per forward, enough to fill it
 # Batched float32 matmuls sum in another order than single-clip ones; bf16 autocast is coarser (8 mantissa bits).
+# On CUDA, cuDNN runs the float32 patch convolution in TF32 by default (10 mantissa bits): a looser float32 bound.
 TOLERANCE = {"float32": 1e-4, "bfloat16": 5e-2}
+CUDA_FLOAT32_TOLERANCE = 1e-3
 
 
 def save_encoder(preset: str, folder: Path) -> Path:
@@ -89,8 +91,9 @@ def run(results: Results, size: dict[str, int], repeats: int, device: Device, pr
                     note=f"{window_rate * flops.forward_flops_per_clip(preset) / 1e9:.0f} GFLOP/s in the encoder"))
                 dtype = name.split()[-1]
                 difference = float(np.abs(outputs[name] - outputs["single"]).max())
+                tolerance = CUDA_FLOAT32_TOLERANCE if device.is_cuda and dtype == "float32" else TOLERANCE[dtype]
                 results.checks.append(Check(SECTION, f"{preset}: {name} vs one-at-a-time float32 embeddings (max abs)",
-                                            difference, TOLERANCE[dtype]))
+                                            difference, tolerance))
             rate = count / timings["batched bfloat16"].wall
             if device.is_cuda and preset == "opera-gt":
                 window_rate = windows / timings["batched bfloat16"].wall

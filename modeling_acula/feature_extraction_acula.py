@@ -576,6 +576,8 @@ class AculaFeatureExtractor(SequenceFeatureExtractor):
         ]
 
         device = torch.device("cpu") if device is None else torch.device(device)
+        if device.type == "cuda" and device.index is None:  # "cuda" means the current device: name it, so that
+            device = torch.device("cuda", torch.cuda.current_device())  # buffers on it are recognised and reused
         features, recording_index = self._features_in_chunks(
             self._segments(waveforms, sliding_window, window, hop), device
         )

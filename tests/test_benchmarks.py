@@ -89,3 +89,19 @@ def test_peak_rss_is_positive_and_device_cpu_has_no_cuda_memory():
     assert device.peak_memory_mb() is None and not device.is_cuda
     with pytest.raises(SystemExit):
         bench_run.parse_args(["--sections", "nonsense"])
+
+
+def test_device_bundle_carries_a_pack_the_gpu_run_can_read(dev_pack, tmp_path):
+    """The subset of the development pack carried to a GPU machine holds what that run reads at its size."""
+    from benchmarks import device_bundle
+    from benchmarks.harness import SIZES
+    from benchmarks.reference import NUM_SAMPLES, SAMPLING_RATE
+    from modeling_acula.manifest import load_manifest
+
+    out = device_bundle.main(["--size", "tiny", "--no-wheels", "--out", str(tmp_path / "bundle")])
+    manifest = load_manifest(out / "dev-pack" / "metadata.csv")  # every listed file exists and decodes
+    size = SIZES["tiny"]
+    assert len(manifest) >= 8 * size["extract_files"]  # extraction takes 8x its files on a GPU
+    long_enough = [row for row in manifest.rows if float(row["duration_s"]) >= NUM_SAMPLES / SAMPLING_RATE]
+    assert len(long_enough) >= size["feat_clips"]
+    assert not (out / "wheels").exists()
