@@ -4,8 +4,8 @@ The GPU machine (see ../.library/device) has PyTorch, accelerate and peft but no
 of transformers / huggingface_hub, no package index, and no copy of ../shared. This writes, under `--out`
 (default `device_bundle/`, ignored by git):
 
-- `wheels/`: the audio stack (soundfile, soxr, librosa and what they need) and the transformers / huggingface_hub
-  versions acula is tested with, pinned to this environment's versions, for Python 3.12 on x86-64 Linux;
+- `wheels/`: the audio stack (soundfile, soxr, librosa and what they need) and the transformers version acula is
+  tested with, pinned to this environment's versions, for Python 3.12 on x86-64 Linux;
 - `dev-pack/`: the recordings the chosen benchmark size reads, as a development pack of its own (`metadata.csv`
   + audio), well under the 64 MiB a device call can carry;
 - the one command to run there, printed at the end (install from the wheels without an index, then
@@ -35,8 +35,10 @@ from benchmarks.reference import NUM_SAMPLES, SAMPLING_RATE  # noqa: E402
 
 # Missing on the GPU image (or there in another version than acula is tested with); the rest of acula's
 # dependencies (torch, accelerate, peft, safetensors, numpy, scipy, scikit-learn, numba, tokenizers, ...) are there.
+# huggingface_hub stays the image's (1.33 in 2026-11): transformers 5.23 accepts >= 1.31, and hub 2.x would need
+# httpx2, which the image lacks.
 CARRIED_PACKAGES = ("soundfile", "cffi", "pycparser", "soxr", "librosa", "audioread", "pooch", "decorator",
-                    "transformers", "huggingface_hub")
+                    "transformers")
 # The sections that measure the GPU targets (the teacher section needs the MiniLM package, 88 MB, and is a CPU
 # comparison; the data pipeline's reference is librosa on the CPU).
 GPU_SECTIONS = "featurisation,training,extraction,growth"
