@@ -2,7 +2,7 @@
 
 The GPU machine (see ../.library/device) has PyTorch, accelerate and peft but not acula's audio stack, other versions
 of transformers / huggingface_hub, no package index, and no copy of ../shared. This writes, under `--out`
-(default `device_bundle/`, ignored by git):
+(default `device_bundle/` in the current directory; run it from the repository root, where git ignores it):
 
 - `wheels/`: the audio stack (soundfile, soxr, librosa and what they need) and the transformers version acula is
   tested with, pinned to this environment's versions, for Python 3.12 on x86-64 Linux;
@@ -90,7 +90,7 @@ def write_pack(folder: Path, rows: list[int]) -> int:
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="small", help="Benchmark size to carry data for.")
-    parser.add_argument("--out", default="device_bundle", help="Folder to write (relative to the repository root).")
+    parser.add_argument("--out", default="device_bundle", help="Folder to write (relative paths: to the current directory).")
     parser.add_argument("--no-wheels", dest="wheels", action="store_false", help="Only write the development pack.")
     args = parser.parse_args(argv)
     out = Path(args.out)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Measure acula's speed and memory against the authors' pipeline, on the same inputs in one run (issue 5).
 
-    python benchmarks/run.py [--size small|default|large] [--device cpu|cuda] [--repeats N] [--output BENCHMARKS.md]
+    python benchmarks/run.py [--size tiny|small|default|large] [--device cpu|cuda] [--repeats N] [--output BENCHMARKS.md]
 
 Prints the tables and writes them, with the machine, the command and every correctness check, to `--output`.
 Needs the development pack (../shared/data/auscultation-dev), the MiniLM teacher package and librosa

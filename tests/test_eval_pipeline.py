@@ -241,6 +241,10 @@ def test_cli_end_to_end_with_leakage_refusal(tiny_model, aligned_model, dev_pack
                                         "--no_retrieval", "--output_dir", str(tmp_path / "c")])
     assert flagged["results"][1]["status"] == "ok" and flagged["results"][1]["leakage"]["leaked"]
     assert "⚠ leakage" in (tmp_path / "c" / "results.md").read_text()
+    # A leaked score is never model-card metadata: the aligned model's index has no entry for it.
+    index = {doc["model-index"][0]["name"]: doc for doc in yaml.safe_load_all((tmp_path / "c" / "model_index.yaml").read_text())
+             if doc and doc.get("model-index")}
+    assert "aligned" not in index and "random" in index
 
 
 def test_cli_lists_tasks_and_rejects_unknown_ones(capsys):

@@ -66,13 +66,16 @@ def markdown_table(results: Sequence[Mapping[str, Any]], models: Sequence[str], 
 
 
 def model_index(model_name: str, results: Sequence[Mapping[str, Any]], tasks: Mapping[str, Mapping[str, Any]]) -> list:
-    """The `model-index` entries (Hugging Face model-card metadata) of one model's scored probes."""
+    """The `model-index` entries (Hugging Face model-card metadata) of one model's scored probes; a score on a task
+    whose test recordings the model was aligned on (leakage) is left out."""
     from huggingface_hub import EvalResult
     from huggingface_hub.repocard_data import eval_results_to_model_index
 
     entries = []
     for record in results:
         if record["model"] != model_name or record.get("status", "ok") != "ok":
+            continue
+        if record.get("leakage", {}).get("leaked"):  # allowed with --no_refuse_leakage: never model-card metadata
             continue
         task = tasks[record["task"]]
         entries.append(EvalResult(
