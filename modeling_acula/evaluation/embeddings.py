@@ -26,7 +26,7 @@ from transformers import AutoFeatureExtractor, AutoModel
 from ..audio_batches import decoded_batches
 from ..feature_extraction_acula import AculaFeatureExtractor
 from ..file_utils import file_sha256
-from ..modeling_acula import pool_audio_encoder_output
+from ..modeling_acula import mean_per_recording, pool_audio_encoder_output
 from ..spectrogram_cache import SpectrogramCache
 
 # Bump when the extraction recipe changes, so that old cache entries are not reused.
@@ -194,7 +194,7 @@ class AudioEmbedder:
                 for start in range(0, windows.shape[0], 4 * self.batch_size)
             ]
         )
-        return self._mean_per_recording(pooled, index, len(waveforms))
+        return mean_per_recording(pooled, index)
 
     def _embed_foreign(self, waveforms: list[np.ndarray]) -> torch.Tensor:
         window = round(self.window_seconds * self.sampling_rate)
@@ -218,13 +218,7 @@ class AudioEmbedder:
             # Padded frames stay out of the mean (a sample-level mask is mapped to frames by the encoder).
             pooled.append(pool_audio_encoder_output(outputs, inputs.get("attention_mask"), self.model).float())
         index_tensor = torch.tensor(index, dtype=torch.long, device=self.device)
-        return self._mean_per_recording(torch.cat(pooled), index_tensor, len(waveforms))
-
-    @staticmethod
-    def _mean_per_recording(pooled: torch.Tensor, index: torch.Tensor, count: int) -> torch.Tensor:
-        sums = torch.zeros(count, pooled.shape[1], device=pooled.device).index_add_(0, index, pooled)
-        counts = torch.bincount(index, minlength=count).clamp_min(1).unsqueeze(1).to(pooled.dtype)
-        return sums / counts
+        return mean_per_recording(torch.cat(pooled), index_tensor)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:
