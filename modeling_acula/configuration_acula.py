@@ -104,8 +104,8 @@ class AculaConfig(PreTrainedConfig):
         infonce_init_temperature (`float`, *optional*, defaults to 0.07):
             Initial temperature of the InfoNCE loss.
         audio_backbone_config (`dict` or `PreTrainedConfig`, *optional*):
-            Configuration of a transformers audio backbone (for example an `ASTConfig` or a `Wav2Vec2Config`)
-            used instead of the native ViT encoder. Masked-audio modeling is native-only: with a foreign backbone
+            Configuration of a transformers audio backbone (a `WhisperConfig`, of which the encoder is used, an
+            `ASTConfig`, a `Wav2Vec2Config`, ...) used instead of the native ViT encoder; [`AculaModel`] wraps it. Masked-audio modeling is native-only: with a foreign backbone
             the self-supervised term is chosen by `preservation_loss`.
         preservation_loss (`str`, *optional*, defaults to `"none"`):
             Self-supervised term for a foreign backbone: `"none"`, or `"feature_distillation"` (mean squared
@@ -185,7 +185,7 @@ class AculaConfig(PreTrainedConfig):
     def _check_consistency(self) -> None:
         """Raise a clear error for settings that cannot work together."""
         (time_frames, mel_bins), (patch_t, patch_f) = self.spectrogram_size, self.patch_size
-        if time_frames % patch_t or mel_bins % patch_f:
+        if self.audio_backbone_config is None and (time_frames % patch_t or mel_bins % patch_f):
             raise ValueError(
                 f"patch_size {self.patch_size} must divide spectrogram_size {self.spectrogram_size} "
                 "(time frames, mel bins) exactly."

@@ -23,6 +23,8 @@ logger = logging.get_logger(__name__)
 
 # Name of the per-device cache of the STFT window and mel filter bank; never serialised.
 _CACHE_ATTRIBUTE = "_spectrogram_constants_cache"
+# "opera": the reference dB / min-max recipe; "whisper": Whisper's log-mel scale (see the class docstring).
+SPECTROGRAM_RECIPES = ("opera", "whisper")
 # Lowest sampling rate accepted, in Hz (body-sound sources go down to 2 kHz).
 MIN_SAMPLING_RATE = 1000
 # More columns than this in a 2-D batch array cannot be audio channels: the rows are waveforms.
@@ -60,6 +62,12 @@ class AculaFeatureExtractor(SequenceFeatureExtractor):
     4. Slaney-scale mel filter bank with Slaney area normalisation (`f_min`-`f_max`, `num_mel_bins` filters);
     5. `power_to_db(ref=max, amin, top_db)`: dB relative to the clip's maximum, clipped below `max - top_db`;
     6. min-max normalisation of each clip (or window) to [0, 1]; a constant (e.g. silent) clip gives all zeros.
+
+    With `spectrogram_recipe="whisper"` it computes instead the log-mel that Whisper encoders take, with the numbers
+    of transformers' `WhisperFeatureExtractor` (reflect-padded centred frames, the last frame dropped,
+    `log10(max(mel, 1e-10))` clipped 8 below the clip's maximum, then `(x + 4) / 4`), on a window of `num_samples`
+    (Whisper's 30 s, or a shorter window for an encoder with a truncated position table): see
+    [`AculaFeatureExtractor.for_whisper`].
 
     The spectrogram is computed with torch (strided frames and a real FFT), batched, on the CPU or on any `device`
     passed to `__call__`.
@@ -116,6 +124,8 @@ class AculaFeatureExtractor(SequenceFeatureExtractor):
             Value used to pad waveforms (zeros, as in the reference).
         return_attention_mask (`bool`, *optional*, defaults to `False`):
             Every output has the same fixed size, so no attention mask is returned.
+        spectrogram_recipe (`str`, *optional*, defaults to `"opera"`):
+            `"opera"`: the reference recipe above (dB, min-max to [0, 1]). `"whisper"`: Whisper's log-mel scale.
     """
 
     model_input_names = ["input_values"]
@@ -139,6 +149,7 @@ class AculaFeatureExtractor(SequenceFeatureExtractor):
         compute_dtype: str = "float32",
         padding_value: float = 0.0,
         return_attention_mask: bool = False,
+        spectrogram_recipe: str = "opera",
         **kwargs,
     ):
         feature_size = num_mel_bins if feature_size is None else feature_size
@@ -164,6 +175,7 @@ class AculaFeatureExtractor(SequenceFeatureExtractor):
         self.max_windows_per_chunk = max_windows_per_chunk
         self.resample_quality = resample_quality
         self.compute_dtype = compute_dtype
+        self.spectrogram_recipe = spectrogram_recipe
         self._validate_settings()
         if saved_num_frames is not None and saved_num_frames != self.num_frames:
             raise ValueError(
@@ -191,6 +203,11 @@ class AculaFeatureExtractor(SequenceFeatureExtractor):
                 f"Need 0 <= f_min < f_max <= sampling_rate / 2, got f_min={self.f_min}, f_max={self.f_max}, "
                 f"sampling_rate={self.sampling_rate}."
             )
+        if self.spectrogram_recipe not in SPECTROGRAM_RECIPES:
+            raise ValueError(f"`spectrogram_recipe` must be one of {SPECTROGRAM_RECIPES}, got {self.spectrogram_recipe!r}.")
+        if self.spectrogram_recipe == "whisper" and self.num_samples % self.hop_length:
+            raise ValueError(f"The whisper recipe needs num_samples ({self.num_samples}) to be a multiple of "
+                             f"hop_length ({self.hop_length}).")
         if self.compute_dtype not in ("float32", "float64"):
             raise ValueError(f"`compute_dtype` must be 'float32' or 'float64', got {self.compute_dtype!r}.")
         if not self.amin > 0:
@@ -200,10 +217,51 @@ class AculaFeatureExtractor(SequenceFeatureExtractor):
         if self.window_seconds is not None or self.hop_seconds is not None:
             self._window_and_hop_samples(self.window_seconds, self.hop_seconds)
 
+    @classmethod
+    def for_whisper(cls, window_seconds: float = 30.0, **kwargs) -> AculaFeatureExtractor:
+        """The extractor of a Whisper encoder (80 mel bins, n_fft 400, hop 160, 0-8,000 Hz, Whisper's log scale) on
+        a window of `window_seconds`: 30 s for the original encoder, less for one with a truncated position table.
+
+        Args:
+            window_seconds (`float`, *optional*, defaults to 30.0): the model window; it must hold an even number
+                of 10 ms frames (Whisper's second convolution halves them).
+            **kwargs: other settings (e.g. `compute_dtype`, `window_seconds` for sliding windows is not one: windows
+                default to the model window).
+        """
+        num_samples = int(round(window_seconds * 16000))
+        if num_samples <= 0 or num_samples % 320:
+            raise ValueError(f"A Whisper window must be a positive multiple of 0.02 s, got {window_seconds} s.")
+        settings = {"sampling_rate": 16000, "num_mel_bins": 80, "n_fft": 400, "hop_length": 160, "f_min": 0.0,
+                     "f_max": 8000.0, "num_samples": num_samples, "top_db": None, "spectrogram_recipe": "whisper"}
+        return cls(**{**settings, **kwargs})
+
+    @classmethod
+    def for_config(cls, config, **kwargs) -> AculaFeatureExtractor:
+        """The extractor whose spectrograms a model config takes: the reference one for the native encoder, the
+        Whisper one with the window of the encoder's position table for a Whisper backbone.
+
+        Args:
+            config ([`AculaConfig`]): the model's configuration.
+            **kwargs: other settings (e.g. `compute_dtype`).
+        """
+        backbone = getattr(config, "audio_backbone_config", None)
+        if backbone is None:
+            return cls(**kwargs)
+        if getattr(backbone, "model_type", None) == "whisper":
+            return cls.for_whisper(backbone.max_source_positions / 50, **kwargs)
+        raise ValueError(f"A {backbone.model_type} backbone takes its own feature extractor, not AculaFeatureExtractor.")
+
     @property
     def num_frames(self) -> int:
-        """Number of STFT frames per clip (centred frames): `1 + num_samples // hop_length`."""
-        return 1 + self.num_samples // self.hop_length
+        """Number of STFT frames per clip (centred frames): `1 + num_samples // hop_length` (the whisper recipe
+        drops the last one, as Whisper does)."""
+        frames = 1 + self.num_samples // self.hop_length
+        return frames - 1 if self.spectrogram_recipe == "whisper" else frames
+
+    def is_silent(self, spectrogram: torch.Tensor) -> bool:
+        """Whether a spectrogram of this extractor comes from digital silence (it is constant: all zeros in the
+        opera recipe, all at the floor in the whisper recipe)."""
+        return bool(spectrogram.max() == spectrogram.min())
 
     @property
     def spectrogram_size(self) -> tuple[int, int]:
@@ -435,8 +493,9 @@ class AculaFeatureExtractor(SequenceFeatureExtractor):
         window, mel_filters = self._spectrogram_constants(padded.device, padded.dtype)
         workspace = workspace if workspace is not None else _Workspace()
         batch, num_frames, freq = padded.shape[0], self.num_frames, self.n_fft // 2 + 1
+        # (The whisper recipe's dropped last frame is simply never cut: unfold stops at `num_frames` views.)
         frames = workspace.buffer("frames", (batch, num_frames, self.n_fft), padded.dtype, padded.device)
-        torch.mul(padded.unfold(-1, self.n_fft, self.hop_length), window, out=frames)
+        torch.mul(padded.unfold(-1, self.n_fft, self.hop_length)[:, :num_frames], window, out=frames)
         complex_dtype = torch.complex128 if padded.dtype == torch.float64 else torch.complex64
         spectrum = workspace.buffer("spectrum", (batch, num_frames, freq), complex_dtype, padded.device)
         torch.fft.rfft(frames, dim=-1, out=spectrum)  # (batch, frames, freq)
@@ -444,6 +503,11 @@ class AculaFeatureExtractor(SequenceFeatureExtractor):
         torch.square(spectrum.real, out=power).addcmul_(spectrum.imag, spectrum.imag)
         log_mel = workspace.buffer("mel", (batch, num_frames, self.num_mel_bins), padded.dtype, padded.device)
         torch.matmul(power, mel_filters.T, out=log_mel)  # (batch, frames, mel)
+        if self.spectrogram_recipe == "whisper":
+            # WhisperFeatureExtractor: log10 of the power, at most 8 (80 dB) below the clip's maximum, then scaled.
+            log_mel = log_mel.clamp_(min=self.amin).log10_()
+            log_mel = torch.maximum(log_mel, log_mel.amax(dim=(1, 2), keepdim=True) - 8.0, out=log_mel)
+            return log_mel.add_(4.0).div_(4.0)
         log_mel = log_mel.clamp_(min=self.amin).log10_().mul_(10.0)
         # power_to_db(ref=np.max): relative to the clip's maximum, so the clip's maximum becomes 0 dB.
         log_mel = log_mel.sub_(log_mel.amax(dim=(1, 2), keepdim=True))
@@ -481,6 +545,7 @@ class AculaFeatureExtractor(SequenceFeatureExtractor):
 
         centre = self.n_fft // 2
         padding_value = float(self.padding_value)
+        reflect = self.spectrogram_recipe == "whisper"
         staging_dtype = dtype if device.type == "cpu" else torch.float32
 
         # Every chunk's buffers are reused for the next one (on the CPU also from call to call), and each chunk is
@@ -501,6 +566,10 @@ class AculaFeatureExtractor(SequenceFeatureExtractor):
             for row, segment in enumerate(chunk):
                 batch[row, centre : centre + segment.size] = torch.from_numpy(segment)
                 batch[row, centre + segment.size : centre + self.num_samples] = padding_value
+                if reflect:  # torch.stft(center=True)'s reflect padding of the padded window, as Whisper computes it
+                    body = batch[row, centre : centre + self.num_samples]
+                    batch[row, :centre] = body[1 : centre + 1].flip(0)
+                    batch[row, centre + self.num_samples :] = body[-centre - 1 : -1].flip(0)
             output[written : written + len(chunk)].copy_(self._log_mel(batch.to(device=device, dtype=dtype), workspace))
             written += len(chunk)
             chunk.clear()

@@ -7,6 +7,8 @@ from torch import nn
 
 ATTENTION_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_LINEARS = ("fc1", "fc2")
+# transformers' Whisper encoder layers: `layers.N.self_attn.{q,k,v,out}_proj` and `layers.N.{fc1,fc2}`.
+WHISPER_ATTENTION_LINEARS = ("q_proj", "k_proj", "v_proj", "out_proj")
 # Trained in full beside the adapters, by model class.
 HEADS_TO_TRAIN = {
     "AculaForPreTraining": ("audio_projection", "text_projection", "mam_decoder", "alignment_head"),
@@ -30,6 +32,19 @@ def encoder_target_modules(include_mlp: bool = False) -> str:
     return rf"(.*\.)?encoder\.layer\.\d+\.{attention}"
 
 
+def whisper_target_modules(include_mlp: bool = False) -> str:
+    """Regular expression selecting the linears of a Whisper encoder wrapped by [`AculaModel`] (`backbone.layers.N`),
+    with or without a leading `acula.`.
+
+    Args:
+        include_mlp (`bool`, *optional*, defaults to `False`): also adapt `fc1` and `fc2`.
+    """
+    attention = rf"self_attn\.({'|'.join(WHISPER_ATTENTION_LINEARS)})"
+    if include_mlp:
+        return rf"(.*\.)?backbone\.layers\.\d+\.({attention}|{'|'.join(MLP_LINEARS)})"
+    return rf"(.*\.)?backbone\.layers\.\d+\.{attention}"
+
+
 def lora_config_for(
     model: nn.Module,
     r: int = 8,
@@ -49,11 +64,16 @@ def lora_config_for(
     class_name = type(model).__name__
     if class_name not in HEADS_TO_TRAIN:
         raise ValueError(f"No acula LoRA recipe for {class_name}; expected one of {sorted(HEADS_TO_TRAIN)}.")
-    if not getattr(model.config, "uses_native_encoder", True):
+    backbone = getattr(model.config, "audio_backbone_config", None)
+    if backbone is None:
+        target_modules = encoder_target_modules(include_mlp)
+    elif getattr(backbone, "model_type", None) == "whisper":
+        target_modules = whisper_target_modules(include_mlp)
+    else:
         raise ValueError(
-            "acula's LoRA recipe targets the native ViT encoder; for a foreign backbone build a peft LoraConfig "
-            "with that backbone's module names (for AST: query/key/value or q_proj/k_proj/v_proj, depending on "
-            "the transformers version)."
+            "acula's LoRA recipes target the native ViT encoder and Whisper encoders; for another backbone "
+            f"({getattr(backbone, 'model_type', None)}) build a peft LoraConfig with its module names (for AST: "
+            "query/key/value or q_proj/k_proj/v_proj, depending on the transformers version)."
         )
     modules_to_save = [
         name for name in HEADS_TO_TRAIN[class_name] if _has_parameters(getattr(model, name, None))
@@ -62,7 +82,7 @@ def lora_config_for(
         r=r,
         lora_alpha=lora_alpha,
         lora_dropout=lora_dropout,
-        target_modules=encoder_target_modules(include_mlp),
+        target_modules=target_modules,
         modules_to_save=modules_to_save or None,
         bias="none",
     )
@@ -88,7 +108,7 @@ def apply_lora(model: nn.Module, lora_config: LoraConfig | None = None, **lora_k
         base_model.enable_input_require_grads()
     # peft marks every parameter of a `modules_to_save` copy trainable; the fixed sine-cosine tables must stay fixed.
     for name, parameter in peft_model.named_parameters():
-        if name.endswith("position_embeddings"):
+        if name.endswith(("position_embeddings", "embed_positions.weight")):
             parameter.requires_grad_(False)
     return peft_model
 
@@ -97,4 +117,4 @@ def _has_parameters(module: nn.Module | None) -> bool:
     return module is not None and any(True for _ in module.parameters())
 
 
-__all__ = ["apply_lora", "encoder_target_modules", "lora_config_for"]
+__all__ = ["apply_lora", "encoder_target_modules", "lora_config_for", "whisper_target_modules"]

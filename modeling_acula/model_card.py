@@ -47,6 +47,25 @@ def describe_starting_encoder(init_from: Any) -> str:
     return f"`{hub_id}`" if hub_id else f"a local checkpoint (`{Path(str(init_from)).name}`)"
 
 
+def describe_encoder(config: Any) -> str:
+    """The encoder's architecture in words, with the input window of a Whisper backbone (a truncated position table
+    is a choice the card must state)."""
+    backbone = getattr(config, "audio_backbone_config", None)
+    if backbone is None:
+        return (f"ViT on {config.spectrogram_size[0]} x {config.spectrogram_size[1]} log-mel patches of "
+                f"{config.patch_size[0]} x {config.patch_size[1]}, width {config.hidden_size}, depth "
+                f"{config.num_hidden_layers}")
+    if backbone.model_type == "whisper":
+        positions = backbone.max_source_positions
+        window = ("Whisper's own 30 s window" if positions == 1500 else
+                  f"a {positions / 50:g} s window (the first {positions} of Whisper's 1,500 position rows; shorter "
+                  "recordings are padded and only the frames that hold audio are averaged)")
+        return (f"Whisper encoder (width {backbone.d_model}, {backbone.encoder_layers} layers, "
+                f"{backbone.encoder_attention_heads} heads) on {backbone.num_mel_bins}-bin Whisper log-mels, {window}; "
+                "embedding: mean of the encoder frames that hold audio")
+    return f"{backbone.model_type} backbone, width {backbone.hidden_size}"
+
+
 def render_model_card(
     *,
     repo_id: str,
@@ -103,13 +122,10 @@ def render_model_card(
         template_path=str(template_path),
         model_name=repo_id.split("/")[-1],
         repo_id=repo_id,
-        hidden_size=getattr(config, "hidden_size", "?"),
+        hidden_size=getattr(config, "audio_embedding_size", "?"),
         window_seconds=run.get("window_seconds", "8.19"),
         init_description=describe_starting_encoder(run.get("init_from")),
-        encoder_description=(
-            f"ViT on {config.spectrogram_size[0]} x {config.spectrogram_size[1]} log-mel patches of "
-            f"{config.patch_size[0]} x {config.patch_size[1]}, width {config.hidden_size}, depth {config.num_hidden_layers}"
-        ),
+        encoder_description=describe_encoder(config),
         teacher_description=teacher_description,
         alignment_loss=config.alignment_loss,
         alignment_loss_weight=config.alignment_loss_weight,
@@ -138,4 +154,4 @@ def render_model_card(
     )
 
 
-__all__ = ["describe_starting_encoder", "hub_id_or_none", "render_model_card"]
+__all__ = ["describe_encoder", "describe_starting_encoder", "hub_id_or_none", "render_model_card"]

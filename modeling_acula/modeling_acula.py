@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModel, PreTrainedModel
+from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.loss.loss_utils import ForSequenceClassificationLoss
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -241,9 +241,11 @@ class AculaPreTrainedModel(PreTrainedModel):
 
     def _freeze_position_tables(self) -> None:
         """Keep the sine-cosine tables of the encoder and the masked-audio decoder out of training."""
-        for module in self.modules():
+        for name, module in self.named_modules():
             if isinstance(module, (AculaEmbeddings, AculaMAMDecoder)):
                 module.position_embeddings.requires_grad_(False)
+            elif name.endswith("embed_positions") and isinstance(module, nn.Embedding):  # Whisper's fixed sinusoids
+                module.requires_grad_(False)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -281,8 +283,17 @@ class AculaPreTrainedModel(PreTrainedModel):
 
 class AculaModel(AculaPreTrainedModel):
     """
-    The AcuLa audio encoder: a ViT over log-mel spectrogram patches. `pooler_output` is the reference embedding:
-    the mean of the patch tokens (CLS excluded) followed by the final LayerNorm.
+    The AcuLa audio encoder; `pooler_output` is one embedding per clip.
+
+    - Native (no `audio_backbone_config`): a ViT over log-mel spectrogram patches; the embedding is the reference
+      one, the mean of the patch tokens (CLS excluded) followed by the final LayerNorm.
+    - Foreign backbone (`audio_backbone_config`): the transformers audio encoder it describes, kept as
+      `self.backbone`. A Whisper backbone is its encoder alone (`WhisperEncoder`, with the position table of
+      `max_source_positions`, which may be truncated for short windows); it takes `AculaFeatureExtractor.for_whisper`
+      spectrograms and its embedding is the mean of the frames that hold audio (Whisper pads every clip to its
+      window, and the padded frames would otherwise dominate the mean of a short recording). Other backbones (AST,
+      wav2vec2, ...) take their own feature extractor's inputs; their embedding is their `pooler_output`, or the mean
+      over the frames that `attention_mask` marks as real.
 
     Args:
         config ([`AculaConfig`]): model configuration; weights are not loaded by the constructor.
@@ -290,22 +301,23 @@ class AculaModel(AculaPreTrainedModel):
 
     def __init__(self, config: AculaConfig):
         super().__init__(config)
-        if not config.uses_native_encoder:
-            raise ValueError(
-                "AculaModel is the native ViT encoder; a config with audio_backbone_config describes a foreign "
-                "backbone, which is used through AculaForPreTraining or loaded with its own transformers class."
-            )
-        self.embeddings = AculaEmbeddings(config)
-        self.encoder = AculaEncoder(config)
-        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        if config.uses_native_encoder:
+            self.embeddings = AculaEmbeddings(config)
+            self.encoder = AculaEncoder(config)
+            self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        else:
+            self.backbone = build_backbone(config.audio_backbone_config)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
+        if not self.config.uses_native_encoder:
+            return self.backbone.get_input_embeddings()
         return self.embeddings.patch_embeddings
 
     def forward(
         self,
         input_values: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
@@ -313,30 +325,53 @@ class AculaModel(AculaPreTrainedModel):
         r"""
         Args:
             input_values (`torch.FloatTensor` of shape `(batch_size, 1, time_frames, mel_bins)`):
-                Log-mel spectrograms from [`AculaFeatureExtractor`].
+                Log-mel spectrograms from [`AculaFeatureExtractor`] (native and Whisper backbones), or what a foreign
+                backbone's own feature extractor returns.
+            attention_mask (`torch.LongTensor`, *optional*):
+                For foreign backbones that take one (wav2vec2-family): 1 for real input; padded frames are left out
+                of the mean. Whisper backbones find the frames that hold audio from the spectrogram itself.
             output_hidden_states (`bool`, *optional*):
                 Whether to return the hidden states of every layer.
             return_dict (`bool`, *optional*):
                 Whether to return a [`~transformers.modeling_outputs.BaseModelOutputWithPooling`].
 
         Returns:
-            `last_hidden_state` (batch, 1 + num_patches, hidden_size): output of the last block (CLS first),
-            before the final LayerNorm, which the reference applies after pooling; `pooler_output`
-            (batch, hidden_size): the embedding.
+            `last_hidden_state`: for the native encoder (batch, 1 + num_patches, hidden_size), the output of the last
+            block (CLS first) before the final LayerNorm, which the reference applies after pooling; for a foreign
+            backbone, its own. `pooler_output` (batch, hidden_size): the embedding.
         """
         output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        input_values = self._check_input_values(input_values)
-
-        tokens = self.embeddings.prepend_cls(self.embeddings(input_values))
-        sequence_output, hidden_states = self.encoder(tokens, output_hidden_states=output_hidden_states)
-        pooled_output = self.layernorm(sequence_output[:, 1:, :].mean(dim=1))
+        if not self.config.uses_native_encoder:
+            sequence_output, pooled_output, hidden_states = self._forward_backbone(
+                input_values, attention_mask, output_hidden_states
+            )
+        else:
+            input_values = self._check_input_values(input_values)
+            tokens = self.embeddings.prepend_cls(self.embeddings(input_values))
+            sequence_output, hidden_states = self.encoder(tokens, output_hidden_states=output_hidden_states)
+            pooled_output = self.layernorm(sequence_output[:, 1:, :].mean(dim=1))
 
         if not return_dict:
             return tuple(v for v in (sequence_output, pooled_output, hidden_states) if v is not None)
         return BaseModelOutputWithPooling(
             last_hidden_state=sequence_output, pooler_output=pooled_output, hidden_states=hidden_states
         )
+
+    def _forward_backbone(
+        self, input_values: torch.Tensor, attention_mask: torch.Tensor | None, output_hidden_states: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        extra = {"output_hidden_states": True} if output_hidden_states else {}
+        if is_whisper_config(self.config.audio_backbone_config):
+            features = whisper_input_features(input_values, self.config.audio_backbone_config)
+            outputs = self.backbone(features, **extra)
+            frame_mask = whisper_audio_frame_mask(features, outputs.last_hidden_state.shape[1])
+            pooled = pool_audio_encoder_output(outputs, frame_mask)
+        else:
+            encoder_kwargs = {"attention_mask": attention_mask} if attention_mask is not None else {}
+            outputs = self.backbone(input_values, **encoder_kwargs, **extra)
+            pooled = pool_audio_encoder_output(outputs, attention_mask, self.backbone)
+        return outputs.last_hidden_state, pooled, getattr(outputs, "hidden_states", None)
 
     def forward_masked(
         self, input_values: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None
@@ -425,11 +460,74 @@ def patchify(input_values: torch.Tensor, patch_size: tuple[int, int]) -> torch.T
     return x.permute(0, 2, 4, 3, 5, 1).reshape(batch, (time // patch_t) * (mel // patch_f), -1)
 
 
-def build_audio_encoder(config: AculaConfig) -> PreTrainedModel:
-    """The native [`AculaModel`], or the transformers backbone described by `config.audio_backbone_config`."""
-    if config.uses_native_encoder:
-        return AculaModel(config)
-    return AutoModel.from_config(config.audio_backbone_config)
+def build_audio_encoder(config: AculaConfig) -> AculaModel:
+    """The encoder of an acula model: an [`AculaModel`] (native ViT, or a wrapped foreign backbone)."""
+    return AculaModel(config)
+
+
+def is_whisper_config(backbone_config) -> bool:
+    return getattr(backbone_config, "model_type", None) == "whisper"
+
+
+def build_backbone(backbone_config) -> PreTrainedModel:
+    """The transformers model behind a foreign `audio_backbone_config`: the encoder alone for Whisper (the decoder
+    plays no part in an audio embedding), `AutoModel` otherwise."""
+    if is_whisper_config(backbone_config):
+        from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+        return WhisperEncoder(backbone_config)
+    return AutoModel.from_config(backbone_config)
+
+
+def whisper_input_features(input_values: torch.Tensor, backbone_config) -> torch.Tensor:
+    """acula's `(batch, 1, frames, mel)` spectrograms -> Whisper's `(batch, mel, frames)` `input_features`, with a
+    clear error when the window does not match the encoder's position table."""
+    if input_values.dim() == 4 and input_values.shape[1] == 1:
+        input_values = input_values[:, 0]
+    expected = (backbone_config.num_mel_bins, 2 * backbone_config.max_source_positions)
+    if input_values.dim() != 3 or tuple(input_values.shape[1:]) not in (expected[::-1], expected):
+        raise ValueError(
+            f"This Whisper encoder takes spectrograms of {expected[1]} frames x {expected[0]} mel bins "
+            f"(AculaFeatureExtractor.for_whisper({expected[1] / 100:g})), got input of shape {tuple(input_values.shape)}."
+        )
+    if tuple(input_values.shape[1:]) == expected[::-1]:  # (batch, frames, mel): acula's layout
+        input_values = input_values.transpose(1, 2)
+    return input_values
+
+
+def whisper_audio_frame_mask(input_features: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """1 for the encoder frames that hold audio, 0 for those that only see the padding of the window.
+
+    Zero padding (and digital silence) is at the spectrogram's floor in every mel bin, the clip's minimum; a frame
+    holds audio if any of its bins is above it. Whisper's stride-2 convolution maps input frames 2j and 2j + 1 to
+    encoder frame j. A clip without any audio keeps all its frames (its mean is still defined).
+
+    Args:
+        input_features (`torch.Tensor` of shape `(batch_size, mel_bins, input_frames)`): Whisper log-mels.
+        num_frames (`int`): encoder frames, `input_frames // 2`.
+    """
+    floor = input_features.amin(dim=(1, 2), keepdim=True)
+    has_audio = (input_features > floor).any(dim=1)  # (batch, input_frames)
+    has_audio = has_audio[:, : 2 * num_frames].reshape(has_audio.shape[0], num_frames, 2).any(dim=-1)
+    silent_clip = ~has_audio.any(dim=1, keepdim=True)
+    return (has_audio | silent_clip).to(torch.long)
+
+
+def truncate_whisper_positions(backbone: PreTrainedModel, max_source_positions: int) -> None:
+    """Keep the first `max_source_positions` rows of a Whisper encoder's position table (and say so in its config),
+    so that it takes windows of `max_source_positions / 50` seconds instead of 30 s, as Whisper fine-tuning recipes
+    for short audio do. Attention cost falls with the square of the window."""
+    table = backbone.embed_positions
+    if not 0 < max_source_positions <= table.num_embeddings:
+        raise ValueError(f"max_source_positions must be in 1..{table.num_embeddings}, got {max_source_positions}.")
+    truncated = nn.Embedding(max_source_positions, table.embedding_dim, dtype=table.weight.dtype,
+                             device=table.weight.device)
+    with torch.no_grad():
+        truncated.weight.copy_(table.weight[:max_source_positions])
+    truncated.requires_grad_(False)
+    backbone.embed_positions = truncated
+    backbone.max_source_positions = max_source_positions
+    backbone.config.max_source_positions = max_source_positions
 
 
 def pool_audio_encoder_output(
@@ -517,20 +615,47 @@ class AculaForPreTraining(AculaPreTrainedModel):
         self.post_init()
 
     @classmethod
-    def from_audio_backbone(cls, backbone_name_or_path: str, **config_kwargs) -> "AculaForPreTraining":
-        """Wrap a pretrained transformers audio backbone (an `ASTModel`, `Wav2Vec2Model`, HuBERT, ... checkpoint)
-        with fresh projection heads for alignment. Masked-audio modeling is native-only, so the self-supervised
-        term is `preservation_loss` (default `"feature_distillation"` against the frozen starting backbone).
+    def from_audio_backbone(
+        cls, backbone_name_or_path: str, window_seconds: float | None = None, **config_kwargs
+    ) -> "AculaForPreTraining":
+        """Wrap a pretrained transformers audio backbone (a Whisper, `ASTModel`, `Wav2Vec2Model`, HuBERT, ...
+        checkpoint) with fresh projection heads for alignment. Masked-audio modeling is native-only, so the
+        self-supervised term is `preservation_loss` (default `"feature_distillation"` against the frozen starting
+        backbone).
 
         Args:
-            backbone_name_or_path (`str`): Hub id or folder of the backbone (a task head in it is dropped).
+            backbone_name_or_path (`str`): Hub id or folder of the backbone (a task head in it is dropped; of a
+                Whisper model only the encoder is kept).
+            window_seconds (`float`, *optional*): Whisper only: the input window. Whisper encoders take 30 s; a
+                shorter window keeps the first `50 * window_seconds` rows of the position table (one row per 20 ms)
+                and costs less. Use `AculaFeatureExtractor.for_whisper` with the same window. Defaults to the
+                backbone's own.
             **config_kwargs: other [`AculaConfig`] arguments (teacher identity, loss, heads, ...).
         """
-        backbone = AutoModel.from_pretrained(backbone_name_or_path)
+        backbone_config = AutoConfig.from_pretrained(backbone_name_or_path)
+        if is_whisper_config(backbone_config):
+            from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+            # The encoder's weights of a full WhisperModel / WhisperForConditionalGeneration folder.
+            full = AutoModel.from_pretrained(backbone_name_or_path)
+            backbone = full.get_encoder() if hasattr(full, "get_encoder") else full
+            if not isinstance(backbone, WhisperEncoder):
+                raise ValueError(f"{backbone_name_or_path}: no Whisper encoder found in {type(full).__name__}.")
+            if window_seconds is not None:
+                positions = window_seconds * 50
+                if positions != int(positions):
+                    raise ValueError(f"A Whisper window must be a multiple of 0.02 s, got {window_seconds}.")
+                truncate_whisper_positions(backbone, int(positions))
+        else:
+            if window_seconds is not None:
+                raise ValueError("window_seconds applies to Whisper backbones only.")
+            backbone = AutoModel.from_pretrained(backbone_name_or_path)
         config_kwargs.setdefault("preservation_loss", "feature_distillation")
-        config = AculaConfig(audio_backbone_config=backbone.config.to_dict(), use_mam=False, **config_kwargs)
+        backbone_dict = backbone.config.to_dict()
+        config = AculaConfig(audio_backbone_config=backbone_dict, use_mam=False, **config_kwargs)
         model = cls(config)
-        model.acula.load_state_dict(backbone.state_dict())
+        model.acula.backbone.load_state_dict(backbone.state_dict())
+        model.acula._freeze_position_tables()
         return model
 
     def _preservation_loss(self, pooled: torch.Tensor, input_values: torch.Tensor, **encoder_kwargs) -> torch.Tensor:
