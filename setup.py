@@ -51,6 +51,7 @@ setup(
             "acula-train=train_acula:main",
             "acula-eval=eval_acula:main",
             "acula-convert-opera=modeling_acula.convert_opera_checkpoint:main",
+            "acula-convert-whisper=modeling_acula.convert_whisper:main",
         ]
     },
     classifiers=[
