@@ -7,11 +7,20 @@
     # OPERA benchmark tasks over the public datasets
     python eval_acula.py --models outputs/acula --tasks T7 T10 T11 --data_root /data/opera
 
+    # an aligned model beside its baselines: the frozen starting encoder, the same architecture with random weights
+    # (seed 0) and per-mel-bin log-mel mean/std statistics (no network)
+    python eval_acula.py --models outputs/acula outputs/whisper-base random:outputs/acula logmel-stats
+    python eval_acula.py --models outputs/acula --add_baselines   # the same, start taken from training_args.json
+
+    # only the tasks with headroom (the saturated ones are left out)
+    python eval_acula.py --models logmel-stats outputs/acula --tasks headroom
+
     python eval_acula.py --list_tasks
 
-Writes results.json, results.md (one row per task, one column per model, mean ± std, best in bold), plots/*.png
-and model_index.yaml. Tasks whose test recordings or patients were used for alignment are refused (see
---no_refuse_leakage). The work is done by `modeling_acula.evaluation`.
+Writes results.json, results.md (one row per task, one column per model, mean ± std, best in bold, baselines
+marked, and a last row with each model's mean AUROC over the tasks with headroom), plots/*.png and model_index.yaml.
+Tasks whose test recordings or patients were used for alignment are refused (see --no_refuse_leakage). The work is
+done by `modeling_acula.evaluation`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """Evaluation of audio encoders: cached embeddings, a task registry, linear probes, retrieval and zero-shot,
-leakage checks against the alignment data, tables, plots and model-card metadata (used by `eval_acula.py`)."""
+leakage checks against the alignment data, baselines (log-mel statistics, random weights, the starting encoder),
+tables, plots and model-card metadata (used by `eval_acula.py`)."""
 
+from .baselines import LogMelStatsEmbedder, ModelSpec, open_embedder, resolve_models
 from .embeddings import AudioEmbedder, EmbeddingCache, model_fingerprint
 from .leakage_check import check_leakage, training_manifest
 from .probes import ProbeResult, fit_probe, run_probe, score_predictions
@@ -14,6 +16,7 @@ from .tasks import (
     list_tasks,
     load_task,
     make_splits,
+    restrict_to_splits,
 )
 
 __all__ = [
@@ -22,6 +25,8 @@ __all__ = [
     "AudioEmbedder",
     "EmbeddingCache",
     "EvalArguments",
+    "LogMelStatsEmbedder",
+    "ModelSpec",
     "ProbeResult",
     "SplitPolicy",
     "TaskData",
@@ -33,7 +38,10 @@ __all__ = [
     "load_task",
     "make_splits",
     "model_fingerprint",
+    "open_embedder",
     "recall_at_k",
+    "resolve_models",
+    "restrict_to_splits",
     "run_evaluation",
     "run_probe",
     "score_predictions",

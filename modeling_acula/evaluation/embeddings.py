@@ -92,7 +92,51 @@ def _cut_windows(waveform: np.ndarray, window: int, hop: int) -> list[np.ndarray
     return [waveform[i * hop : i * hop + window] for i in range(count)]
 
 
-class AudioEmbedder:
+class FileEmbedder:
+    """
+    The file side shared by every embedder of an evaluation: `embed_files` decodes files in batches (in background
+    threads), reads and writes the per-recording cache and calls `embed_waveforms` for the misses. A subclass sets
+    `sampling_rate`, `batch_size`, `decode_workers`, `show_progress`, `cache` (an [`EmbeddingCache`] or `None`),
+    `name` (progress-bar label) and `hidden_size`, and implements `embed_waveforms`.
+    """
+
+    name: str = "embedder"
+    resample_quality: str = "HQ"
+
+    def embed_waveforms(self, waveforms: Sequence[np.ndarray]) -> np.ndarray:
+        raise NotImplementedError
+
+    def embed_files(self, paths: Sequence[str | os.PathLike], desc: str | None = None) -> np.ndarray:
+        """Embed audio files (cached), decoding them with `modeling_acula.manifest.decode_audio`.
+
+        Args:
+            paths (`Sequence[str or os.PathLike]`): audio files.
+            desc (`str`, *optional*): progress-bar label.
+
+        Returns:
+            `np.ndarray` of shape `(len(paths), hidden_size)`, float32, in input order.
+        """
+        paths = [Path(p) for p in paths]
+        vectors: list[np.ndarray | None] = [self.cache.get(p) if self.cache else None for p in paths]
+        todo = [i for i, vector in enumerate(vectors) if vector is None]
+        bar = tqdm(total=len(paths), initial=len(paths) - len(todo), desc=desc or f"embedding ({self.name})",
+                   unit="rec", disable=not self.show_progress)
+        batches = decoded_batches([paths[i] for i in todo], self.sampling_rate, self.batch_size, self.decode_workers,
+                                  resample_quality=self.resample_quality)
+        for start, waveforms in zip(range(0, len(todo), self.batch_size), batches):
+            chunk = todo[start : start + self.batch_size]
+            for i, vector in zip(chunk, self.embed_waveforms(waveforms)):
+                vectors[i] = vector
+                if self.cache is not None:
+                    self.cache.put(paths[i], vector)
+            bar.update(len(chunk))
+        bar.close()
+        if not paths:
+            return np.zeros((0, self.hidden_size), dtype=np.float32)
+        return np.stack(vectors).astype(np.float32)
+
+
+class AudioEmbedder(FileEmbedder):
     """
     One embedding per recording from a saved audio encoder, in eval mode and without gradients.
 
@@ -143,8 +187,11 @@ class AudioEmbedder:
         self.model_dir = Path(model_dir)
         fingerprint = model_fingerprint(self.model_dir)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.name = self.model_dir.name
         self.model = AutoModel.from_pretrained(self.model_dir).eval().to(self.device)
         self.feature_extractor = AutoFeatureExtractor.from_pretrained(self.model_dir)
+        self.resample_quality = getattr(self.feature_extractor, "resample_quality", "HQ")
+        self._hidden_size: int | None = None
         self.is_acula = isinstance(self.feature_extractor, AculaFeatureExtractor)
         self.sampling_rate = int(self.feature_extractor.sampling_rate)
         if window_seconds is None and not self.is_acula:
@@ -172,8 +219,24 @@ class AudioEmbedder:
 
     @property
     def hidden_size(self) -> int:
-        config = self.model.config
-        return int(getattr(config, "audio_embedding_size", None) or config.hidden_size)
+        """Size of one embedding: from the config where it says (`audio_embedding_size` of an acula config, which
+        also covers a foreign backbone inside AculaModel; `hidden_size` / `d_model` of others), else measured on one
+        second of silence. No field of the native ViT (patch size, spectrogram size) is assumed."""
+        if self._hidden_size is None:
+            config = self.model.config
+            size = None
+            for attribute in ("audio_embedding_size", "hidden_size", "d_model"):
+                try:
+                    size = getattr(config, attribute, None)
+                except (AttributeError, TypeError, KeyError):
+                    size = None
+                if isinstance(size, int) and size > 0:
+                    break
+                size = None
+            if size is None:
+                size = self.embed_waveforms([np.zeros(self.sampling_rate, dtype=np.float32)]).shape[1]
+            self._hidden_size = int(size)
+        return self._hidden_size
 
     # ------------------------------------------------------------------ waveforms -> vectors
 
@@ -240,34 +303,5 @@ class AudioEmbedder:
             vectors = self._embed_acula(waveforms) if self.is_acula else self._embed_foreign(waveforms)
         return vectors.float().cpu().numpy()
 
-    def embed_files(self, paths: Sequence[str | os.PathLike], desc: str | None = None) -> np.ndarray:
-        """Embed audio files (cached), decoding them with `modeling_acula.manifest.decode_audio`.
 
-        Args:
-            paths (`Sequence[str or os.PathLike]`): audio files.
-            desc (`str`, *optional*): progress-bar label.
-
-        Returns:
-            `np.ndarray` of shape `(len(paths), hidden_size)`, float32, in input order.
-        """
-        paths = [Path(p) for p in paths]
-        vectors: list[np.ndarray | None] = [self.cache.get(p) if self.cache else None for p in paths]
-        todo = [i for i, vector in enumerate(vectors) if vector is None]
-        bar = tqdm(total=len(paths), initial=len(paths) - len(todo), desc=desc or f"embedding ({self.model_dir.name})",
-                   unit="rec", disable=not self.show_progress)
-        batches = decoded_batches([paths[i] for i in todo], self.sampling_rate, self.batch_size, self.decode_workers,
-                                  resample_quality=getattr(self.feature_extractor, "resample_quality", "HQ"))
-        for start, waveforms in zip(range(0, len(todo), self.batch_size), batches):
-            chunk = todo[start : start + self.batch_size]
-            for i, vector in zip(chunk, self.embed_waveforms(waveforms)):
-                vectors[i] = vector
-                if self.cache is not None:
-                    self.cache.put(paths[i], vector)
-            bar.update(len(chunk))
-        bar.close()
-        if not paths:
-            return np.zeros((0, self.hidden_size), dtype=np.float32)
-        return np.stack(vectors).astype(np.float32)
-
-
-__all__ = ["AudioEmbedder", "EmbeddingCache", "default_cache_dir", "model_fingerprint"]
+__all__ = ["AudioEmbedder", "EmbeddingCache", "FileEmbedder", "default_cache_dir", "model_fingerprint"]

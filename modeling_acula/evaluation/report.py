@@ -24,19 +24,57 @@ def _fmt(mean: float, std: float) -> str:
     return f"{mean:.3f} ± {std:.3f}"
 
 
-def markdown_table(results: Sequence[Mapping[str, Any]], models: Sequence[str], tasks: Sequence[Mapping[str, Any]]) -> str:
+def _headroom_task(task: Mapping[str, Any]) -> bool:
+    return bool(task.get("headroom", True)) and task.get("kind", "classification") == "classification" \
+        and task["metric"] == "roc_auc"
+
+
+def headroom_summary(results: Sequence[Mapping[str, Any]], models: Sequence[str],
+                     tasks: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """
+    The mean over the classification (AUROC) tasks with headroom of each model's per-task mean AUROC.
+
+    `mean_auroc` averages, for every model, the same tasks: those with headroom that every model scored (a refused,
+    failed or leaked cell takes its task out for all models, so the column means stay comparable); `own` gives each
+    model's mean over all the headroom tasks it scored (leaked scores never count).
+
+    Returns:
+        `{"tasks_with_headroom": [...], "common_tasks": [...], "mean_auroc": {model: float | None},
+        "own": {model: {"mean": float | None, "tasks": [...]}}}`.
+    """
+    eligible = [task["name"] for task in tasks if _headroom_task(task)]
+    scored = {
+        (r["task"], r["model"]): float(r["mean"]) for r in results
+        if r["task"] in eligible and r.get("status", "ok") == "ok" and not r.get("leakage", {}).get("leaked")
+        and r.get("mean") is not None and math.isfinite(r["mean"])
+    }
+    common = [task for task in eligible if all((task, model) in scored for model in models)]
+    summary: dict[str, Any] = {"tasks_with_headroom": eligible, "common_tasks": common, "mean_auroc": {}, "own": {}}
+    for model in models:
+        summary["mean_auroc"][model] = (sum(scored[(t, model)] for t in common) / len(common)) if common else None
+        own = [task for task in eligible if (task, model) in scored]
+        summary["own"][model] = {"mean": (sum(scored[(t, model)] for t in own) / len(own)) if own else None,
+                                 "tasks": own}
+    return summary
+
+
+def markdown_table(results: Sequence[Mapping[str, Any]], models: Sequence[str], tasks: Sequence[Mapping[str, Any]],
+                   labels: Mapping[str, str] | None = None) -> str:
     """
     One row per task, one column per model: mean ± std over seeds/folds, the best model of each row in bold
-    (highest AUROC, lowest MAE); refused or failed cells say why.
+    (highest AUROC, lowest MAE); refused or failed cells say why. A `headroom` column says which tasks count in the
+    last row, the mean AUROC over the tasks with headroom that every model scored ([`headroom_summary`]).
 
     Args:
         results (`Sequence[Mapping]`): probe records (`task`, `model`, `metric`, `mean`, `std`, or `status`).
         models (`Sequence[str]`): column order.
-        tasks (`Sequence[Mapping]`): task records (`name`, `metric`, `num_recordings`).
+        tasks (`Sequence[Mapping]`): task records (`name`, `metric`, `num_recordings`, `headroom`, `kind`).
+        labels (`Mapping[str, str]`, *optional*): column header per model (e.g. `"logmel-stats (baseline)"`).
     """
+    labels = labels or {}
     by_cell = {(r["task"], r["model"]): r for r in results}
-    header = "| task | metric | n | " + " | ".join(models) + " |"
-    lines = [header, "|" + "---|" * (3 + len(models))]
+    header = "| task | metric | n | headroom | " + " | ".join(labels.get(m, m) for m in models) + " |"
+    lines = [header, "|" + "---|" * (4 + len(models))]
     for task in tasks:
         name, metric = task["name"], task["metric"]
         cells = [by_cell.get((name, model)) for model in models]
@@ -60,8 +98,22 @@ def markdown_table(results: Sequence[Mapping[str, Any]], models: Sequence[str], 
                 if cell.get("leakage", {}).get("leaked"):
                     text += " ⚠ leakage"
                 texts.append(text)
+        headroom = "yes" if _headroom_task(task) else ("no" if task["metric"] == "roc_auc" else "–")
         lines.append(f"| {name} | {METRIC_LABELS.get(metric, metric)} | {task.get('num_recordings', '')} | "
-                     + " | ".join(texts) + " |")
+                     f"{headroom} | " + " | ".join(texts) + " |")
+    summary = headroom_summary(results, models, tasks)
+    if summary["tasks_with_headroom"]:
+        means = [summary["mean_auroc"][m] for m in models]
+        best = max((v for v in means if v is not None), default=None)
+        cells = []
+        for value in means:
+            text = "–" if value is None else f"{value:.3f}"
+            if value is not None and len(models) > 1 and math.isclose(value, best):
+                text = f"**{text}**"
+            cells.append(text)
+        count = len(summary["common_tasks"])
+        lines.append(f"| mean over tasks with headroom | AUROC | {count} of {len(summary['tasks_with_headroom'])} "
+                     f"tasks | yes | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -103,4 +155,4 @@ def write_model_index(path: str | os.PathLike, models: Sequence[str], results: S
     return Path(path)
 
 
-__all__ = ["markdown_table", "model_index", "write_json", "write_model_index"]
+__all__ = ["headroom_summary", "markdown_table", "model_index", "write_json", "write_model_index"]

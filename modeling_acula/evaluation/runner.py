@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from .embeddings import AudioEmbedder
+from .baselines import ModelSpec, open_embedder, resolve_models
 from .leakage_check import check_leakage, training_manifest
 from .probes import run_probe, score_predictions
-from .report import METRIC_LABELS, markdown_table, write_json, write_model_index
+from .report import METRIC_LABELS, headroom_summary, markdown_table, write_json, write_model_index
 from .retrieval import (
     AlignedSpace,
     has_alignment_heads,
@@ -30,6 +30,7 @@ from .tasks import (
     list_tasks,
     load_task,
     make_splits,
+    restrict_to_splits,
 )
 
 logger = logging.getLogger(__name__)
@@ -38,9 +39,10 @@ SPLIT_OVERRIDES = ("default", "suggested", "kfold")
 
 @dataclass
 class EvalArguments:
-    models: list[str] = field(default_factory=list, metadata={"help": "Model folders to compare (AutoModel loads each)."})
-    model_names: list[str] = field(default_factory=list, metadata={"help": "Column names (default: folder names)."})
-    tasks: list[str] = field(default_factory=list, metadata={"help": "Task names or OPERA ids (T10); default: every dev-pack task."})
+    models: list[str] = field(default_factory=list, metadata={"help": "Model folders to compare (AutoModel loads each), and baselines: logmel-stats (per-mel-bin mean and std of the log-mel spectrogram) and random:<folder> (that folder's architecture, random weights, seed 0)."})
+    model_names: list[str] = field(default_factory=list, metadata={"help": "Column names, one per --models entry (default: folder names, logmel-stats, random:<folder name>)."})
+    add_baselines: bool = field(default=False, metadata={"help": "Also evaluate logmel-stats, random:<first model folder> and the starting encoder an acula output folder records (training_args.json -> init_from, if it exists here)."})
+    tasks: list[str] = field(default_factory=list, metadata={"help": "Task names or OPERA ids (T10), or the groups dev_pack, opera, headroom (dev-pack tasks with headroom); default: every dev-pack task."})
     output_dir: str = field(default="outputs/eval", metadata={"help": "Where results.json, results.md and plots go."})
     dev_pack: str = field(default=str(DEFAULT_DEV_PACK), metadata={"help": "The auscultation-dev folder."})
     data_root: str | None = field(default=None, metadata={"help": "Folder with the public datasets of the OPERA tasks."})
@@ -67,19 +69,21 @@ class EvalArguments:
 
 
 def describe_tasks() -> str:
-    """The registry as text (for `--list_tasks`)."""
+    """The registry as text (for `--list_tasks`); tasks without headroom (saturated) are marked."""
     lines = []
     for family in ("dev_pack", "opera"):
         lines.append(f"{family} tasks:")
         for spec in list_tasks(family):
             label = f"{spec.opera_id:>4} " if spec.opera_id else ""
+            saturated = "" if spec.headroom else " [saturated: not in the headroom mean]"
             lines.append(f"  {label}{spec.name:28s} {spec.kind:14s} {METRIC_LABELS.get(spec.metric, spec.metric):6s} "
-                         f"split={spec.split.kind:20s} {spec.description}")
+                         f"split={spec.split.kind:20s} {spec.description}{saturated}")
     return "\n".join(lines)
 
 
 def resolve_task_names(names: Sequence[str]) -> list[str]:
-    """Task names, with OPERA ids (`T10`) and `dev_pack` / `opera` as shorthands."""
+    """Task names, with OPERA ids (`T10`) and `dev_pack` / `opera` / `headroom` (dev-pack tasks with headroom) as
+    shorthands."""
     if not names:
         return [spec.name for spec in list_tasks("dev_pack")]
     resolved = []
@@ -87,6 +91,8 @@ def resolve_task_names(names: Sequence[str]) -> list[str]:
     for name in names:
         if name in ("dev_pack", "opera"):
             resolved += [spec.name for spec in list_tasks(name)]
+        elif name == "headroom":
+            resolved += [spec.name for spec in list_tasks("dev_pack") if spec.headroom]
         elif name.lower() in by_id:
             resolved.append(by_id[name.lower()])
         else:
@@ -104,15 +110,6 @@ def _policy(data: TaskData, override: str) -> SplitPolicy:
     return data.spec.split
 
 
-def _model_names(args: EvalArguments) -> list[str]:
-    if args.model_names and len(args.model_names) != len(args.models):
-        raise ValueError(f"--model_names has {len(args.model_names)} names for {len(args.models)} --models.")
-    names = args.model_names or [Path(m).resolve().name for m in args.models]
-    if len(set(names)) != len(names):
-        names = [f"{name}-{i}" for i, name in enumerate(names)]
-    return names
-
-
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
@@ -125,11 +122,12 @@ def run_evaluation(args: EvalArguments) -> dict[str, Any]:
         The payload written to `results.json`.
     """
     if not args.models:
-        raise ValueError("Pass at least one model folder with --models.")
+        raise ValueError("Pass at least one model folder (or baseline: logmel-stats, random:<folder>) with --models.")
     started = time.time()
+    specs: list[ModelSpec] = resolve_models(args.models, args.model_names, args.add_baselines)
+    names = [spec.name for spec in specs]
     output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)
-    names = _model_names(args)
     say = (lambda *a: None) if args.quiet else print
 
     # Tasks and splits first: identical for every model, and missing data fails before any embedding is computed.
@@ -137,11 +135,13 @@ def run_evaluation(args: EvalArguments) -> dict[str, Any]:
     splits: dict[str, list] = {}
     for task_name in resolve_task_names(args.tasks):
         data = load_task(task_name, dev_pack=args.dev_pack, data_root=args.data_root, max_recordings=args.max_per_task)
-        datasets[task_name] = data
-        splits[task_name] = make_splits(data, _policy(data, args.split_policy), args.seeds)
+        # Recordings on no side of any split (a transfer task's unused target rows) are neither embedded nor counted.
+        datasets[task_name], splits[task_name] = restrict_to_splits(
+            data, make_splits(data, _policy(data, args.split_policy), args.seeds))
     task_records = {
         name: {"name": name, "description": d.spec.description, "kind": d.spec.kind, "metric": d.spec.metric,
                "family": d.spec.family, "opera_id": d.spec.opera_id, "classes": d.classes,
+               "headroom": d.spec.headroom,
                "num_recordings": len(d), "num_groups": len(set(d.groups)),
                "split_policy": asdict(_policy(d, args.split_policy)), "num_splits": len(splits[name]),
                "notes": d.spec.notes}
@@ -153,63 +153,44 @@ def run_evaluation(args: EvalArguments) -> dict[str, Any]:
     embeddings: dict[tuple[str, str], np.ndarray] = {}
     pooled_predictions: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
     warnings_out: list[str] = []
-    grid = [args.probe_c] if args.probe_c is not None else None
-    for model_dir, model_name in zip(args.models, names):
-        embedder = AudioEmbedder(model_dir, device=args.device, batch_size=args.batch_size,
-                                 window_seconds=args.window_seconds, hop_seconds=args.hop_seconds,
-                                 autocast_dtype=args.autocast_dtype, decode_workers=args.decode_workers,
-                                 cache_dir=False if args.no_cache else args.cache_dir, show_progress=not args.quiet)
-        trained = training_manifest(model_dir)
-        space = AlignedSpace(model_dir, device=embedder.device) if args.retrieval and has_alignment_heads(model_dir) else None
-        for task_name, data in datasets.items():
-            test_indices = sorted({int(i) for split in splits[task_name] for i in split.test})
-            leakage = check_leakage(trained, data, test_indices)
-            record: dict[str, Any] = {"task": task_name, "model": model_name, "model_dir": str(model_dir),
-                                      "metric": data.spec.metric, "leakage": leakage, "status": "ok"}
-            if leakage["leaked"]:
-                message = (f"LEAKAGE: {model_name} was aligned on {leakage['recordings']} test recording(s) / "
-                           f"{leakage['patients']} test patient(s) of task {task_name} (e.g. {leakage['examples'][:1]})")
-                warnings_out.append(message)
-                say("!" * 100 + "\n" + message + "\n" + "!" * 100)
-                if args.refuse_leakage:
-                    record["status"] = "refused (leakage)"
-                    results.append(record)
-                    continue
-            features = embedder.embed_files(data.paths, desc=f"{model_name} / {task_name}")
-            embeddings[(model_name, task_name)] = features
-            probe = run_probe(features, data, splits[task_name], model_name=model_name, grid=grid,
-                              bootstrap_samples=args.bootstrap_samples, confidence_level=args.confidence_level)
-            record.update(probe.to_dict())
-            results.append(record)
-            if data.spec.kind == "classification":
-                pooled_predictions.setdefault(task_name, {})[model_name] = (
-                    data.labels[probe.test_indices], probe.test_scores)
-            say(f"{model_name:>24s} | {task_name:24s} {METRIC_LABELS.get(probe.metric)} {probe.mean:.3f} ± {probe.std:.3f}"
-                f"  (pooled {probe.pooled[probe.metric]:.3f}, CI {probe.pooled.get(probe.metric + '_ci_low', float('nan')):.3f}"
-                f"–{probe.pooled.get(probe.metric + '_ci_high', float('nan')):.3f})")
-            if space is not None and data.spec.kind == "classification":
-                extras.append(_retrieval_and_zero_shot(space, features, data, test_indices, model_name, leakage))
+    for spec in specs:
+        with open_embedder(spec, device=args.device, batch_size=args.batch_size, window_seconds=args.window_seconds,
+                           hop_seconds=args.hop_seconds, autocast_dtype=args.autocast_dtype,
+                           decode_workers=args.decode_workers, cache_dir=False if args.no_cache else args.cache_dir,
+                           show_progress=not args.quiet) as embedder:
+            _evaluate_model(spec, embedder, args, datasets, splits, results, extras, embeddings, pooled_predictions,
+                            warnings_out, say)
 
+    summary = headroom_summary(results, names, list(task_records.values()))
     payload = {
-        "models": [{"name": n, "path": str(Path(m).resolve())} for n, m in zip(names, args.models)],
+        "models": [spec.to_dict() for spec in specs],
         "tasks": list(task_records.values()),
         "results": results,
+        "summary": {"mean_auroc_over_tasks_with_headroom": summary},
         "retrieval_zero_shot": extras,
         "leakage_warnings": warnings_out,
         "settings": asdict(args),
         "wall_time_s": round(time.time() - started, 1),
     }
     write_json(output / "results.json", payload)
-    table = markdown_table(results, names, list(task_records.values()))
+    labels = {spec.name: spec.label for spec in specs}
+    table = markdown_table(results, names, list(task_records.values()), labels)
     retrieval_table = _retrieval_markdown(extras)
+    baselines = [spec for spec in specs if spec.baseline]
+    baseline_text = ("Baselines (marked \"(baseline)\"): " + "; ".join(
+        f"{spec.name}: {BASELINE_DESCRIPTIONS[spec.kind]}" for spec in baselines) + ".\n\n") if baselines else ""
     (output / "results.md").write_text(
         "# Linear-probe comparison\n\nMean ± std over seeds/folds (patient-grouped splits); best per row in bold. "
-        "Pooled scores with bootstrap CIs are in results.json.\n\n" + table
+        "Pooled scores with bootstrap CIs are in results.json. The last row averages each model's AUROC over the "
+        "classification tasks with headroom (`headroom` yes) that every model was scored on.\n\n"
+        + baseline_text + table
         + (("\n## Retrieval and zero-shot\n\n" + retrieval_table) if retrieval_table else "")
         + ("\n## Leakage warnings\n\n" + "\n".join(f"- {w}" for w in warnings_out) + "\n" if warnings_out else ""),
         encoding="utf-8",
     )
-    write_model_index(output / "model_index.yaml", names, results, task_records)
+    # Model-card metadata only for real model folders (logmel-stats and random weights have no model card).
+    carded = [spec.name for spec in specs if spec.kind in ("model", "start")]
+    write_model_index(output / "model_index.yaml", carded, results, task_records)
     if args.plots:
         _write_plots(output, results, task_records, datasets, embeddings, pooled_predictions, args.projection)
     say("\n" + table)
@@ -217,6 +198,55 @@ def run_evaluation(args: EvalArguments) -> dict[str, Any]:
         say(message)
     say(f"Results written to {output.resolve()} ({payload['wall_time_s']} s).")
     return payload
+
+
+BASELINE_DESCRIPTIONS = {
+    "logmel-stats": "per-mel-bin mean and std of the reference log-mel spectrogram (no network)",
+    "random": "the same architecture with random weights (seed 0)",
+    "start": "the starting encoder the aligned model was trained from, frozen",
+}
+
+
+def _evaluate_model(spec: ModelSpec, embedder, args: EvalArguments, datasets: dict[str, TaskData], splits: dict,
+                    results: list, extras: list, embeddings: dict, pooled_predictions: dict, warnings_out: list,
+                    say) -> None:
+    """Probe one column on every task (refusing tasks it was aligned on), appending to the shared records."""
+    grid = [args.probe_c] if args.probe_c is not None else None
+    model_name = spec.name
+    # Only a real model folder can have been aligned on anything (and have alignment heads).
+    model_dir = spec.folder if spec.kind in ("model", "start") else None
+    trained = training_manifest(model_dir) if model_dir is not None else None
+    space = (AlignedSpace(model_dir, device=embedder.device)
+             if model_dir is not None and args.retrieval and has_alignment_heads(model_dir) else None)
+    for task_name, data in datasets.items():
+        test_indices = sorted({int(i) for split in splits[task_name] for i in split.test})
+        leakage = check_leakage(trained, data, test_indices)
+        record: dict[str, Any] = {"task": task_name, "model": model_name, "model_dir": spec.to_dict()["path"],
+                                  "baseline": spec.baseline, "metric": data.spec.metric, "leakage": leakage,
+                                  "status": "ok"}
+        if leakage["leaked"]:
+            message = (f"LEAKAGE: {model_name} was aligned on {leakage['recordings']} test recording(s) / "
+                       f"{leakage['patients']} test patient(s) of task {task_name} (e.g. {leakage['examples'][:1]})")
+            warnings_out.append(message)
+            say("!" * 100 + "\n" + message + "\n" + "!" * 100)
+            if args.refuse_leakage:
+                record["status"] = "refused (leakage)"
+                results.append(record)
+                continue
+        features = embedder.embed_files(data.paths, desc=f"{model_name} / {task_name}")
+        embeddings[(model_name, task_name)] = features
+        probe = run_probe(features, data, splits[task_name], model_name=model_name, grid=grid,
+                          bootstrap_samples=args.bootstrap_samples, confidence_level=args.confidence_level)
+        record.update(probe.to_dict())
+        results.append(record)
+        if data.spec.kind == "classification":
+            pooled_predictions.setdefault(task_name, {})[model_name] = (
+                data.labels[probe.test_indices], probe.test_scores)
+        say(f"{model_name:>24s} | {task_name:24s} {METRIC_LABELS.get(probe.metric)} {probe.mean:.3f} ± {probe.std:.3f}"
+            f"  (pooled {probe.pooled[probe.metric]:.3f}, CI {probe.pooled.get(probe.metric + '_ci_low', float('nan')):.3f}"
+            f"–{probe.pooled.get(probe.metric + '_ci_high', float('nan')):.3f})")
+        if space is not None and data.spec.kind == "classification":
+            extras.append(_retrieval_and_zero_shot(space, features, data, test_indices, model_name, leakage))
 
 
 def _retrieval_and_zero_shot(space: AlignedSpace, features: np.ndarray, data: TaskData, test_indices: list[int],
