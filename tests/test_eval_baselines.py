@@ -248,3 +248,34 @@ def test_headroom_mean_averages_the_tasks_every_model_was_scored_on():
     assert "| task | metric | n | headroom | m | base (baseline) |" in table
     assert "| sat | AUROC | 9 | no |" in table and "| reg | MAE | 9 | – |" in table
     assert table.splitlines()[-1] == "| mean over tasks with headroom | AUROC | 1 of 2 tasks | yes | **0.600** | 0.500 |"
+
+
+def test_update_model_card_writes_model_index_and_the_comparison_table(tmp_path):
+    import yaml
+
+    from modeling_acula import AculaConfig
+    from modeling_acula.evaluation.report import update_model_card
+    from modeling_acula.model_card import render_model_card
+
+    render_model_card(repo_id="acula/whisper-base-acula", config=AculaConfig.from_preset("cpu-small"), run={},
+                      data_summary={}, teacher_identity={}).save(tmp_path / "README.md")
+    tasks = {"kauh_asthma": {"name": "kauh_asthma", "kind": "classification", "description": "asthma vs normal"},
+             "pascal_murmur": {"name": "pascal_murmur", "kind": "classification", "description": "murmur"}}
+    results = [
+        {"model": "aligned", "task": "kauh_asthma", "metric": "roc_auc", "status": "ok", "mean": 0.71, "std": 0.02,
+         "scores": [0.7, 0.72], "leakage": {"leaked": False}},
+        {"model": "aligned", "task": "pascal_murmur", "metric": "roc_auc", "status": "ok", "mean": 0.99, "std": 0.0,
+         "scores": [0.99], "leakage": {"leaked": True}},  # allowed with --no_refuse_leakage: never card metadata
+        {"model": "frozen", "task": "kauh_asthma", "metric": "roc_auc", "status": "ok", "mean": 0.6, "std": 0.01,
+         "scores": [0.6], "leakage": {"leaked": False}},
+    ]
+    table = "| task | aligned | frozen (baseline) |\n|---|---|---|\n| kauh_asthma | 0.710 | 0.600 |\n"
+    assert update_model_card(tmp_path, "aligned", results, tasks, table)
+    text = (tmp_path / "README.md").read_text()
+    metadata = yaml.safe_load(text.split("---")[1])
+    metrics = [r["metrics"][0] for r in metadata["model-index"][0]["results"]]
+    assert [m["value"] for m in metrics] == [0.71] and metrics[0]["type"] == "roc_auc"
+    body = text.split("## Evaluation")[1].split("\n## ")[0]
+    assert "frozen (baseline)" in body and "No evaluation was run" not in body
+    assert "## Files" in text  # the sections after Evaluation are kept
+    assert not update_model_card(tmp_path / "missing", "aligned", results, tasks, table)

@@ -120,8 +120,48 @@ def markdown_table(results: Sequence[Mapping[str, Any]], models: Sequence[str], 
 def model_index(model_name: str, results: Sequence[Mapping[str, Any]], tasks: Mapping[str, Mapping[str, Any]]) -> list:
     """The `model-index` entries (Hugging Face model-card metadata) of one model's scored probes; a score on a task
     whose test recordings the model was aligned on (leakage) is left out."""
-    from huggingface_hub import EvalResult
     from huggingface_hub.repocard_data import eval_results_to_model_index
+
+    entries = eval_results(model_name, results, tasks)
+    return eval_results_to_model_index(model_name, entries) if entries else []
+
+
+def update_model_card(model_dir: str | os.PathLike, model_name: str, results: Sequence[Mapping[str, Any]],
+                      tasks: Mapping[str, Mapping[str, Any]], table: str) -> bool:
+    """Write a model's probe scores into the card of its output folder (as train_acula.py wrote it): the
+    `model-index` metadata (leaked scores left out) and the comparison table, baselines included, in its Evaluation
+    section. Returns whether there was a card to update.
+
+    Args:
+        model_dir (`str` or `os.PathLike`): the evaluated folder.
+        model_name (`str`): the model's column name in `results`.
+        results (`Sequence[Mapping]`), tasks (`Mapping`): as `run_evaluation` collects them.
+        table (`str`): the Markdown comparison table (results.md's).
+    """
+    from huggingface_hub import ModelCard
+
+    card_path = Path(model_dir) / "README.md"
+    if not card_path.is_file():
+        return False
+    card = ModelCard.load(card_path)
+    entries = eval_results(model_name, results, tasks)
+    card.data.eval_results = entries or None
+    card.data.model_name = card.data.model_name or model_name
+    section = ("Linear probes on frozen embeddings (`eval_acula.py`, patient-grouped splits, mean ± std over "
+               f"seeds/folds); this model is the column `{model_name}`, beside its baselines.\n\n{table}")
+    head, marker, rest = card.text.partition("## Evaluation")
+    if marker:
+        following = rest.find("\n## ")
+        card.text = head + marker + "\n\n" + section + ("\n" + rest[following:] if following >= 0 else "")
+    else:
+        card.text += "\n## Evaluation\n\n" + section
+    card.save(card_path)
+    return True
+
+
+def eval_results(model_name: str, results: Sequence[Mapping[str, Any]], tasks: Mapping[str, Mapping[str, Any]]) -> list:
+    """One model's scored probes as `huggingface_hub.EvalResult`s (leaked scores left out)."""
+    from huggingface_hub import EvalResult
 
     entries = []
     for record in results:
@@ -142,7 +182,7 @@ def model_index(model_name: str, results: Sequence[Mapping[str, Any]], tasks: Ma
             metric_value=round(record["mean"], 4),
             metric_args={"std": round(record["std"], 4)},
         ))
-    return eval_results_to_model_index(model_name, entries) if entries else []
+    return entries
 
 
 def write_model_index(path: str | os.PathLike, models: Sequence[str], results: Sequence[Mapping[str, Any]],
@@ -155,4 +195,5 @@ def write_model_index(path: str | os.PathLike, models: Sequence[str], results: S
     return Path(path)
 
 
-__all__ = ["headroom_summary", "markdown_table", "model_index", "write_json", "write_model_index"]
+__all__ = ["eval_results", "headroom_summary", "markdown_table", "model_index", "update_model_card", "write_json",
+           "write_model_index"]

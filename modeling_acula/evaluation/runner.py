@@ -15,7 +15,14 @@ import numpy as np
 from .baselines import ModelSpec, open_embedder, resolve_models
 from .leakage_check import check_leakage, training_manifest
 from .probes import run_probe, score_predictions
-from .report import METRIC_LABELS, headroom_summary, markdown_table, write_json, write_model_index
+from .report import (
+    METRIC_LABELS,
+    headroom_summary,
+    markdown_table,
+    update_model_card,
+    write_json,
+    write_model_index,
+)
 from .retrieval import (
     AlignedSpace,
     has_alignment_heads,
@@ -41,6 +48,7 @@ SPLIT_OVERRIDES = ("default", "suggested", "kfold")
 class EvalArguments:
     models: list[str] = field(default_factory=list, metadata={"help": "Model folders to compare (AutoModel loads each), and baselines: logmel-stats (per-mel-bin mean and std of the log-mel spectrogram) and random:<folder> (that folder's architecture, random weights, seed 0)."})
     model_names: list[str] = field(default_factory=list, metadata={"help": "Column names, one per --models entry (default: folder names, logmel-stats, random:<folder name>)."})
+    update_model_cards: bool = field(default=False, metadata={"help": "Write the scores (model-index metadata) and this comparison table into the README.md model card of every evaluated acula output folder."})
     add_baselines: bool = field(default=False, metadata={"help": "Also evaluate logmel-stats, random:<first model folder> and the starting encoder an acula output folder records (training_args.json -> init_from, if it exists here)."})
     tasks: list[str] = field(default_factory=list, metadata={"help": "Task names or OPERA ids (T10), or the groups dev_pack, opera, headroom (dev-pack tasks with headroom); default: every dev-pack task."})
     output_dir: str = field(default="outputs/eval", metadata={"help": "Where results.json, results.md and plots go."})
@@ -191,6 +199,10 @@ def run_evaluation(args: EvalArguments) -> dict[str, Any]:
     # Model-card metadata only for real model folders (logmel-stats and random weights have no model card).
     carded = [spec.name for spec in specs if spec.kind in ("model", "start")]
     write_model_index(output / "model_index.yaml", carded, results, task_records)
+    if args.update_model_cards:
+        for spec in specs:
+            if spec.kind == "model" and update_model_card(spec.folder, spec.name, results, task_records, table):
+                say(f"Evaluation written into the model card {Path(spec.path) / 'README.md'}.")
     if args.plots:
         _write_plots(output, results, task_records, datasets, embeddings, pooled_predictions, args.projection)
     say("\n" + table)
