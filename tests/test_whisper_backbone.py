@@ -138,3 +138,25 @@ def test_lora_adapts_whisper_attention_and_mlp_and_trains(tiny_whisper_dir):
     plain = apply_lora(AculaForPreTraining.from_audio_backbone(str(tiny_whisper_dir), window_seconds=2.0,
                                                                teacher_hidden_size=12), r=4)
     assert not any("fc1.lora" in name for name, _ in plain.named_parameters())
+
+
+def test_preservation_alone_leaves_a_lora_encoder_where_it_started(tiny_whisper_dir):
+    """Feature distillation against the frozen start begins at its minimum (zero loss, zero gradient): trained alone
+    it never moves the encoder. This is why "Whisper-base + preservation only" equals the frozen start in RESULTS.md."""
+    inputs = AculaFeatureExtractor.for_whisper(2.0)(real_waveforms(3) + real_waveforms(1), sampling_rate=16000)
+    encoders = {}
+    for alignment_weight in (0.0, 1.0):
+        torch.manual_seed(0)
+        model = AculaForPreTraining.from_audio_backbone(str(tiny_whisper_dir), window_seconds=2.0, teacher_hidden_size=12,
+                                                        projection_dim=8, projection_hidden_size=16,
+                                                        alignment_loss_weight=alignment_weight)
+        start = {k: v.clone() for k, v in model.acula.state_dict().items()}
+        peft_model = apply_lora(model, r=4)
+        optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
+        for _ in range(3):
+            peft_model(**inputs, teacher_embeds=torch.randn(4, 12, generator=torch.Generator().manual_seed(1))).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        merged = peft_model.merge_and_unload().acula.state_dict()
+        encoders[alignment_weight] = all(torch.equal(merged[k], start[k]) for k in start)
+    assert encoders == {0.0: True, 1.0: False}
