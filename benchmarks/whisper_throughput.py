@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     cache = Path(os.environ.get("ACULA_CACHE", Path.home() / ".cache" / "acula"))
-    backbone = str(ensure_whisper_base(cache / "pretrained"))
+    backbone = str(ensure_whisper_base(cache / "pretrained", include_decoder=False))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}\n")
     print("| window | extraction ms/clip | extraction clips/s | step, LoRA last 2 layers, ms/clip | step, LoRA all 6 "
           "layers, ms/clip | forward GFLOP/clip | H100 bf16 at 35% of peak: step clips/s |")

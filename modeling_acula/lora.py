@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
@@ -32,17 +34,20 @@ def encoder_target_modules(include_mlp: bool = False) -> str:
     return rf"(.*\.)?encoder\.layer\.\d+\.{attention}"
 
 
-def whisper_target_modules(include_mlp: bool = False) -> str:
+def whisper_target_modules(include_mlp: bool = False, layers: Sequence[int] | None = None) -> str:
     """Regular expression selecting the linears of a Whisper encoder wrapped by [`AculaModel`] (`backbone.layers.N`),
     with or without a leading `acula.`.
 
     Args:
         include_mlp (`bool`, *optional*, defaults to `False`): also adapt `fc1` and `fc2`.
+        layers (`Sequence[int]`, *optional*): adapt only these layers (default: all). Adapting only the top layers
+            also saves the backward pass through the layers below them.
     """
     attention = rf"self_attn\.({'|'.join(WHISPER_ATTENTION_LINEARS)})"
+    index = r"\d+" if layers is None else "(" + "|".join(str(int(i)) for i in layers) + ")"
     if include_mlp:
-        return rf"(.*\.)?backbone\.layers\.\d+\.({attention}|{'|'.join(MLP_LINEARS)})"
-    return rf"(.*\.)?backbone\.layers\.\d+\.{attention}"
+        return rf"(.*\.)?backbone\.layers\.{index}\.({attention}|{'|'.join(MLP_LINEARS)})"
+    return rf"(.*\.)?backbone\.layers\.{index}\.{attention}"
 
 
 def lora_config_for(
@@ -51,6 +56,7 @@ def lora_config_for(
     lora_alpha: int = 16,
     lora_dropout: float = 0.05,
     include_mlp: bool = False,
+    top_layers: int | None = None,
 ) -> LoraConfig:
     """The `LoraConfig` acula uses for a model: adapters on the encoder, heads and decoder trained in full.
 
@@ -60,15 +66,23 @@ def lora_config_for(
         lora_alpha (`int`, *optional*, defaults to 16): adapter scaling numerator.
         lora_dropout (`float`, *optional*, defaults to 0.05): dropout on the adapter input.
         include_mlp (`bool`, *optional*, defaults to `False`): also adapt the MLP linears.
+        top_layers (`int`, *optional*): Whisper backbones: adapt only the last `top_layers` encoder layers (default:
+            every layer).
     """
     class_name = type(model).__name__
     if class_name not in HEADS_TO_TRAIN:
         raise ValueError(f"No acula LoRA recipe for {class_name}; expected one of {sorted(HEADS_TO_TRAIN)}.")
     backbone = getattr(model.config, "audio_backbone_config", None)
+    if backbone is None and top_layers is not None:
+        raise ValueError("top_layers applies to Whisper backbones only.")
     if backbone is None:
         target_modules = encoder_target_modules(include_mlp)
     elif getattr(backbone, "model_type", None) == "whisper":
-        target_modules = whisper_target_modules(include_mlp)
+        depth = backbone.encoder_layers
+        if top_layers is not None and not 0 < top_layers <= depth:
+            raise ValueError(f"top_layers must be in 1..{depth} for this Whisper encoder, got {top_layers}.")
+        layers = None if top_layers is None else range(depth - top_layers, depth)
+        target_modules = whisper_target_modules(include_mlp, layers)
     else:
         raise ValueError(
             "acula's LoRA recipes target the native ViT encoder and Whisper encoders; for another backbone "

@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--window_seconds", type=float, default=10.0, help="input window (Whisper's own: 30)")
     args = parser.parse_args(argv)
     cache = Path(os.environ.get("ACULA_CACHE", Path.home() / ".cache" / "acula"))
-    backbone = args.backbone or str(ensure_whisper_base(cache / "pretrained"))
+    backbone = args.backbone or str(ensure_whisper_base(cache / "pretrained", include_decoder=False))
     window = None if args.window_seconds == 30 else args.window_seconds
     # teacher_hidden_size only sizes the (unsaved) text head of the wrapper
     encoder = AculaForPreTraining.from_audio_backbone(backbone, window_seconds=window, teacher_hidden_size=384).acula

@@ -390,7 +390,7 @@ def test_silent_recording_is_skipped_counted_and_listed(tmp_path, rows):
                                       "--max_steps", "1", "--checkpointing_steps", "0"))
     skipped = [json.loads(line) for line in (output / "skipped_rows.jsonl").read_text().splitlines()]
     assert skipped == [{"row": f"{manifest} line 4", "file": str(tmp_path / "silent.flac"),
-                        "reason": "digitally silent over the model window (all-zero spectrogram)"}]
+                        "reason": "digitally silent over the model window (constant spectrogram)"}]
     summary = json.loads((output / "data_summary.json").read_text())
     assert summary["skipped"] == {"silent": 1} and summary["rows_used"] == 9
     assert str(tmp_path / "silent.flac") not in (output / "reports.jsonl").read_text()

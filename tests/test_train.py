@@ -1,11 +1,13 @@
 """train_acula.py end to end on the shipped recordings: outputs, caches, 2-process DDP, kill and resume."""
 
+import functools
 import json
 import os
 import random
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,7 @@ from safetensors.torch import load_file
 from transformers import AutoFeatureExtractor, AutoModel
 
 import train_acula
-from modeling_acula import AculaForPreTraining, AculaModel
+from modeling_acula import AculaConfig, AculaForPreTraining, AculaModel
 from modeling_acula.training_checkpoint import list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,9 +29,20 @@ TINY = json.dumps({
 })
 
 
+@functools.cache
+def tiny_start() -> Path:
+    """A tiny native alignment model saved once per test session: the "pretrained" start of the tiny runs (LoRA
+    adapters on random weights are refused, so a LoRA run needs a start)."""
+    folder = Path(tempfile.mkdtemp(prefix="acula-tiny-start-")) / "tiny-start"
+    torch.manual_seed(0)
+    AculaForPreTraining(AculaConfig.from_preset("cpu-small", **json.loads(TINY))).save_pretrained(folder)
+    return folder
+
+
 def tiny_args(output_dir: Path, cache_dir: Path, *extra: str) -> list[str]:
     return [
         "--output_dir", str(output_dir), "--cache_dir", str(cache_dir), "--config_overrides", TINY,
+        "--preset", "cpu-small", "--init_from", str(tiny_start()),
         "--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "1", "--learning_rate", "1e-3",
         "--logging_steps", "1", "--lora_dropout", "0", *extra,
     ]
@@ -123,7 +136,7 @@ def test_push_to_hub_uploads_exactly_the_model_files(trained):
     }
     assert set(files) == expected
     adapter_card = (output / "adapter" / "README.md").read_text()
-    assert "More Information Needed" not in adapter_card and "randomly initialised" in adapter_card
+    assert "More Information Needed" not in adapter_card and "a local checkpoint (`tiny-start`)" in adapter_card
     assert json.loads((output / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] is None
 
 
@@ -461,3 +474,70 @@ def test_bad_data_settings_are_refused_before_any_work(flag, value, message, cap
     with pytest.raises(SystemExit):
         train_acula.parse_args([flag, value])
     assert message in capsys.readouterr().err
+
+
+# --- the start: native presets, Whisper backbones, the default whisper-base ------------------------------------
+
+
+def test_native_preset_without_a_start_trains_in_full(tmp_path, capsys):
+    args = tiny_args(tmp_path / "out", tmp_path / "cache", "--max_steps", "1", "--checkpointing_steps", "0")
+    start = args.index("--init_from")
+    del args[start : start + 2]
+    output = run_in_process(args)
+    assert "starts from random weights: training the whole encoder" in capsys.readouterr().err
+    assert json.loads((output / "training_args.json").read_text())["model"]["full_finetune"] is True
+    assert not (output / "adapter").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_whisper_start(tmp_path_factory):
+    from transformers import WhisperModel
+
+    from tests.test_whisper_backbone import tiny_whisper_config
+
+    folder = tmp_path_factory.mktemp("whisper") / "tiny-whisper"
+    torch.manual_seed(0)
+    WhisperModel(tiny_whisper_config()).save_pretrained(folder)
+    return folder
+
+
+def test_whisper_backbone_aligns_with_lora_and_its_folder_loads(tiny_whisper_start, tmp_path):
+    args = tiny_args(tmp_path / "out", tmp_path / "cache", "--max_steps", "2", "--checkpointing_steps", "0",
+                     "--window_seconds", "2")
+    args[args.index("--init_from") + 1] = str(tiny_whisper_start)
+    args[args.index("--config_overrides") + 1] = json.dumps({"projection_hidden_size": 32, "projection_dim": 16})
+    output = run_in_process(args)
+    encoder, extractor = AutoModel.from_pretrained(output), AutoFeatureExtractor.from_pretrained(output)
+    assert isinstance(encoder, AculaModel) and type(encoder.backbone).__name__ == "WhisperEncoder"
+    assert encoder.config.audio_backbone_config.max_source_positions == 100
+    assert extractor.spectrogram_recipe == "whisper" and extractor.num_samples == 32000
+    log = read_log(output)
+    assert len(log) == 2 and all("preservation_loss" in record and "mam_loss" not in record for record in log)
+    adapter = json.loads((output / "adapter" / "adapter_config.json").read_text())
+    assert adapter["peft_type"] == "LORA" and "self_attn" in adapter["target_modules"]
+    # the adapters changed the encoder, and only them: the merged weights differ from the start's in the
+    # adapted projections alone
+    start = AculaForPreTraining.from_audio_backbone(str(tiny_whisper_start), window_seconds=2.0,
+                                                    teacher_hidden_size=384).acula.state_dict()
+    changed = {name for name, value in encoder.state_dict().items() if not torch.equal(value, start[name])}
+    assert changed and all("self_attn" in name and name.endswith("weight") for name in changed), sorted(changed)
+    card = (output / "README.md").read_text()
+    assert "a 2 s window (the first 100 of Whisper's 1,500 position rows" in card
+    assert "feature_distillation" in card
+
+
+@pytest.mark.slow
+def test_default_preset_starts_from_the_converted_whisper_base(tmp_path):
+    """The main job's start: Whisper-base converted from the installed wheels into the cache, verified, cut to the
+    default window, LoRA on its attention (one short step here; `python train_acula.py` runs the whole demo)."""
+    output = run_in_process(["--output_dir", str(tmp_path / "out"), "--cache_dir", str(tmp_path / "cache"),
+                             "--max_steps", "1", "--max_train_samples", "8", "--per_device_train_batch_size", "8",
+                             "--gradient_accumulation_steps", "1", "--checkpointing_steps", "0"])
+    encoder = AutoModel.from_pretrained(output)
+    backbone = encoder.config.audio_backbone_config
+    assert (backbone.d_model, backbone.encoder_layers) == (512, 6)
+    assert backbone.max_source_positions == round(50 * train_acula.DEFAULT_WHISPER_WINDOW_SECONDS)
+    assert (tmp_path / "cache" / "pretrained" / "whisper-base-encoder" / "model.safetensors").is_file()
+    card = (output / "README.md").read_text()
+    assert yaml.safe_load(card.split("---")[1])["base_model"] == "openai/whisper-base"
+    assert (output / "adapter" / "adapter_config.json").is_file()
