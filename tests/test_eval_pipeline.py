@@ -253,3 +253,22 @@ def test_cli_lists_tasks_and_rejects_unknown_ones(capsys):
     assert "T10 kauh_obstructive_opera" in listing and "pascal_murmur" in listing
     with pytest.raises(ValueError, match="Unknown task"):
         eval_acula.main(["--models", "x", "--tasks", "no_such_task"])
+
+
+def test_cli_update_model_cards_writes_the_scores_into_an_output_folders_card(tiny_model, dev_pack, tmp_path):
+    import shutil
+
+    from modeling_acula import AculaConfig
+    from modeling_acula.model_card import render_model_card
+
+    carded = tmp_path / "carded"
+    shutil.copytree(tiny_model, carded)
+    render_model_card(repo_id="acula/x", config=AculaConfig(), run={}, data_summary={},
+                      teacher_identity={}).save(carded / "README.md")
+    eval_acula.main(["--models", "logmel-stats", str(carded), "--tasks", "yaseen_valve", "--dev_pack", str(dev_pack),
+                     "--max_per_task", "30", "--cache_dir", str(tmp_path / "cache"), "--bootstrap_samples", "50",
+                     "--quiet", "--no_plots", "--output_dir", str(tmp_path / "eval"), "--update_model_cards"])
+    card = (carded / "README.md").read_text()
+    metadata = yaml.safe_load(card.split("---")[1])
+    assert metadata["model-index"][0]["results"][0]["dataset"]["name"] == "yaseen_valve"
+    assert "logmel-stats (baseline)" in card.split("## Evaluation")[1]

@@ -202,7 +202,7 @@ def run_evaluation(args: EvalArguments) -> dict[str, Any]:
     if args.update_model_cards:
         for spec in specs:
             if spec.kind == "model" and update_model_card(spec.folder, spec.name, results, task_records, table):
-                say(f"Evaluation written into the model card {Path(spec.path) / 'README.md'}.")
+                say(f"Evaluation written into the model card {Path(spec.folder) / 'README.md'}.")
     if args.plots:
         _write_plots(output, results, task_records, datasets, embeddings, pooled_predictions, args.projection)
     say("\n" + table)
