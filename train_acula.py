@@ -272,11 +272,6 @@ def lora_top_layers(model_args: ModelArguments, config: AculaConfig) -> int | No
     return top or None
 
 
-def is_acula_folder(name_or_path: str) -> bool:
-    """Whether a starting point is an acula model (else a transformers audio backbone to wrap)."""
-    return AutoConfig.from_pretrained(name_or_path).model_type == AculaConfig.model_type
-
-
 def build_model(model_args: ModelArguments, teacher: AculaTeacher, init_from: str | None = None) -> AculaForPreTraining:
     """A fresh model from the preset, an acula model, or a pretrained transformers backbone (Whisper: cut to
     --window_seconds) with new heads; the text head's input size always comes from the loaded teacher's own
@@ -292,10 +287,11 @@ def build_model(model_args: ModelArguments, teacher: AculaTeacher, init_from: st
     }
     if model_args.alignment_loss:
         overrides["alignment_loss"] = model_args.alignment_loss
-    if init_from and is_acula_folder(init_from):
+    start_type = AutoConfig.from_pretrained(init_from).model_type if init_from else None
+    if start_type == AculaConfig.model_type:
         return AculaForPreTraining.from_pretrained(init_from, **teacher_fields, **overrides)
     if init_from:
-        whisper = AutoConfig.from_pretrained(init_from).model_type == "whisper"
+        whisper = start_type == "whisper"
         return AculaForPreTraining.from_audio_backbone(
             init_from, window_seconds=model_args.window_seconds if whisper else None, **teacher_fields, **overrides
         )
@@ -590,10 +586,11 @@ def main(argv: list[str] | None = None) -> Path:
         )
 
     # --- model, LoRA, optimiser --------------------------------------------------------------------------------
+    top_layers = None if model_args.full_finetune else lora_top_layers(model_args, config)
     if not model_args.full_finetune:
         model = apply_lora(model, r=model_args.lora_r, lora_alpha=model_args.lora_alpha,
                            lora_dropout=model_args.lora_dropout, include_mlp=model_args.lora_include_mlp,
-                           top_layers=lora_top_layers(model_args, config))
+                           top_layers=top_layers)
         # apply_lora makes the encoder input require grad, for reentrant gradient checkpointing; this loop does not
         # checkpoint, and without the hook autograd skips the backward pass through the frozen layers below the
         # first adapter.
@@ -756,13 +753,13 @@ def main(argv: list[str] | None = None) -> Path:
         summary = summarise_data(manifest, kept, guard_report, report_stats)
         summary["skipped"] = {"silent": len(skipped_rows)}
         run_facts = {
-            # The default start is named by its Hub id (its card's base_model), the conversion said in words.
+            # The default start is named by its Hub id (the card's base_model), not by its cache folder.
             "init_from": model_args.init_from or (WHISPER_BASE_HUB_ID if model_args.preset == "whisper-base" else None),
             "adaptation": "full fine-tuning" if model_args.full_finetune else (
                 f"LoRA r={model_args.lora_r}, alpha={model_args.lora_alpha} on encoder attention"
                 + (" and MLP" if model_args.lora_include_mlp else "")
-                + (f" of the last {lora_top_layers(model_args, config)} layers" if lora_top_layers(model_args, config)
-                   else "") + "; heads" + (" and decoder" if config.use_mam else "") + " trained in full"),
+                + (f" of the last {top_layers} layers" if top_layers else "")
+                + "; heads" + (" and decoder" if config.use_mam else "") + " trained in full"),
             "optimisation": (f"AdamW lr {train_args.learning_rate}, weight decay {train_args.weight_decay}, "
                              f"{warmup} warm-up steps then linear decay, clip {train_args.max_grad_norm}, "
                              f"accumulation {train_args.gradient_accumulation_steps}, mixed precision "

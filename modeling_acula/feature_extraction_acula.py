@@ -225,8 +225,7 @@ class AculaFeatureExtractor(SequenceFeatureExtractor):
         Args:
             window_seconds (`float`, *optional*, defaults to 30.0): the model window; it must hold an even number
                 of 10 ms frames (Whisper's second convolution halves them).
-            **kwargs: other settings (e.g. `compute_dtype`, `window_seconds` for sliding windows is not one: windows
-                default to the model window).
+            **kwargs: other settings (e.g. `compute_dtype`); sliding windows default to the model window.
         """
         num_samples = int(round(window_seconds * 16000))
         if num_samples <= 0 or num_samples % 320:

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from ..feature_extraction_acula import AculaFeatureExtractor
-from .embeddings import AudioEmbedder, EmbeddingCache, FileEmbedder, default_cache_dir
+from .embeddings import AudioEmbedder, FileEmbedder
 
 LOGMEL_STATS = "logmel-stats"
 RANDOM_PREFIX = "random:"
@@ -197,25 +197,15 @@ class LogMelStatsEmbedder(FileEmbedder):
         decode_workers: int = 2,
         device: str | torch.device | None = None,
     ):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-        if decode_workers < 0:
-            raise ValueError(f"decode_workers must be >= 0, got {decode_workers}.")
         self.feature_extractor = AculaFeatureExtractor()
         self.sampling_rate = int(self.feature_extractor.sampling_rate)
         self.resample_quality = self.feature_extractor.resample_quality
         self.hidden_size = 2 * int(self.feature_extractor.num_mel_bins)
-        self.batch_size = batch_size
-        self.decode_workers = decode_workers
-        self.show_progress = show_progress
         self.device = torch.device(device or "cpu")
         self.settings = {"baseline": LOGMEL_STATS, "version": LOGMEL_STATS_VERSION,
                          "feature_extractor": json.loads(self.feature_extractor.to_json_string())}
-        self.model_key = hashlib.sha256(json.dumps(self.settings, sort_keys=True).encode()).hexdigest()
-        if cache_dir is False:
-            self.cache = None
-        else:
-            self.cache = EmbeddingCache(default_cache_dir() if cache_dir in (None, True) else cache_dir, self.model_key)
+        model_key = hashlib.sha256(json.dumps(self.settings, sort_keys=True).encode()).hexdigest()
+        self._set_file_settings(batch_size, decode_workers, show_progress, cache_dir, model_key)
 
     def _valid_frames(self, length: int) -> list[int]:
         """Frames of real audio in each window of a recording of `length` samples, in the extractor's window order."""

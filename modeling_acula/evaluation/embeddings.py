@@ -103,6 +103,19 @@ class FileEmbedder:
     name: str = "embedder"
     resample_quality: str = "HQ"
 
+    def _set_file_settings(self, batch_size: int, decode_workers: int, show_progress: bool,
+                           cache_dir: str | os.PathLike | bool | None, model_key: str) -> None:
+        """Check and keep the settings of the file loop, and open the cache of `model_key` (`cache_dir=False`: none;
+        `None`: [`default_cache_dir`])."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        if decode_workers < 0:
+            raise ValueError(f"decode_workers must be >= 0, got {decode_workers}.")
+        self.batch_size, self.decode_workers, self.show_progress = batch_size, decode_workers, show_progress
+        self.model_key = model_key
+        self.cache = None if cache_dir is False else EmbeddingCache(
+            default_cache_dir() if cache_dir in (None, True) else cache_dir, model_key)
+
     def embed_waveforms(self, waveforms: Sequence[np.ndarray]) -> np.ndarray:
         raise NotImplementedError
 
@@ -172,10 +185,6 @@ class AudioEmbedder(FileEmbedder):
         decode_workers: int = 2,
         autocast_dtype: str | torch.dtype | None = None,
     ):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-        if decode_workers < 0:
-            raise ValueError(f"decode_workers must be >= 0, got {decode_workers}.")
         if isinstance(autocast_dtype, str):
             if autocast_dtype not in ("bfloat16", "float16"):
                 raise ValueError(f"autocast_dtype must be 'bfloat16', 'float16' or None, got {autocast_dtype!r}.")
@@ -191,15 +200,12 @@ class AudioEmbedder(FileEmbedder):
         self.model = AutoModel.from_pretrained(self.model_dir).eval().to(self.device)
         self.feature_extractor = AutoFeatureExtractor.from_pretrained(self.model_dir)
         self.resample_quality = getattr(self.feature_extractor, "resample_quality", "HQ")
-        self._hidden_size: int | None = None
         self.is_acula = isinstance(self.feature_extractor, AculaFeatureExtractor)
         self.sampling_rate = int(self.feature_extractor.sampling_rate)
         if window_seconds is None and not self.is_acula:
             window_seconds = 10.0
         self.window_seconds = window_seconds
         self.hop_seconds = hop_seconds
-        self.batch_size = batch_size
-        self.show_progress = show_progress
         self.settings = {
             "version": EXTRACTION_VERSION,
             "window_seconds": window_seconds,
@@ -209,34 +215,17 @@ class AudioEmbedder(FileEmbedder):
         if autocast_dtype is not None:
             # Reduced precision changes the numbers: such vectors must not be served to a float32 run.
             self.settings["autocast_dtype"] = str(autocast_dtype)
-        self.model_key = hashlib.sha256((fingerprint + json.dumps(self.settings, sort_keys=True)).encode()).hexdigest()
+        model_key = hashlib.sha256((fingerprint + json.dumps(self.settings, sort_keys=True)).encode()).hexdigest()
         self.fingerprint = fingerprint
-        if cache_dir is False:
-            self.cache = None
-        else:
-            self.cache = EmbeddingCache(default_cache_dir() if cache_dir in (None, True) else cache_dir, self.model_key)
+        self._set_file_settings(batch_size, decode_workers, show_progress, cache_dir, model_key)
         self._forward_params = set(inspect.signature(self.model.forward).parameters)
 
     @property
     def hidden_size(self) -> int:
-        """Size of one embedding: from the config where it says (`audio_embedding_size` of an acula config, which
-        also covers a foreign backbone inside AculaModel; `hidden_size` / `d_model` of others), else measured on one
-        second of silence. No field of the native ViT (patch size, spectrogram size) is assumed."""
-        if self._hidden_size is None:
-            config = self.model.config
-            size = None
-            for attribute in ("audio_embedding_size", "hidden_size", "d_model"):
-                try:
-                    size = getattr(config, attribute, None)
-                except (AttributeError, TypeError, KeyError):
-                    size = None
-                if isinstance(size, int) and size > 0:
-                    break
-                size = None
-            if size is None:
-                size = self.embed_waveforms([np.zeros(self.sampling_rate, dtype=np.float32)]).shape[1]
-            self._hidden_size = int(size)
-        return self._hidden_size
+        """Size of one embedding: `audio_embedding_size` of an acula config (native or wrapped backbone), else the
+        transformers config's `hidden_size` (Whisper maps it to `d_model`)."""
+        config = self.model.config
+        return int(getattr(config, "audio_embedding_size", None) or config.hidden_size)
 
     # ------------------------------------------------------------------ waveforms -> vectors
 

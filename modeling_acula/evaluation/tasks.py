@@ -739,15 +739,18 @@ _KAUH_HELD_OUT_NOTES = (
     "refused for models aligned on the dev pack). COPD vs normal is not a task: no COPD patient is on the val side "
     "(9 train-side COPD patients), so no leakage-free test exists in the dev pack."
 )
+# Every val patient tested once over 2 folds (the rarest class has 2 val patients), the probe trained on the rest.
+KAUH_HELD_OUT_SPLIT = SplitPolicy(kind="heldout_group_kfold", column="suggested_split", train_values=("train",),
+                                  test_values=("val",), n_splits=2)
+_kauh_diagnosis_loader = dev_pack_loader(sources=["KAUH_lung_sounds"], label_column="diagnosis")
 register_task(TaskSpec(
     name="kauh_asthma",
     description="KAUH lung sounds: asthma vs normal (held-out patients, grouped K-fold)",
-    loader=dev_pack_loader(sources=["KAUH_lung_sounds"], label_column="diagnosis"),
+    loader=_kauh_diagnosis_loader,
     label_map={"normal": "normal", "asthma": "asthma"},
     classes=("normal", "asthma"),
     label_descriptions={"normal": "normal lung sounds of a healthy patient", "asthma": "asthma"},
-    split=SplitPolicy(kind="heldout_group_kfold", column="suggested_split", train_values=("train",),
-                      test_values=("val",), n_splits=2),
+    split=KAUH_HELD_OUT_SPLIT,
     source=DEV_PACK_SOURCE,
     notes=_KAUH_HELD_OUT_NOTES + " Patients: normal 28 train + 7 val, asthma 28 train + 4 val (2 asthma "
           "patients per fold; at most 4 folds would be possible, with one asthma patient each).",
@@ -755,13 +758,12 @@ register_task(TaskSpec(
 register_task(TaskSpec(
     name="kauh_heart_failure",
     description="KAUH lung sounds: heart failure vs normal (held-out patients, grouped K-fold)",
-    loader=dev_pack_loader(sources=["KAUH_lung_sounds"], label_column="diagnosis"),
+    loader=_kauh_diagnosis_loader,
     label_map={"normal": "normal", "heart_failure": "heart_failure"},
     classes=("normal", "heart_failure"),
     label_descriptions={"normal": "normal lung sounds of a healthy patient",
                         "heart_failure": "lung sounds of a patient with heart failure"},
-    split=SplitPolicy(kind="heldout_group_kfold", column="suggested_split", train_values=("train",),
-                      test_values=("val",), n_splits=2),
+    split=KAUH_HELD_OUT_SPLIT,
     source=DEV_PACK_SOURCE,
     notes=_KAUH_HELD_OUT_NOTES + " Patients: normal 28 train + 7 val, heart failure 16 train + 2 val (one "
           "heart-failure patient per fold: 2 folds is the most possible).",
@@ -769,13 +771,12 @@ register_task(TaskSpec(
 register_task(TaskSpec(
     name="kauh_diagnosis",
     description="KAUH lung sounds: normal / asthma / heart failure, 3 classes (held-out patients, grouped K-fold)",
-    loader=dev_pack_loader(sources=["KAUH_lung_sounds"], label_column="diagnosis"),
+    loader=_kauh_diagnosis_loader,
     label_map={"normal": "normal", "asthma": "asthma", "heart_failure": "heart_failure"},
     classes=("normal", "asthma", "heart_failure"),
     label_descriptions={"normal": "normal lung sounds of a healthy patient", "asthma": "asthma",
                         "heart_failure": "lung sounds of a patient with heart failure"},
-    split=SplitPolicy(kind="heldout_group_kfold", column="suggested_split", train_values=("train",),
-                      test_values=("val",), n_splits=2),
+    split=KAUH_HELD_OUT_SPLIT,
     source=DEV_PACK_SOURCE,
     notes=_KAUH_HELD_OUT_NOTES + " Classes kept: those with patients on both sides (normal 28 + 7, asthma 28 + 4, "
           "heart failure 16 + 2); COPD (9 + 0), lung fibrosis (4 + 0), pneumonia (4 + 1), pleural effusion (2 + 0) "
