@@ -12,8 +12,9 @@ Objectives:
   score about 0.95), so it is a weak training signal at the reference batch size.
 - `"debiased_cka"` (default): linear CKA built on the unbiased HSIC estimator (Song et al., 2012; "debiased
   CKA" of Nguyen, Raghu & Kornblith, 2021); close to 0 for independent inputs at any batch size.
-- `"released_covariance_cka"`: the variant of the authors' released code, which compares the two `d x d`
-  feature covariance matrices; it is not invariant to rotations and is kept only to reproduce their numbers.
+- `"released_covariance_cka"`: the variant of the authors' released code, the cosine between the two `d x d`
+  feature covariance matrices of the sample-centred batches; it is not invariant to rotations and is kept only
+  to reproduce their numbers.
 - `"infonce"`: CLIP-style symmetric InfoNCE with a learnable temperature.
 """
 
@@ -185,42 +186,37 @@ def debiased_linear_cka(x: torch.Tensor, y: torch.Tensor, eps: float = DEFAULT_C
     return _safe_ratio(hsic_xy, hsic_xx * hsic_yy, is_varying_x & is_varying_y)
 
 
-def _centre_square_matrix(matrix: torch.Tensor) -> torch.Tensor:
-    """`H M H` with the centering matrix `H = I - 11^T / m`, without building `H`."""
-    return matrix - matrix.mean(dim=0, keepdim=True) - matrix.mean(dim=1, keepdim=True) + matrix.mean()
-
-
-def released_covariance_cka(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def released_covariance_cka(x: torch.Tensor, y: torch.Tensor, eps: float = DEFAULT_CONSTANT_EPS) -> torch.Tensor:
     r"""
-    The "CKA" of the authors' released code, kept ONLY to reproduce their numbers; do not use it otherwise.
+    The "CKA" of the authors' released code (`compute_alignment_loss` in janine714/AcuLA `model.py`), kept ONLY to
+    reproduce their numbers; do not use it otherwise.
 
-    It applies the kernel-CKA formula to the two `d x d` feature covariance matrices `K = X^T X` and
-    `L = Y^T Y` (with `d x d` centering: `HSIC(K, L) = sum(HKH * HLH)`, `CKA = HSIC(K, L) / sqrt(HSIC(K, K)
-    HSIC(L, L))`) instead of the `n x n` sample Gram matrices of standard CKA. It is therefore not invariant to
-    rotations of the embedding space (`CKA(X, XQ) != 1` for an orthogonal `Q`), and it needs `d_x == d_y`.
-    Use [`linear_cka`] or [`debiased_linear_cka`] instead.
+    Each batch is centred over its samples (`X - mean_0(X)`, `Y - mean_0(Y)`), the two `d x d` feature
+    covariance matrices `K = X^T X` and `L = Y^T Y` are formed, and the similarity is their cosine,
+    `<K, L>_F / (||K||_F ||L||_F)`. There is no further centring of `K` or `L`. Unlike CKA on the `n x n` sample
+    Gram matrices it is not invariant to rotations of either embedding space (`sim(X, XQ) != 1` for an
+    orthogonal `Q`), and it needs `d_x == d_y`. Use [`linear_cka`] or [`debiased_linear_cka`] instead.
 
     Args:
         x (`torch.Tensor` of shape `(n, d)`):
             First batch of embeddings.
         y (`torch.Tensor` of shape `(n, d)`):
             Second batch, same samples in the same order and the same size `d`.
+        eps (`float`, *optional*, defaults to `DEFAULT_CONSTANT_EPS`):
+            Relative threshold below which a centred input counts as constant; the similarity is then 0 (the
+            released code divides 0 by 0).
 
     Returns:
         `torch.Tensor`: a 0-d tensor.
     """
     _check_pair(x, y, "released_covariance_cka", same_dim=True)
-    x, y = _upcast(x), _upcast(y)
-    # The value is invariant to the scale of each input; unit Frobenius norms only keep the fourth powers
-    # below float32 overflow; the tiny constant keeps an all-zero input finite.
-    x = x / x.square().sum().add(1e-30).sqrt()
-    y = y / y.square().sum().add(1e-30).sqrt()
-    centred_k = _centre_square_matrix(x.T @ x)
-    centred_l = _centre_square_matrix(y.T @ y)
-    hsic_kl = (centred_k * centred_l).sum()
-    hsic_kk = centred_k.square().sum()
-    hsic_ll = centred_l.square().sum()
-    return _safe_ratio(hsic_kl, hsic_kk * hsic_ll, torch.ones((), dtype=torch.bool, device=x.device))
+    x, is_varying_x = _centre_and_normalise(_upcast(x), eps)
+    y, is_varying_y = _centre_and_normalise(_upcast(y), eps)
+    covariance_x = x.T @ x
+    covariance_y = y.T @ y
+    inner = (covariance_x * covariance_y).sum()
+    product = covariance_x.square().sum() * covariance_y.square().sum()
+    return _safe_ratio(inner, product, is_varying_x & is_varying_y)
 
 
 def symmetric_info_nce(a: torch.Tensor, t: torch.Tensor, logit_scale: torch.Tensor | float) -> torch.Tensor:
