@@ -19,8 +19,9 @@
 
 Writes results.json, results.md (one row per task, one column per model, mean ± std, best in bold, baselines
 marked, and a last row with each model's mean AUROC over the tasks with headroom), plots/*.png and model_index.yaml.
-Tasks whose test recordings or patients were used for alignment are refused (see --no_refuse_leakage). The work is
-done by `modeling_acula.evaluation`.
+Tasks whose test recordings or patients were used for alignment are refused (see --no_refuse_leakage); recordings
+are matched by the content hashes a model folder lists (aligned_recordings.jsonl), and a model that cannot be checked
+is reported as "not checked" in every output. The work is done by `modeling_acula.evaluation`.
 """
 
 from __future__ import annotations

@@ -54,6 +54,7 @@ setup(
             "acula-eval=eval_acula:main",
             "acula-convert-opera=modeling_acula.convert_opera_checkpoint:main",
             "acula-convert-whisper=modeling_acula.convert_whisper:main",
+            "acula-readout=modeling_acula.alignment_readout:main",
         ]
     },
     classifiers=[

@@ -12,7 +12,7 @@
     # the reference recipe (one GPU): --preset alone does not change the optimisation
     python train_acula.py --manifest my_data/metadata.csv --split_column split --output_dir outputs/acula-ref \
         --preset opera-gt --init_from path/to/converted-opera-gt --teacher google/medgemma-4b-pt \
-        --full_finetune --learning_rate 1e-5 --warmup_steps 400
+        --full_finetune --learning_rate 1e-5 --warmup_steps 400 --lowercase_reports
 
 The library (`modeling_acula`) does the work; this script wires it: manifest -> leakage guard -> reports ->
 cached teacher vectors -> cached spectrograms -> Accelerate training loop with crash-safe checkpoints -> a folder
@@ -30,6 +30,7 @@ import signal
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,13 +44,25 @@ from transformers import AutoConfig, HfArgumentParser, get_linear_schedule_with_
 
 import modeling_acula  # registers the Auto classes
 from modeling_acula import AculaConfig, AculaFeatureExtractor, AculaForPreTraining, AculaTeacher, apply_lora
+from modeling_acula.alignment_readout import write_training_readout
 from modeling_acula.audio_batches import decoded_batches
 from modeling_acula.configuration_acula import MINILM_TEACHER, PRESETS
 from modeling_acula.convert_whisper import ensure_whisper_base
 from modeling_acula.file_utils import write_json_atomic
-from modeling_acula.leakage import apply_leakage_guard
+from modeling_acula.gradient_cache import backward_over_window
+from modeling_acula.leakage import ALIGNED_RECORDINGS_FILE, apply_leakage_guard, write_aligned_recordings
 from modeling_acula.manifest import load_manifest
 from modeling_acula.model_card import describe_starting_encoder, hub_id_or_none, render_model_card
+from modeling_acula.optimization import weight_decay_parameter_groups
+from modeling_acula.public_paths import (
+    LOCAL_RECORD_FILE,
+    manifest_relative_path,
+    public_row_label,
+    public_teacher_identity,
+    public_training_args,
+    scrub_config_paths,
+    write_local_record,
+)
 from modeling_acula.reports import LLMReportRewriter, build_reports
 from modeling_acula.spectrogram_cache import AudioSpectrogramDataset, SpectrogramCache
 from modeling_acula.teacher import default_teacher_path
@@ -91,6 +104,11 @@ class DataArguments:
     rewrite_model: str | None = field(
         default=None, metadata={"help": "Local causal LM that rewrites templated reports (validated, with fallback)."}
     )
+    lowercase_reports: bool = field(
+        default=False,
+        metadata={"help": "Lower-case every report before the teacher embeds it, as the authors' released dataloader "
+                          "does; off by default (reports keep their case), the reference recipe passes it."},
+    )
     cache_dir: str | None = field(
         default=None, metadata={"help": "Teacher-vector and spectrogram caches (default: $ACULA_CACHE or ~/.cache/acula)."}
     )
@@ -117,7 +135,8 @@ class ModelArguments:
                           "opera-gt (native ViTs; without --init_from they start from random weights and train in "
                           "full). It sets the encoder only, neither the teacher (--teacher) nor the optimisation: the "
                           "reference recipe also needs --teacher google/medgemma-4b-pt --full_finetune "
-                          "--learning_rate 1e-5 --warmup_steps 400 (see README, 'Align your own encoder')."},
+                          "--learning_rate 1e-5 --warmup_steps 400 --lowercase_reports (see README, 'Align your own "
+                          "encoder')."},
     )
     init_from: str | None = field(
         default=None, metadata={"help": "Folder (or Hub id) to start from: an acula model (AculaModel / "
@@ -194,6 +213,14 @@ class TrainingArguments:
     push_to_hub: bool = field(default=False, metadata={"help": "Upload the output folder with huggingface_hub."})
     hub_model_id: str | None = field(default=None, metadata={"help": "Hub repository id (default: the folder name)."})
     hub_private_repo: bool = field(default=False, metadata={"help": "Create the Hub repository as private."})
+    decoder_warmup_steps: int = field(
+        default=0,
+        metadata={"help": "For the first N optimiser steps the encoder is frozen and only the freshly initialised parts "
+                          "(the masked-audio-modeling decoder, the projection heads) train, so that their random "
+                          "initial gradients do not reach a pretrained encoder (acula's decoder is a plain "
+                          "transformer started from random weights, not the released OPERA-GT Swin decoder; see "
+                          "RESULTS.md for what the first 50 steps do to the encoder with and without it)."},
+    )
     log_batch_indices: bool = field(default=False, metadata={"help": "Record each process's row indices (tests)."})
 
 
@@ -336,6 +363,18 @@ def prepare_spectrograms(manifest, extractor: AculaFeatureExtractor, cache: Spec
     return sorted(gather_object(silent))
 
 
+def accumulation_windows(batches: Iterable[dict], size: int) -> Iterator[list[dict]]:
+    """The micro-batches of each optimiser step: groups of `size`, and the epoch's last, partial group."""
+    window: list[dict] = []
+    for batch in batches:
+        window.append(batch)
+        if len(window) == size:
+            yield window
+            window = []
+    if window:
+        yield window
+
+
 def masking_noise(indices: torch.Tensor, num_patches: int, seed: int, epoch: int) -> torch.Tensor:
     """Per-recording masking noise from (seed, epoch, row): the same masks whatever the batch or process layout,
     so a 2-process run and a 1-process run of the same global batch compute the same loss."""
@@ -367,6 +406,7 @@ def run_config(data_args: DataArguments, model_args: ModelArguments, train_args:
         "exclude": [resolved(path) for path in data_args.exclude],
         "allow_leakage": data_args.allow_leakage,
         "rewrite_model": data_args.rewrite_model,
+        "lowercase_reports": data_args.lowercase_reports,
         "max_train_samples": data_args.max_train_samples,
         "keep_silent_recordings": data_args.keep_silent_recordings,
         "spectrogram_dtype": data_args.spectrogram_dtype,
@@ -388,9 +428,11 @@ def run_config(data_args: DataArguments, model_args: ModelArguments, train_args:
         "mixed_precision": mixed_precision,
         "learning_rate": train_args.learning_rate,
         "weight_decay": train_args.weight_decay,
+        "weight_decay_exempt": "biases, norms, logit_scale",
         "warmup_steps": warmup,
         "total_steps (--max_steps / --num_train_epochs)": total_steps,
         "max_grad_norm": train_args.max_grad_norm,
+        "decoder_warmup_steps": train_args.decoder_warmup_steps,
     }
     lora = not model_args.full_finetune  # LoRA settings mean nothing for a full fine-tune
     settings.update(lora_r=model_args.lora_r if lora else None, lora_alpha=model_args.lora_alpha if lora else None,
@@ -406,7 +448,7 @@ IN_FOLDER_STAGING = ".acula-staging"
 OUTPUT_NAMES = frozenset({
     "adapter", "alignment", "checkpoints", "logs", "config.json", "preprocessor_config.json", "training_args.json",
     "teacher.json", "data_summary.json", "reports.jsonl", "skipped_rows.jsonl", "README.md", ".gitattributes",
-    IN_FOLDER_STAGING,
+    ALIGNED_RECORDINGS_FILE, LOCAL_RECORD_FILE, IN_FOLDER_STAGING,
     # save_pretrained copies the model code beside the weights (auto_map, for trust_remote_code users)
     *(path.name for path in Path(modeling_acula.__file__).parent.glob("*.py")),
 })
@@ -474,13 +516,16 @@ def summarise_data(manifest, kept, guard_report, report_stats: dict) -> dict[str
         entry = sources.setdefault(name, {"count": 0, "license": row.get("license")})
         entry["count"] += 1
     licences = [info.get("license") or "" for info in sources.values()]
+    # Published with the model: files are named, never located (no path of the training machine).
+    leakage = {**guard_report.to_dict(), "removed": {rule: n for rule, n in guard_report.counts.items() if n}}
+    leakage["exclude_sources"] = [Path(source).name for source in leakage.get("exclude_sources", [])]
     return {
-        "manifest": str(manifest.source),
+        "manifest": Path(manifest.source).name,
         "rows_in_manifest": len(manifest),
         "rows_used": len(kept),
         "sources": sources,
         "modalities": dict(Counter(row.get("modality") or "unspecified" for row in kept.rows)),
-        "leakage": {**guard_report.to_dict(), "removed": {rule: n for rule, n in guard_report.counts.items() if n}},
+        "leakage": leakage,
         "reports": report_stats,
         "all_cc_by_4": bool(licences) and all("CC BY 4.0" in text for text in licences),
     }
@@ -490,7 +535,9 @@ def main(argv: list[str] | None = None) -> Path:
     data_args, model_args, train_args = parse_args(argv)
     started = time.time()
     accelerator = Accelerator(
-        gradient_accumulation_steps=train_args.gradient_accumulation_steps,
+        # The loop accumulates itself (`accumulation_windows`, `backward_over_window`): the alignment loss of a step
+        # must see all of its micro-batches, which Accelerate's per-micro-batch accumulation cannot give.
+        gradient_accumulation_steps=1,
         log_with=train_args.report_to or None,
         # tracker logs go to logs/, which (like checkpoints/) survives the final swap of the output folder
         project_config=ProjectConfiguration(project_dir=train_args.output_dir,
@@ -537,7 +584,8 @@ def main(argv: list[str] | None = None) -> Path:
                                   decode_workers=data_args.decode_workers)
     skipped_rows = []
     if silent and not data_args.keep_silent_recordings:
-        skipped_rows = [{"row": kept.describe_row(i), "file": str(kept.audio_paths[i]),
+        skipped_rows = [{"row": public_row_label(kept, i),
+                         "file": manifest_relative_path(kept.audio_paths[i], kept.root),
                          "reason": "digitally silent over the model window (constant spectrogram)"} for i in silent]
         silent_set = set(silent)
         kept = kept.select([i for i in range(len(kept)) if i not in silent_set])
@@ -547,6 +595,9 @@ def main(argv: list[str] | None = None) -> Path:
         raise ValueError(f"No rows of {data_args.manifest} are left for alignment.")
     rewriter = LLMReportRewriter(data_args.rewrite_model) if data_args.rewrite_model else None
     reports, report_stats = build_reports(kept, report_column=data_args.report_column, rewriter=rewriter)
+    if data_args.lowercase_reports:  # before the teacher: the teacher cache keys on the text it embeds
+        reports = [report.lower() for report in reports]
+    report_stats["lowercased"] = data_args.lowercase_reports
     log(f"Reports: {report_stats}")
 
     # --- teacher vectors, computed once and cached ---------------------------------------------------------
@@ -596,7 +647,10 @@ def main(argv: list[str] | None = None) -> Path:
         # first adapter.
         model.get_base_model().disable_input_require_grads()
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=train_args.learning_rate, weight_decay=train_args.weight_decay)
+    encoder = model.get_base_model().acula if hasattr(model, "get_base_model") else model.acula
+    encoder_trainable = [p for p in encoder.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(weight_decay_parameter_groups(model, train_args.weight_decay),
+                                  lr=train_args.learning_rate)
     batches_per_epoch = len(dataset) // global_batch
     # Accelerate steps the optimiser on an epoch's last, partial accumulation too: ceil, not floor.
     steps_per_epoch = max(1, math.ceil(batches_per_epoch / train_args.gradient_accumulation_steps))
@@ -616,6 +670,10 @@ def main(argv: list[str] | None = None) -> Path:
             f"Checkpointing and resume are supported with one process and DDP, not yet with "
             f"{accelerator.distributed_type.value}: pass --checkpointing_steps 0 and no --resume_from_checkpoint."
         )
+    if accelerator.distributed_type == DistributedType.DEEPSPEED and train_args.gradient_accumulation_steps > 1:
+        # DeepSpeed steps its optimiser inside every backward, so the gradient-cached accumulation cannot work.
+        raise ValueError("With DeepSpeed pass --gradient_accumulation_steps 1 and a larger --per_device_train_batch_size "
+                         "(the alignment loss of a step must see all of its micro-batches).")
     # --- resume ------------------------------------------------------------------------------------------------
     checkpoints_dir = output_dir / "checkpoints"
     state = {"global_step": 0, "epoch": 0, "batches_in_epoch": 0, "skipped_nonfinite": 0}
@@ -655,69 +713,64 @@ def main(argv: list[str] | None = None) -> Path:
     progress = tqdm(total=total_steps, initial=state["global_step"], desc="aligning",
                     disable=not accelerator.is_local_main_process)
     try:
-        running: dict[str, list[float]] = {}
         last_losses: dict[str, float] = {}
         micro_step = state["batches_in_epoch"]
         epoch = state["epoch"]
         done = state["global_step"] >= total_steps
-        drop_update = False  # set by a skipped non-finite micro-batch: its optimiser step is dropped
         while not done:
             dataloader.set_epoch(epoch)
             skip = state["batches_in_epoch"] if epoch == state["epoch"] else 0
             batches = accelerator.skip_first_batches(dataloader, skip) if skip else dataloader
             micro_step = skip
-            for batch in batches:
+            for window in accumulation_windows(batches, train_args.gradient_accumulation_steps):
                 model.train()
-                # Dropout draws come from (seed, epoch, micro-batch, process): identical after a resume.
-                torch.manual_seed(hash((train_args.seed, epoch, micro_step, accelerator.process_index)) % (2**63))
-                noise = (masking_noise(batch["index"], config.num_patches, train_args.seed, epoch).to(accelerator.device)
-                         if config.use_mam else None)
-                with accelerator.accumulate(model):
-                    outputs = model(input_values=batch["input_values"], teacher_embeds=batch["teacher_embeds"], noise=noise)
-                    loss = outputs.loss
-                    finite = bool(accelerator.gather(torch.isfinite(loss.detach()).reshape(1)).all())
-                    if not finite:
-                        message = (f"Non-finite loss at step {state['global_step'] + 1} (epoch {epoch}, batch {micro_step}): "
-                                   f"alignment {outputs.alignment_loss}, mam {outputs.mam_loss}.")
-                        if train_args.on_nonfinite_loss == "stop":
-                            raise FloatingPointError(message + " The last good checkpoint is kept in "
-                                                     f"{checkpoints_dir}; rerun with --on_nonfinite_loss skip to skip such steps.")
-                        log(message + " Skipped (--on_nonfinite_loss skip).")
-                        state["skipped_nonfinite"] += 1
-                        drop_update = True
-                        loss = loss.nan_to_num(0.0, 0.0, 0.0) * 0.0  # keeps every process's collectives in step
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients:
-                        if drop_update:
-                            # The backward still ran (every process must join DDP's all-reduce), but 0 * NaN left NaN
-                            # gradients: drop them, so that AdamW leaves the weights and its moments untouched.
-                            optimizer.zero_grad(set_to_none=True)
-                            drop_update = False
-                        accelerator.clip_grad_norm_(trainable, train_args.max_grad_norm)
-                    optimizer.step()
+                micro_batches, seeds = [], []
+                for offset, batch in enumerate(window):
+                    noise = (masking_noise(batch["index"], config.num_patches, train_args.seed, epoch).to(accelerator.device)
+                             if config.use_mam else None)
+                    micro_batches.append({"input_values": batch["input_values"],
+                                          "teacher_embeds": batch["teacher_embeds"], "noise": noise})
+                    # Dropout draws come from (seed, epoch, micro-batch, process): identical after a resume, and
+                    # replayed exactly by the second pass of gradient caching.
+                    seeds.append(hash((train_args.seed, epoch, micro_step + offset, accelerator.process_index)) % (2**63))
+                result = backward_over_window(model, micro_batches, accelerator, seeds)
+                if not result.finite:
+                    message = (f"Non-finite loss at step {state['global_step'] + 1} (epoch {epoch}, batches "
+                               f"{micro_step}-{micro_step + len(window) - 1}): {result.nonfinite_terms}.")
+                    if train_args.on_nonfinite_loss == "stop":
+                        raise FloatingPointError(message + " The last good checkpoint is kept in "
+                                                 f"{checkpoints_dir}; rerun with --on_nonfinite_loss skip to skip such steps.")
+                    log(message + " Skipped (--on_nonfinite_loss skip).")
+                    state["skipped_nonfinite"] += 1
+                    # The backward passes still ran (every process must join DDP's all-reduce), but they left NaN
+                    # gradients: drop them, so that AdamW leaves the weights and its moments untouched.
                     optimizer.zero_grad(set_to_none=True)
-                micro_step += 1
+                else:
+                    if state["global_step"] < train_args.decoder_warmup_steps:
+                        # Decoder warm-up: AdamW skips parameters without a gradient (no update, no decay, no
+                        # moments). Dropping the gradients, rather than freezing, keeps DDP's buckets unchanged.
+                        for parameter in encoder_trainable:
+                            parameter.grad = None
+                    accelerator.clip_grad_norm_(trainable, train_args.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
                 if index_log is not None:
                     with open(index_log, "a", encoding="utf-8") as handle:
-                        handle.write(json.dumps({"epoch": epoch, "micro_step": micro_step,
-                                                 "indices": batch["index"].tolist()}) + "\n")
-                for name in ("loss", "alignment_loss", "mam_loss", "preservation_loss"):
-                    value = getattr(outputs, name)
-                    if value is not None and finite:
-                        running.setdefault(name, []).append(accelerator.reduce(value.detach(), "mean").item())
-                if not accelerator.sync_gradients:
-                    continue
-
+                        for offset, batch in enumerate(window):
+                            handle.write(json.dumps({"epoch": epoch, "micro_step": micro_step + offset + 1,
+                                                     "indices": batch["index"].tolist()}) + "\n")
+                micro_step += len(window)
+                last_losses = result.values  # empty for a skipped step: nothing non-finite is logged
                 scheduler.step()
                 state["global_step"] += 1
                 state["epoch"], state["batches_in_epoch"] = epoch, micro_step
-                last_losses = {name: sum(values) / len(values) for name, values in running.items()}
-                running = {}
                 progress.update(1)
                 progress.set_postfix({k.replace("_loss", ""): f"{v:.4f}" for k, v in last_losses.items()})
                 step = state["global_step"]
                 if step % train_args.logging_steps == 0 or step == total_steps:
-                    record = {"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0], **last_losses}
+                    # The batch the alignment loss really saw: every micro-batch of the step, on every process.
+                    record = {"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0], **last_losses,
+                              "alignment_batch_size": result.alignment_batch_size}
                     accelerator.log(record, step=step)
                     if accelerator.is_main_process:
                         with open(log_path, "a", encoding="utf-8") as handle:
@@ -760,12 +813,16 @@ def main(argv: list[str] | None = None) -> Path:
                 + (" and MLP" if model_args.lora_include_mlp else "")
                 + (f" of the last {top_layers} layers" if top_layers else "")
                 + "; heads" + (" and decoder" if config.use_mam else "") + " trained in full"),
-            "optimisation": (f"AdamW lr {train_args.learning_rate}, weight decay {train_args.weight_decay}, "
+            "optimisation": (f"AdamW lr {train_args.learning_rate}, weight decay {train_args.weight_decay} "
+                             "(none on biases, norms and logit_scale), "
                              f"{warmup} warm-up steps then linear decay, clip {train_args.max_grad_norm}, "
                              f"accumulation {train_args.gradient_accumulation_steps}, mixed precision "
-                             f"{accelerator.mixed_precision}"),
+                             f"{accelerator.mixed_precision}"
+                             + (f", encoder frozen for the first {train_args.decoder_warmup_steps} steps (decoder "
+                                "warm-up)" if train_args.decoder_warmup_steps else "")),
             "global_step": state["global_step"],
             "num_processes": accelerator.num_processes,
+            # the alignment loss sees the whole of it (gradient caching over the accumulated micro-batches)
             "global_batch_size": global_batch * train_args.gradient_accumulation_steps,
             "final_losses": last_losses,
             "skipped_nonfinite_steps": state["skipped_nonfinite"],
@@ -776,6 +833,11 @@ def main(argv: list[str] | None = None) -> Path:
                            args={"data": asdict(data_args), "model": asdict(model_args), "training": asdict(train_args)},
                            run_facts=run_facts, skipped_rows=skipped_rows,
                            repo_id=train_args.hub_model_id or output_dir.name, swap_whole=swap_whole)
+        # CKA leaves the two projections in different coordinates: fit the zero-shot / retrieval readout on the
+        # training pairs with the saved heads (infonce: record cosine), before the upload so that it goes too.
+        write_training_readout(output_dir, dataset, reports=reports, batch_size=train_args.per_device_train_batch_size,
+                               device=accelerator.device, num_workers=data_args.dataloader_num_workers,
+                               show_progress=accelerator.is_local_main_process)
         if train_args.push_to_hub:
             push_output_folder(output_dir, train_args.hub_model_id or output_dir.name, train_args.hub_private_repo)
         elapsed = time.time() - started
@@ -854,6 +916,9 @@ def save_output_folder(model, extractor, output_dir: Path, *, full_finetune: boo
     recover_interrupted_swap(output_dir)
     staging, previous = _staging_paths(output_dir) if swap_whole else (output_dir / IN_FOLDER_STAGING, None)
     staging.mkdir(parents=True)
+    # Everything but checkpoints/, logs/ and hidden files is published: no path of this machine goes in it.
+    for config in {id(c): c for c in (model.config, getattr(model, "acula", model).config)}.values():
+        scrub_config_paths(config)
     if not full_finetune:
         model.save_pretrained(staging / "adapter")  # the LoRA adapter + trained heads (peft format, safetensors)
         write_adapter_card(staging / "adapter", run_facts.get("init_from"))
@@ -861,16 +926,20 @@ def save_output_folder(model, extractor, output_dir: Path, *, full_finetune: boo
     model.save_pretrained(staging / "alignment")  # encoder + heads + decoder, for retrieval or more alignment
     model.acula.save_pretrained(staging)  # the merged encoder: what AutoModel loads
     extractor.save_pretrained(staging)
-    write_json_atomic(staging / "training_args.json", args)
-    write_json_atomic(staging / "teacher.json", teacher_identity)
+    write_json_atomic(staging / "training_args.json", public_training_args(args, output_dir))
+    write_json_atomic(staging / "teacher.json", public_teacher_identity(teacher_identity))
     write_json_atomic(staging / "data_summary.json", summary)
     with open(staging / "reports.jsonl", "w", encoding="utf-8") as handle:
-        for path, row, text in zip(kept.audio_paths, kept.rows, reports):
-            handle.write(json.dumps({"file": row.get(kept.audio_column), "path": str(path), "report": text}) + "\n")
+        for path, text in zip(kept.audio_paths, reports):
+            relative = manifest_relative_path(path, kept.root)  # relative to the manifest's folder
+            handle.write(json.dumps({"file": relative, "path": relative, "report": text}) + "\n")
+    # Content hash of every aligned recording: the evaluator's leakage check, wherever the data lives then.
+    write_aligned_recordings(staging / ALIGNED_RECORDINGS_FILE, kept)
+    write_local_record(staging, kept)  # hidden, never uploaded: where the data was on this machine
     with open(staging / "skipped_rows.jsonl", "w", encoding="utf-8") as handle:
         handle.writelines(json.dumps(row) + "\n" for row in skipped_rows)
     card = render_model_card(repo_id=repo_id or output_dir.name, config=model.config, run=run_facts, data_summary=summary,
-                             teacher_identity=teacher_identity)
+                             teacher_identity=public_teacher_identity(teacher_identity))
     card.save(staging / "README.md")
     target = output_dir.resolve()
     refuse_foreign_output_dir(target)  # checked at the start too; files added during the run must not be lost

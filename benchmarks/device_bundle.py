@@ -30,7 +30,8 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import data  # noqa: E402
-from benchmarks.harness import DEV_PACK, SIZES  # noqa: E402
+from benchmarks.data import DEV_PACK  # noqa: E402
+from benchmarks.harness import SIZES  # noqa: E402
 from benchmarks.reference import NUM_SAMPLES, SAMPLING_RATE  # noqa: E402
 
 # Missing on the GPU image (or there in another version than acula is tested with); the rest of acula's

@@ -19,9 +19,6 @@ import numpy as np
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# The development pack; ACULA_DEV_PACK points elsewhere (e.g. the subset that benchmarks/device_bundle.py carries to
-# a GPU machine, where ../shared is not copied).
-DEV_PACK = Path(os.environ.get("ACULA_DEV_PACK") or REPO_ROOT.parent / "shared" / "data" / "auscultation-dev")
 WORKER = Path(__file__).resolve().parent / "worker.py"
 
 # How much work each size does (the debiased CKA loss needs batches of at least 4). `tiny` exists for the test-suite

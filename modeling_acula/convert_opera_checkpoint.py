@@ -2,7 +2,10 @@
 
 OPERA-GT is a masked-autoencoder ViT-Small trained with PyTorch Lightning; its encoder keys follow timm's ViT names
 (`patch_embed.proj`, `cls_token`, `pos_embed`, `blocks.N.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}`, `norm`),
-next to the MAE decoder (`decoder_*`, `mask_token`), which AcuLa does not reuse. Usage:
+next to the MAE decoder (`decoder_*`, `mask_token`). The released AcuLa training does reuse that Swin-style decoder
+(it loads it from the OPERA-GT checkpoint, so masked-audio modeling starts from a pretrained decoder); acula's
+decoder is a plain transformer started from random weights (see `--decoder_warmup_steps` of `train_acula.py`), so
+this converter keeps the encoder only and lists the decoder keys it leaves out. Usage:
 
 ```bash
 acula-convert-opera encoder-operaGT.ckpt ./opera-gt-acula
@@ -36,7 +39,8 @@ logger = logging.get_logger(__name__)
 
 # The key that anchors the encoder: whatever precedes it is the checkpoint's prefix (`""`, `encoder.`, ...).
 ANCHOR_KEY = "patch_embed.proj.weight"
-# Keys of the MAE decoder (the Swin-style decoder of OPERA-GT), known to be unused by AcuLa.
+# Keys of the MAE decoder (the Swin-style decoder of OPERA-GT): the released AcuLa reuses them, acula's plain
+# decoder cannot, so they are left out and reported.
 UNUSED_KEY_PATTERN = re.compile(r"^(decoder_.*|mask_token)$")
 # Keys in the timm ViT encoder's namespace; one of these left unmapped would change the embedding if dropped
 # (a LayerScale `ls1.gamma`, an `fc_norm`, a q/k norm), so strict conversion refuses it.

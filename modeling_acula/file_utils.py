@@ -11,6 +11,16 @@ from pathlib import Path
 from typing import Any
 
 TMP_PREFIX = ".tmp-"
+# The variable naming the development pack (a folder holding `metadata.csv`), for the tests, benchmarks and the
+# dev-pack evaluation tasks; without it they look beside the repository (`../shared/data/auscultation-dev`).
+DEV_PACK_ENV = "ACULA_DEV_PACK"
+IN_TREE_DEV_PACK = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "auscultation-dev"
+
+
+def default_dev_pack() -> Path:
+    """The development pack folder: `$ACULA_DEV_PACK` when set (read at each call), else
+    `../shared/data/auscultation-dev` beside the repository. The folder is not checked to exist."""
+    return Path(os.environ.get(DEV_PACK_ENV) or IN_TREE_DEV_PACK).expanduser()
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -11,23 +11,37 @@ removes, before training:
   manifests have that column.
 
 With `allow_leakage=True` nothing is removed, but the rows are still counted and a warning is logged.
+
+After training, the output folder lists every aligned recording in `aligned_recordings.jsonl`
+([`write_aligned_recordings`]): the sha256 of its bytes, its path relative to the manifest's folder and its
+`group_id`. The evaluator matches test recordings on that hash ([`read_aligned_recordings`] + [`find_overlap`]), so
+the check holds wherever the data lives when the model is evaluated.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import os
 import warnings
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from .file_utils import file_sha256
+from .file_utils import atomic_write, file_sha256
 from .manifest import Manifest, load_manifest
+from .public_paths import manifest_relative_path
 
 logger = logging.getLogger(__name__)
 
 RULES = ("split", "recording", "group")
+# The list of aligned recordings in an output folder (one JSON object per line: sha256, path, group_id).
+ALIGNED_RECORDINGS_FILE = "aligned_recordings.jsonl"
+# A manifest column holding each recording's sha256 (e.g. an aligned-recordings list): used instead of the file.
+SHA256_COLUMN = "sha256"
 
 
 @dataclass
@@ -122,10 +136,14 @@ class LeakageReport:
         }
 
 
-def recording_keys(manifest: Manifest, *, by_content: bool = False) -> list[str]:
+def recording_keys(manifest: Manifest, *, by_content: bool = False) -> list[str | None]:
     """
     One key per row that identifies its recording: the real absolute path (symlinks resolved), or with
-    `by_content=True` the sha256 of the file (finds copies under other names; reads every file).
+    `by_content=True` the sha256 of the file (finds copies under other names and data moved elsewhere).
+
+    With `by_content=True`, a manifest with a `sha256` column (an aligned-recordings list, see
+    [`read_aligned_recordings`]) gives that column's hashes, and its rows without one give `None` (they match
+    nothing); other manifests' files are read, once per process (hashes are kept by path, size and mtime).
 
     Evaluation code uses the same keys to check that no evaluated recording was used for alignment,
     e.g. `set(recording_keys(train)) & set(recording_keys(test))`.
@@ -134,14 +152,24 @@ def recording_keys(manifest: Manifest, *, by_content: bool = False) -> list[str]
         manifest ([`Manifest`]): the rows.
         by_content (`bool`, *optional*, defaults to `False`): key on file content instead of path.
     """
-    if by_content:
-        keys = []
-        for i, path in enumerate(manifest.audio_paths):
-            if not path.is_file():
-                raise ValueError(f"{manifest.describe_row(i)}: {path} not found; cannot hash its content.")
-            keys.append("sha256:" + file_sha256(path))
-        return keys
-    return [os.path.realpath(path) for path in manifest.audio_paths]
+    if not by_content:
+        return [os.path.realpath(path) for path in manifest.audio_paths]
+    if SHA256_COLUMN in manifest.columns:
+        return [f"sha256:{row[SHA256_COLUMN]}" if row.get(SHA256_COLUMN) else None for row in manifest.rows]
+    keys: list[str | None] = []
+    for i, path in enumerate(manifest.audio_paths):
+        if not path.is_file():
+            raise ValueError(f"{manifest.describe_row(i)}: {path} not found; cannot hash its content.")
+        stat = path.stat()
+        keys.append("sha256:" + _cached_sha256(os.path.realpath(path), stat.st_size, stat.st_mtime_ns))
+    return keys
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def _cached_sha256(real_path: str, size: int, mtime_ns: int) -> str:
+    """A file's sha256, computed once per (path, size, mtime) in a process: an evaluation checks every model
+    against the same test recordings."""
+    return file_sha256(real_path)
 
 
 def _group_values(manifest: Manifest, column: str) -> list[str | None]:
@@ -161,27 +189,32 @@ def find_overlap(
     *,
     group_column: str | None = "group_id",
     by_content: bool = False,
+    by_path: bool = True,
 ) -> dict[str, list[int]]:
     """
     Rows of `manifest` whose recording (key of [`recording_keys`]) or group is also in `other`.
 
     Args:
         manifest ([`Manifest`]): rows to check.
-        other ([`Manifest`]): e.g. an evaluation manifest.
+        other ([`Manifest`]): e.g. an evaluation manifest, or an aligned-recordings list.
         group_column (`str`, *optional*, defaults to `"group_id"`): patient column; used only when both
             manifests have it. `None` turns the group rule off.
-        by_content (`bool`, *optional*, defaults to `False`): also match recordings by file content.
+        by_content (`bool`, *optional*, defaults to `False`): also match recordings by file content (sha256).
+        by_path (`bool`, *optional*, defaults to `True`): match recordings by resolved path; turn off for a
+            manifest whose paths do not point at its files (an aligned-recordings list names them relative to a
+            manifest folder on another machine).
 
     Returns:
         `{"recording": [...], "group": [...]}`: row indices into `manifest`.
     """
-    other_keys = set(recording_keys(other))
-    keys = recording_keys(manifest)
-    recording = {i for i, key in enumerate(keys) if key in other_keys}
+    recording: set[int] = set()
+    if by_path:
+        other_keys = set(recording_keys(other))
+        recording |= {i for i, key in enumerate(recording_keys(manifest)) if key in other_keys}
     if by_content:
-        other_hashes = set(recording_keys(other, by_content=True))
+        other_hashes = set(recording_keys(other, by_content=True)) - {None}
         hashes = recording_keys(manifest, by_content=True)
-        recording |= {i for i, key in enumerate(hashes) if key in other_hashes}
+        recording |= {i for i, key in enumerate(hashes) if key is not None and key in other_hashes}
     group: list[int] = []
     if group_column and group_column in manifest.columns and group_column in other.columns:
         other_groups = {g for g in _group_values(other, group_column) if g is not None}
@@ -283,3 +316,81 @@ def apply_leakage_guard(
     if not keep:
         raise ValueError(f"leakage guard removed every row of {manifest.source}:\n{report.summary()}")
     return manifest.select(keep), report
+
+
+def aligned_recording_entries(manifest: Manifest, *, group_column: str | None = "group_id",
+                              workers: int = 4) -> list[dict[str, Any]]:
+    """
+    One entry per row of an alignment manifest, for an output folder's `aligned_recordings.jsonl`: `sha256` (of the
+    file's bytes, read in chunks; `None` for a file that can no longer be read, which is logged), `path` (relative to
+    the manifest's folder; a recording outside it by its file name) and, when the manifest has that column, the
+    patient's `group_id`.
+
+    Args:
+        manifest ([`Manifest`]): the rows that were aligned on.
+        group_column (`str`, *optional*, defaults to `"group_id"`): patient column recorded with each entry.
+        workers (`int`, *optional*, defaults to 4): threads reading files (hashlib releases the GIL).
+    """
+    def digest(path) -> str | None:
+        try:
+            return file_sha256(path)
+        except OSError as error:  # the run's folder must still be written: this recording is reported unchecked
+            logger.warning("cannot hash %s for %s: %s", path, ALIGNED_RECORDINGS_FILE, error)
+            return None
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        hashes = list(pool.map(digest, manifest.audio_paths))
+    with_groups = bool(group_column) and group_column in manifest.columns
+    entries = []
+    for row, path, sha256 in zip(manifest.rows, manifest.audio_paths, hashes):
+        entry: dict[str, Any] = {SHA256_COLUMN: sha256, "path": manifest_relative_path(path, manifest.root)}
+        if with_groups:
+            value = row.get(group_column)
+            entry[group_column] = None if value is None else str(value).strip() or None
+        entries.append(entry)
+    return entries
+
+
+def write_aligned_recordings(path: str | os.PathLike, manifest: Manifest, **kwargs) -> list[dict[str, Any]]:
+    """
+    Write [`aligned_recording_entries`] of `manifest` as JSON lines to `path` (atomically).
+
+    Returns:
+        The entries written.
+    """
+    entries = aligned_recording_entries(manifest, **kwargs)
+
+    def write(temporary: str) -> None:
+        with open(temporary, "w", encoding="utf-8") as handle:
+            handle.writelines(json.dumps(entry) + "\n" for entry in entries)
+
+    atomic_write(path, write)
+    return entries
+
+
+def read_aligned_recordings(path: str | os.PathLike) -> Manifest:
+    """
+    An output folder's `aligned_recordings.jsonl` as a [`Manifest`] with a `sha256` column (and `group_id` when
+    recorded), for [`find_overlap`] with `by_content=True, by_path=False`: its paths are relative to a manifest
+    folder of the training machine, not files here.
+
+    Raises:
+        `ValueError`: a line that is not JSON or has no `sha256` field, naming the file and line.
+    """
+    path = Path(path)
+    rows, numbers = [], []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path} line {number}: not valid JSON ({error}).") from None
+            if not isinstance(entry, dict) or SHA256_COLUMN not in entry:
+                raise ValueError(f"{path} line {number}: no {SHA256_COLUMN!r} field of the aligned recording.")
+            rows.append({"file": entry.get("path"), **entry})
+            numbers.append(number)
+    # The paths name files on the training machine: never resolved here (matching is by content).
+    return Manifest(rows=rows, root=path.parent, source=path, audio_paths=[path.parent / str(r["file"]) for r in rows],
+                    row_numbers=numbers, row_label="line")

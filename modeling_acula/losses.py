@@ -383,11 +383,33 @@ class AlignmentLoss(nn.Module):
         if self.gather_across_processes:
             audio_embeds = gather_with_grad(audio_embeds)
             text_embeds = gather_with_grad(text_embeds)
+        return self.loss_on_gathered(audio_embeds, text_embeds)
+
+    def loss_on_gathered(
+        self, audio_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """
+        The loss of embeddings that already hold the whole batch (no gathering).
+
+        Args:
+            audio_embeds (`torch.Tensor` of shape `(batch, d_audio)`):
+                Audio projections of the whole batch.
+            text_embeds (`torch.Tensor` of shape `(batch, d_text)`):
+                Text projections of the same recordings, in the same order.
+            logit_scale (`torch.Tensor`, *optional*):
+                InfoNCE only: the log of `1 / temperature` to use instead of the module's own (gradient caching
+                passes a detached copy, to take its gradient outside the data-parallel wrapper).
+
+        Returns:
+            `torch.Tensor`: the scalar loss.
+        """
+        _check_pair(audio_embeds, text_embeds, f"AlignmentLoss({self.kind!r})")
         # Autocast would run the matmuls in half precision, which the debiased estimator cannot afford.
         with torch.autocast(device_type=audio_embeds.device.type, enabled=False):
             audio_embeds, text_embeds = _upcast(audio_embeds), _upcast(text_embeds)
             if self.kind == "infonce":
-                logit_scale = self.logit_scale.clamp(max=math.log(self.max_logit_scale)).exp()
+                logit_scale = self.logit_scale if logit_scale is None else logit_scale
+                logit_scale = logit_scale.clamp(max=math.log(self.max_logit_scale)).exp()
                 return symmetric_info_nce(audio_embeds, text_embeds, logit_scale)
             if self.kind == "cka":
                 similarity = linear_cka(audio_embeds, text_embeds)

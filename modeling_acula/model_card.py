@@ -83,8 +83,9 @@ def render_model_card(
         config ([`AculaConfig`]): the encoder's configuration.
         run (`Mapping`): training facts: `init_from`, `adaptation`, `optimisation`, `global_step`, `num_processes`,
             `global_batch_size`, `final_losses` (dict), `window_seconds`.
-        data_summary (`Mapping`): what [`summarise_data`] recorded: `sources` (name -> count, licence),
-            `reports` (statistics), `leakage` (rule -> rows removed).
+        data_summary (`Mapping`): what [`summarise_data`] recorded: `manifest` (its file name: a card names no
+            path of the training machine), `sources` (name -> count, licence), `reports` (statistics), `leakage`
+            (rule -> rows removed).
         teacher_identity (`Mapping`): the teacher's identity (name, revision, layer, pooling, ...).
         evaluation (`Sequence[Mapping]`, *optional*): rows with `task`, `dataset`, `metric`, `value`; written to the
             card's `model-index` as well as to its table.
@@ -112,7 +113,7 @@ def render_model_card(
     leakage = data_summary.get("leakage", {})
     final_losses = ", ".join(f"{name} {value:.4f}" for name, value in run.get("final_losses", {}).items())
     teacher_description = (
-        f"`{teacher_identity.get('name')}`"
+        f"`{teacher_identity.get('name') or teacher_identity.get('name_or_path')}`"
         + (f" (revision {teacher_identity['revision']})" if teacher_identity.get("revision") else "")
         + f", layer {teacher_identity.get('layer')}, {teacher_identity.get('pooling')} pooling, "
         f"hidden size {teacher_identity.get('hidden_size')}, max {teacher_identity.get('max_length')} tokens"
@@ -133,6 +134,8 @@ def render_model_card(
             f"masked-audio modeling (mask ratio {config.mask_ratio})" if uses_mam else f"{config.preservation_loss}"
         ),
         ssl_weight=config.mam_loss_weight if uses_mam else config.preservation_loss_weight,
+        decoder_note=("; its decoder is acula's plain transformer started from random weights, not the pretrained "
+                      "OPERA-GT Swin decoder of the released recipe" if uses_mam else ""),
         adaptation_description=run.get("adaptation", ""),
         optimisation_description=run.get("optimisation", ""),
         global_step=run.get("global_step", 0),

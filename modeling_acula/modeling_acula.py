@@ -380,7 +380,8 @@ class AculaModel(AculaPreTrainedModel):
 
         Args:
             input_values (`torch.FloatTensor`): spectrograms as in `forward`.
-            mask_ratio (`float`): fraction of patches hidden from the encoder.
+            mask_ratio (`float`): fraction of patches hidden from the encoder; `int(num_patches * (1 - mask_ratio))`
+                patches (at least one) stay visible, as in the released code.
             noise (`torch.FloatTensor` of shape `(batch_size, num_patches)`, *optional*):
                 Ranks patches for masking (lowest kept); random when not given.
 
@@ -391,7 +392,9 @@ class AculaModel(AculaPreTrainedModel):
         input_values = self._check_input_values(input_values)
         patches = self.embeddings(input_values)
         batch, num_patches, width = patches.shape
-        num_keep = max(1, int(round(num_patches * (1 - mask_ratio))))
+        # Truncated as in the released masking (`int(L * (1 - ratio))`, float rounding included: 0.8 of 1,024
+        # patches keeps 204, not 205); at least one patch stays visible.
+        num_keep = max(1, int(num_patches * (1 - mask_ratio)))
         if noise is None:
             noise = torch.rand(batch, num_patches, device=patches.device)
         ids_shuffle = torch.argsort(noise, dim=1)
@@ -675,6 +678,8 @@ class AculaForPreTraining(AculaPreTrainedModel):
         teacher_embeds: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
+        return_loss: bool = True,
+        compute_alignment_loss: bool = True,
         return_dict: bool | None = None,
         **kwargs,
     ) -> AculaForPreTrainingOutput | tuple:
@@ -690,6 +695,13 @@ class AculaForPreTraining(AculaPreTrainedModel):
                 mean over time.
             noise (`torch.FloatTensor` of shape `(batch_size, num_patches)`, *optional*):
                 Controls which patches are masked for masked-audio modeling (for reproducible tests).
+            return_loss (`bool`, *optional*, defaults to `True`):
+                Whether to compute the losses; `False` returns the embeddings only (no masked-audio-modeling or
+                distillation pass, no collective across processes).
+            compute_alignment_loss (`bool`, *optional*, defaults to `True`):
+                `False` leaves the alignment loss to the caller, which computes it over more embeddings than this
+                call sees (gradient caching over an accumulated batch, see `modeling_acula.gradient_cache`); the
+                other terms are still computed and `text_embeds` is still returned.
             return_dict (`bool`, *optional*):
                 Whether to return an [`AculaForPreTrainingOutput`].
         """
@@ -708,17 +720,18 @@ class AculaForPreTraining(AculaPreTrainedModel):
                     f"{config.teacher_hidden_size}), got {tuple(teacher_embeds.shape)}."
                 )
             text_embeds = self.text_projection(teacher_embeds.to(audio_embeds.dtype))
-            losses["alignment_loss"] = self.alignment_head(audio_embeds, text_embeds)
+            if return_loss and compute_alignment_loss:
+                losses["alignment_loss"] = self.alignment_head(audio_embeds, text_embeds)
 
         reconstruction = mask = None
-        if self.mam_decoder is not None:
+        if self.mam_decoder is not None and return_loss:
             latent, mask, ids_restore = self.acula.forward_masked(input_values, config.mask_ratio, noise=noise)
             reconstruction = self.mam_decoder(latent, ids_restore)
             target = patchify(self.acula._check_input_values(input_values), config.patch_size)
             per_patch = (reconstruction - target).pow(2).mean(dim=-1)
             losses["mam_loss"] = (per_patch * mask).sum() / mask.sum()
 
-        if config.preservation_loss == "feature_distillation" and self.training:
+        if config.preservation_loss == "feature_distillation" and self.training and return_loss:
             losses["preservation_loss"] = self._preservation_loss(pooled, input_values, **encoder_kwargs)
 
         weights = {

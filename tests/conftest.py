@@ -19,13 +19,34 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
+from modeling_acula.file_utils import DEV_PACK_ENV, default_dev_pack  # noqa: E402
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEV_PACK = REPO_ROOT.parent / "shared" / "data" / "auscultation-dev"
+DEV_PACK = default_dev_pack()
+# Set by CI (.ci/run): a missing dev pack then fails the session instead of skipping the tests that read it.
+REQUIRE_DEV_PACK_ENV = "ACULA_REQUIRE_DEV_PACK"
+
+
+def dev_pack_is_required() -> bool:
+    """Required under CI, and whenever ACULA_DEV_PACK names a folder explicitly (a typo must not skip tests)."""
+    required = os.environ.get(REQUIRE_DEV_PACK_ENV, "").strip().lower() not in ("", "0", "false", "no")
+    return required or bool(os.environ.get(DEV_PACK_ENV))
+
+
+def pytest_sessionstart(session):
+    if dev_pack_is_required() and not (DEV_PACK / "metadata.csv").is_file():
+        pytest.exit(
+            f"The dev pack is required ({REQUIRE_DEV_PACK_ENV}={os.environ.get(REQUIRE_DEV_PACK_ENV, '')!r}, "
+            f"{DEV_PACK_ENV}={os.environ.get(DEV_PACK_ENV, '')!r}) but {DEV_PACK / 'metadata.csv'} does not exist: "
+            f"point {DEV_PACK_ENV} at the auscultation-dev folder.",
+            returncode=pytest.ExitCode.TESTS_FAILED,
+        )
 
 
 @pytest.fixture(scope="session")
 def dev_pack() -> Path:
-    """The shared dev pack of real recordings; tests that need it are skipped where it is absent."""
-    if not (DEV_PACK / "metadata.csv").exists():
-        pytest.skip(f"dev pack not found at {DEV_PACK}")
+    """The dev pack of real recordings ($ACULA_DEV_PACK, else ../shared/data/auscultation-dev); tests that need it
+    are skipped where it is absent, unless it is required (see `pytest_sessionstart`)."""
+    if not (DEV_PACK / "metadata.csv").is_file():
+        pytest.skip(f"dev pack not found at {DEV_PACK} (set {DEV_PACK_ENV}; {REQUIRE_DEV_PACK_ENV}=1 makes this fail)")
     return DEV_PACK

@@ -52,6 +52,26 @@ def aligned_model(tmp_path_factory, start_model):
     return folder
 
 
+def test_a_start_recorded_without_its_absolute_path_is_found_beside_the_folder_or_reported(start_model, tmp_path):
+    import shutil
+
+    from modeling_acula.evaluation.baselines import find_recorded_start
+
+    # train_acula.py records a local start relative to the output folder's parent: a sibling folder.
+    aligned = _save_tiny(tmp_path / "outputs" / "aligned", seed=8)
+    (aligned / "training_args.json").write_text(json.dumps({"model": {"init_from": "the-start"}}))
+    shutil.copytree(start_model, tmp_path / "outputs" / "the-start")
+    assert recorded_start(aligned) == tmp_path / "outputs" / "the-start"
+    assert [s.kind for s in resolve_models([str(aligned)], add_baselines=True)][-1] == "start"
+    # Not found here (e.g. the folder was downloaded alone): said clearly, with where it was looked for.
+    shutil.rmtree(tmp_path / "outputs" / "the-start")
+    folder, note = find_recorded_start(aligned)
+    assert folder is None and "'the-start'" in note and str(tmp_path / "outputs" / "the-start") in note
+    with pytest.warns(UserWarning, match="records init_from 'the-start', which is neither a folder here"):
+        assert [s.kind for s in resolve_models([str(aligned)], add_baselines=True)] == ["model", "logmel-stats",
+                                                                                        "random"]
+
+
 # --- logmel-stats ------------------------------------------------------------------------------------------------
 
 

@@ -5,11 +5,14 @@ import csv
 import numpy as np
 import pytest
 import soundfile as sf
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import (
     mean_absolute_error,
     mean_absolute_percentage_error,
     roc_auc_score,
 )
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from modeling_acula.evaluation.metrics import load_metric
 from modeling_acula.evaluation.probes import run_probe
@@ -455,9 +458,19 @@ def test_probe_separable_random_and_regression():
     splits = make_splits(data, SplitPolicy(kind="group_kfold"), seeds=range(5))
     result = run_probe(separable, data, splits, bootstrap_samples=100)
     assert result.mean > 0.95 and result.pooled["roc_auc_ci_low"] > 0.8
-    noise = run_probe(rng.normal(size=(60, 8)), data, splits, bootstrap_samples=100)
+    noise_features = rng.normal(size=(60, 8))
+    noise = run_probe(noise_features, data, splits, bootstrap_samples=100)
     assert noise.pooled["roc_auc_ci_low"] < 0.5 < noise.pooled["roc_auc_ci_high"] + 0.2
-    assert len(noise.scores) == 5 and noise.std >= 0
+    # each split's AUROC recomputed with scikit-learn alone (standardised logistic regression at the C the probe
+    # chose), and the mean and population std over the five splits
+    expected = []
+    for split, strength in zip(splits, noise.extra["regularisation"]):
+        probe = make_pipeline(StandardScaler(), LogisticRegression(C=strength, solver="newton-cholesky", max_iter=500))
+        probe.fit(noise_features[split.train], labels[split.train])
+        expected.append(roc_auc_score(labels[split.test], probe.predict_proba(noise_features[split.test])[:, 1]))
+    np.testing.assert_allclose(noise.scores, expected, rtol=1e-6)
+    assert noise.mean == pytest.approx(np.mean(expected)) and noise.std == pytest.approx(np.std(expected))
+    assert noise.std > 0.01  # five different splits of noise do not score alike
 
     regression = TaskData(spec=get_task("nosemic_rr"), paths=[f"/x/{i}.wav" for i in range(30)],
                           labels=np.linspace(10, 20, 30), classes=[], groups=np.array([f"u{i % 6}" for i in range(30)],

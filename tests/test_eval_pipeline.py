@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from sklearn.metrics import roc_auc_score
 from transformers import (
     ASTConfig,
     ASTFeatureExtractor,
@@ -19,15 +20,17 @@ from transformers import (
 import eval_acula
 import modeling_acula  # noqa: F401
 from modeling_acula import AculaFeatureExtractor, AculaForPreTraining, AculaModel
+from modeling_acula.alignment_readout import AlignmentReadout
 from modeling_acula.evaluation.embeddings import AudioEmbedder, model_fingerprint
 from modeling_acula.evaluation.leakage_check import check_leakage, training_manifest
 from modeling_acula.evaluation.retrieval import (
+    ZERO_SHOT_TEMPLATE,
     AlignedSpace,
     recall_at_k,
     resolve_teacher_path,
     zero_shot_scores,
 )
-from modeling_acula.evaluation.tasks import load_task, make_splits
+from modeling_acula.evaluation.tasks import load_task, make_splits, restrict_to_splits
 from modeling_acula.manifest import decode_audio
 from modeling_acula.teacher import default_teacher_path
 
@@ -51,6 +54,10 @@ def aligned_model(tmp_path_factory, dev_pack):
     torch.manual_seed(1)
     model = AculaForPreTraining(tiny_config(teacher_hidden_size=384))
     model.save_pretrained(folder / "alignment")
+    # CKA-trained heads compare through a readout fitted on the training pairs (here: random stand-ins).
+    generator = torch.Generator().manual_seed(2)
+    AlignmentReadout.fit(torch.randn(20, 8, generator=generator), torch.randn(20, 8, generator=generator)).save(
+        folder / "alignment")
     model.acula.save_pretrained(folder)
     AculaFeatureExtractor().save_pretrained(folder)
     (folder / "teacher.json").write_text(json.dumps({
@@ -229,7 +236,21 @@ def test_cli_end_to_end_with_leakage_refusal(tiny_model, aligned_model, dev_pack
     # Only cut-offs that can miss: fewer than the number of distinct reports.
     assert set(retrieval["audio_to_report"]) == {f"R@{k}" for k in (1, 5, 10) if k < retrieval["num_reports"]}
     assert "R@1" in retrieval["audio_to_report"]
-    assert 0.0 <= extra[("yaseen_valve", "aligned")]["zero_shot"]["roc_auc"] <= 1.0
+    # The zero-shot AUROC recomputed with scikit-learn: the aligned model's projections of the test recordings and
+    # of one prompt per class, softmax over the cosine similarities / 0.05, macro one-vs-rest AUROC.
+    yaseen = load_task("yaseen_valve", dev_pack=dev_pack, max_recordings=30)
+    yaseen, yaseen_splits = restrict_to_splits(yaseen, make_splits(yaseen))
+    test = sorted({int(i) for split in yaseen_splits for i in split.test})
+    features = AudioEmbedder(aligned_model, cache_dir=tmp_path / "cache", show_progress=False).embed_files(yaseen.paths)
+    space = AlignedSpace(aligned_model)
+    prompts = [ZERO_SHOT_TEMPLATE.format(yaseen.spec.label_descriptions[c]) for c in yaseen.classes]
+    similarities = torch.from_numpy(space.project_audio(features[test]) @ space.project_text(prompts).T)
+    probabilities = (similarities / 0.05).softmax(-1).numpy()
+    labels = yaseen.labels[test]
+    expected = roc_auc_score(labels, probabilities, multi_class="ovr", average="macro",
+                             labels=list(range(len(yaseen.classes))))
+    assert extra[("yaseen_valve", "aligned")]["zero_shot"]["roc_auc"] == pytest.approx(expected, abs=1e-6)
+    assert extra[("yaseen_valve", "aligned")]["readout"]["kind"] == "procrustes"
 
     # Both models see the same splits: the random model's scores do not depend on the other column.
     alone = eval_acula.main(["--models", str(tiny_model), "--model_names", "random", "--tasks", "yaseen_valve",

@@ -3,12 +3,14 @@
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
+from sklearn.metrics import roc_auc_score
 
-from modeling_acula import AculaFeatureExtractor, AculaModel
-from modeling_acula.manifest import load_manifest
+from modeling_acula import AculaFeatureExtractor, AculaForAudioClassification, AculaModel
+from modeling_acula.manifest import decode_audio, load_manifest
 
 from .test_modeling import tiny_config
 
@@ -48,5 +50,19 @@ def test_finetune_classifier_with_trainer_and_lora(tiny_folder, tmp_path):
     result = finetune_classifier.main(["--model", str(tiny_folder), "--manifest", str(MINI), "--max_steps", "3",
                                        "--output_dir", str(tmp_path / "clf")])
     assert result["labels"] == ["abnormal", "normal"] and result["val_size"] == 4
-    assert 0.0 <= result["val_auroc"] <= 1.0
     assert (tmp_path / "clf" / "model.safetensors").exists()
+    # the reported AUROC and accuracy, recomputed with scikit-learn from the saved (merged) classifier's
+    # predictions on the four KAUH validation recordings
+    classifier = AculaForAudioClassification.from_pretrained(tmp_path / "clf").eval()
+    extractor = AculaFeatureExtractor.from_pretrained(tmp_path / "clf")
+    manifest = load_manifest(MINI)
+    val = [i for i, row in enumerate(manifest.rows)
+           if row["source_dataset"] == "KAUH_lung_sounds" and row["suggested_split"] == "val"]
+    labels = np.array([result["labels"].index(manifest.rows[i]["label"]) for i in val])
+    assert len(set(labels)) == 2
+    waves = [decode_audio(manifest.audio_paths[i], extractor.sampling_rate) for i in val]
+    with torch.no_grad():
+        logits = classifier(**extractor(waves, sampling_rate=extractor.sampling_rate, return_tensors="pt")).logits
+    probabilities = logits.softmax(-1).numpy()
+    assert result["val_auroc"] == pytest.approx(roc_auc_score(labels, probabilities[:, 1]), abs=1e-9)
+    assert result["val_accuracy"] == pytest.approx(np.mean(probabilities.argmax(-1) == labels))

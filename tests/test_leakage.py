@@ -122,3 +122,94 @@ def test_split_rule_also_removes_other_rows_of_an_eval_patient(manifest, tmp_pat
         writer.writerows(selected)
     kept, report = apply_leakage_guard(load_manifest(no_group), split_column="split")
     assert len(kept) == len(selected) - 1 and "group rule: off" in report.summary()
+
+
+
+# --- the evaluator's check against what a model was aligned on (aligned_recordings.jsonl) ------------------------
+
+
+@pytest.fixture(scope="module")
+def moved_run(manifest, dev_pack, tmp_path_factory):
+    """A tiny run aligned on copies of ten PASCAL test-side recordings kept under another folder (with a manifest of
+    their own, without patient ids), which was then moved away: only the recordings' content links the run to the
+    dev pack the evaluator reads. Returns `(output folder, pascal_murmur task, its test indices, the ten)`."""
+    from modeling_acula.evaluation.tasks import load_task, make_splits
+
+    from .test_train import run_in_process, tiny_args
+
+    root = tmp_path_factory.mktemp("moved")
+    murmur = load_task("pascal_murmur", dev_pack=dev_pack)
+    test = sorted({int(i) for split in make_splits(murmur) for i in split.test})
+    chosen = test[:10]
+    rows_by_path = dict(zip(map(str, manifest.audio_paths), manifest.rows))
+    mounted = root / "mnt" / "pascal-val"
+    (mounted / "audio").mkdir(parents=True)
+    rows = []
+    for i in chosen:
+        source = murmur.paths[i]
+        shutil.copy(source, mounted / "audio" / source.name)
+        row = {k: v for k, v in rows_by_path[str(source)].items() if k not in ("group_id", "suggested_split")}
+        rows.append({**row, "file": f"audio/{source.name}"})
+    with open(mounted / "metadata.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    output = run_in_process(tiny_args(root / "out", root / "cache", "--manifest", str(mounted / "metadata.csv"),
+                                      "--max_steps", "1", "--checkpointing_steps", "0"))
+    shutil.move(mounted, root / "elsewhere")
+    return output, murmur, test, chosen
+
+
+def test_leakage_check_matches_moved_data_by_content(moved_run, dev_pack):
+    from modeling_acula.evaluation.leakage_check import check_leakage, training_manifest
+    from modeling_acula.evaluation.tasks import load_task
+
+    output, murmur, test, chosen = moved_run
+    report = check_leakage(training_manifest(output), murmur, test)
+    assert report["leaked"] is True and report["checked"] is True
+    assert report["recordings"] == len(chosen) and report["status"] == "leaked" and report["method"] == "sha256"
+    assert set(report["examples"]) <= {str(murmur.paths[i]) for i in chosen}
+    yaseen = load_task("yaseen_valve", dev_pack=dev_pack)
+    clean = check_leakage(training_manifest(output), yaseen, range(len(yaseen)))
+    assert clean["status"] == "no overlap" and clean["checked"] is True and clean["leaked"] is False
+
+
+def test_a_folder_without_content_hashes_is_not_checked_in_every_output(moved_run, dev_pack, tmp_path):
+    import json
+
+    import yaml
+
+    import eval_acula
+    from modeling_acula.evaluation.leakage_check import check_leakage, training_manifest
+
+    output, murmur, test, _ = moved_run
+    # As an older run wrote it: no aligned_recordings.jsonl, and reports.jsonl with (now stale) absolute paths.
+    older = tmp_path / "older-run"
+    shutil.copytree(output, older)
+    (older / "aligned_recordings.jsonl").unlink(missing_ok=True)
+    stale = tmp_path / "mnt" / "pascal-val"
+    records = [json.loads(line) for line in (older / "reports.jsonl").read_text().splitlines()]
+    (older / "reports.jsonl").write_text("".join(
+        json.dumps({**record, "path": str(stale / record["file"])}) + "\n" for record in records))
+    report = check_leakage(training_manifest(older), murmur, test)
+    assert report["checked"] is False and report["leaked"] is None and report["status"] == "not checked"
+    assert "aligned_recordings.jsonl" in report["reason"]
+
+    payload = eval_acula.main(["--models", str(older), "logmel-stats", "--model_names", "older", "logmel",
+                               "--tasks", "yaseen_valve", "--dev_pack", str(dev_pack), "--max_per_task", "20",
+                               "--seeds", "0", "--probe_c", "0.1", "--bootstrap_samples", "20", "--quiet",
+                               "--no_plots", "--no_retrieval", "--no_cache", "--output_dir", str(tmp_path / "eval")])
+    by_model = {record["model"]: record for record in payload["results"]}
+    assert by_model["older"]["status"] == "ok" and by_model["older"]["leakage"]["status"] == "not checked"
+    assert by_model["older"]["leakage"]["leaked"] is None
+    assert by_model["logmel"]["leakage"]["status"] == "not applicable"
+    saved = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert saved["leakage_checks"]["older"]["status"] == "not checked"
+    assert "aligned_recordings.jsonl" in saved["leakage_checks"]["older"]["reason"]
+    table = (tmp_path / "eval" / "results.md").read_text()
+    assert "| leakage check | | | | **not checked** | n/a (no trained weights) |" in table
+    assert "Leakage not checked for older: older-run has no aligned_recordings.jsonl" in table
+    documents = [d for d in yaml.safe_load_all((tmp_path / "eval" / "model_index.yaml").read_text()) if d]
+    (older_index,) = documents  # logmel-stats has no model card
+    assert older_index["leakage_check"]["status"] == "not checked"
+    assert "aligned_recordings.jsonl" in older_index["leakage_check"]["reason"]

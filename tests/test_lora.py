@@ -88,8 +88,15 @@ def test_lora_fine_tuning_of_the_classifier():
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
     assert any("classifier" in name for name in trainable)
     assert all("lora_" in name or "classifier" in name for name in trainable)
+    _randomise_adapters(model)  # non-zero lora_B, so that lora_A receives a gradient too
     out = model(input_values=spectrograms(2), labels=torch.tensor([0, 2]))
     out.loss.backward()
+    gradients = {name: p.grad for name, p in model.named_parameters()}
+    for name in trainable:  # every adapter and the classifier learn
+        assert gradients[name] is not None and gradients[name].abs().sum() > 0, name
+    frozen = [name for name, p in model.named_parameters() if not p.requires_grad]
+    assert any("base_layer" in name for name in frozen) and any("patch_embeddings" in name for name in frozen)
+    assert all(gradients[name] is None for name in frozen), [name for name in frozen if gradients[name] is not None]
 
 
 def _adapter_gradients(model: torch.nn.Module, x: torch.Tensor, teacher: torch.Tensor, noise: torch.Tensor) -> dict:

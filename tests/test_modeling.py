@@ -20,7 +20,6 @@ from modeling_acula import (
 )
 from modeling_acula.configuration_acula import ALIGNMENT_LOSS_KINDS
 from modeling_acula.losses import ALIGNMENT_LOSSES
-from modeling_acula.modeling_acula import patchify
 
 
 def tiny_config(**overrides) -> AculaConfig:
@@ -115,15 +114,57 @@ def test_preset_parameter_counts():
 # --- encoder -------------------------------------------------------------------------------------------------
 
 
+def _layer_norm_by_hand(x: torch.Tensor, norm: torch.nn.LayerNorm) -> torch.Tensor:
+    centred = x - x.mean(-1, keepdim=True)
+    return centred / torch.sqrt(centred.pow(2).mean(-1, keepdim=True) + norm.eps) * norm.weight + norm.bias
+
+
+def _reference_vit_embedding(model: AculaModel, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """timm's ViT written out from the model's weights alone (explicit patch slicing, attention by hand, GELU):
+    returns (last block output with CLS first, embedding = LayerNorm of the mean of the patch tokens)."""
+    config = model.config
+    assert config.hidden_act == "gelu" and config.qkv_bias
+    pt, pf = config.patch_size
+    n_t, n_f = config.grid_size
+    embeddings = model.embeddings
+    kernel = embeddings.patch_embeddings.projection.weight.reshape(config.hidden_size, -1)
+    patches = torch.stack([x[:, 0, t * pt : (t + 1) * pt, f * pf : (f + 1) * pf].reshape(x.shape[0], -1)
+                           for t in range(n_t) for f in range(n_f)], dim=1)  # time-major: index t * n_f + f
+    tokens = patches @ kernel.T + embeddings.patch_embeddings.projection.bias + embeddings.position_embeddings[:, 1:]
+    cls = (embeddings.cls_token + embeddings.position_embeddings[:, :1]).expand(x.shape[0], -1, -1)
+    hidden = torch.cat([cls, tokens], dim=1)
+    heads = config.num_attention_heads
+    for block in model.encoder.layer:
+        attention = block.attention
+        normed = _layer_norm_by_hand(hidden, block.layernorm_before)
+
+        def split(linear, normed=normed):
+            return linear(normed).unflatten(-1, (heads, -1)).transpose(1, 2)
+
+        q, k, v = split(attention.q_proj), split(attention.k_proj), split(attention.v_proj)
+        weights = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1)
+        hidden = hidden + attention.o_proj((weights @ v).transpose(1, 2).flatten(2))
+        mlp = block.mlp
+        hidden = hidden + mlp.fc2(torch.nn.functional.gelu(mlp.fc1(_layer_norm_by_hand(hidden, block.layernorm_after))))
+    return hidden, _layer_norm_by_hand(hidden[:, 1:].mean(dim=1), model.layernorm)
+
+
 def test_encoder_shapes_and_reference_pooling():
     model = AculaModel(tiny_config()).eval()
+    with torch.no_grad():  # a CLS token far from the patch tokens: pooling it in would show
+        model.embeddings.cls_token.normal_(0.0, 3.0, generator=torch.Generator().manual_seed(2))
     x = spectrograms(3)
-    out = model(x, output_hidden_states=True)
+    with torch.no_grad():
+        out = model(x, output_hidden_states=True)
+        last, expected = _reference_vit_embedding(model, x)
     assert out.last_hidden_state.shape == (3, 1 + 64, 32)
     assert out.pooler_output.shape == (3, 32)
     assert len(out.hidden_states) == 3
-    expected = model.layernorm(out.last_hidden_state[:, 1:].mean(dim=1))  # mean of patches, CLS excluded, then LN
-    torch.testing.assert_close(out.pooler_output, expected)
+    torch.testing.assert_close(out.last_hidden_state, last, atol=1e-5, rtol=1e-4)
+    # the reference embedding: mean of the patch tokens, CLS excluded, then the final LayerNorm
+    torch.testing.assert_close(out.pooler_output, expected, atol=1e-5, rtol=1e-4)
+    with_cls = _layer_norm_by_hand(last.mean(dim=1), model.layernorm)
+    assert not torch.allclose(out.pooler_output, with_cls, atol=1e-3)
     # (batch, time, mel) is accepted too
     torch.testing.assert_close(model(x[:, 0]).pooler_output, out.pooler_output)
 
@@ -169,12 +210,24 @@ def test_pretraining_losses_and_gradients():
         assert grad is not None and grad.abs().sum() > 0, name
 
 
+def test_mask_ratio_truncates_the_number_of_kept_patches_as_released():
+    # 1,024 patches (4 x 4 on 256 x 64) at ratio 0.8: int(1024 * 0.2) = int(204.79999...) = 204 kept, 820 masked
+    model = AculaModel(tiny_config(patch_size=[4, 4])).eval()
+    with torch.no_grad():
+        latent, mask, ids_restore = model.forward_masked(spectrograms(2), 0.8)
+    assert latent.shape == (2, 1 + 204, 32)
+    assert torch.all(mask.sum(dim=1) == 820) and ids_restore.shape == (2, 1024)
+
+
 def test_mam_loss_counts_masked_patches_only():
     model = AculaForPreTraining(tiny_config()).eval()
     x = spectrograms(2)
     noise = torch.rand(2, 64, generator=torch.Generator().manual_seed(1))
     out = model(x, noise=noise)
-    target = patchify(x, (16, 16))
+    # The target patch built independently of the package: patch (t, f) is x[..., 16t:16t+16, 16f:16f+16] flattened
+    # row by row, at index t * 4 + f (time-major, the patch-embedding order the reconstruction is in).
+    target = torch.stack([x[:, 0, 16 * t : 16 * (t + 1), 16 * f : 16 * (f + 1)].reshape(2, -1)
+                          for t in range(16) for f in range(4)], dim=1)
     per_patch = (out.reconstruction - target).pow(2).mean(-1)
     masked = out.mask.bool()
     torch.testing.assert_close(out.mam_loss, per_patch[masked].mean())
@@ -287,14 +340,17 @@ def test_classifier_trains_with_trainer(tmp_path):
         logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, seed=0,
     )
     trainer = Trainer(model=model, args=args, train_dataset=data)
-    result = trainer.train()
+    trainer.train()
     losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
     assert losses[-1] < losses[0]
-    assert result.training_loss > 0
     model.eval()
     with torch.no_grad():
-        predictions = model(data.inputs).logits.argmax(-1)
+        out = model(data.inputs, labels=data.labels)
+    predictions = out.logits.argmax(-1)
     assert (predictions == data.labels).float().mean() >= 0.9
+    # the loss Trainer minimised is the mean cross-entropy of the labels, by hand
+    log_probabilities = out.logits.log_softmax(-1)
+    torch.testing.assert_close(out.loss, -log_probabilities[torch.arange(32), data.labels].mean())
 
 
 def test_foreign_backbone_from_a_pretrained_checkpoint(tmp_path):

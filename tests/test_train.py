@@ -3,7 +3,6 @@
 import functools
 import json
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -56,15 +55,16 @@ def run_in_process(args: list[str]) -> Path:
         PartialState._reset_state()
 
 
-def run_script(args: list[str], *, processes: int = 1, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_script(args: list[str], *, processes: int = 1, env: dict | None = None,
+               script: Path = REPO / "train_acula.py") -> subprocess.CompletedProcess:
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env or {})}
     if processes == 1:
-        command = [sys.executable, str(REPO / "train_acula.py"), *args]
+        command = [sys.executable, str(script), *args]
     else:  # real multi-process DDP on gloo (see ENVIRONMENT.md: --cpu alone would run one process)
         environment["ACCELERATE_USE_CPU"] = "true"
         command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
                    str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                   "--main_process_port", str(29500 + os.getpid() % 1000), str(REPO / "train_acula.py"), *args]
+                   "--main_process_port", str(29500 + os.getpid() % 1000), str(script), *args]
     return subprocess.run(command, capture_output=True, text=True, env=environment, timeout=600, cwd=REPO)
 
 
@@ -122,6 +122,11 @@ def test_checkpoints_are_safetensors_and_json(trained):
     assert checkpoints == ["step-00000002"]  # step 4 is the end of the run: the output folder, not a checkpoint
     assert {p.name for p in (output / "checkpoints" / "step-00000002").iterdir()} == {
         "model.safetensors", "optimizer.safetensors", "trainer_state.json"}
+    # AdamW decays weight matrices only: biases and norms (and InfoNCE's logit_scale) form a group without decay
+    state = json.loads((output / "checkpoints" / "step-00000002" / "trainer_state.json").read_text())
+    groups = state["optimizer"]["param_groups"]
+    assert [group["weight_decay"] for group in groups] == [0.01, 0.0] and all(group["params"] for group in groups)
+    assert state["run_config"]["weight_decay_exempt"] == "biases, norms, logit_scale"
 
 
 def test_push_to_hub_uploads_exactly_the_model_files(trained):
@@ -133,11 +138,87 @@ def test_push_to_hub_uploads_exactly_the_model_files(trained):
         "data_summary.json", "reports.jsonl", "skipped_rows.jsonl", "adapter/README.md", "adapter/adapter_config.json",
         "adapter/adapter_model.safetensors", "alignment/config.json", "alignment/model.safetensors",
         "alignment/configuration_acula.py", "alignment/modeling_acula.py", "alignment/losses.py",
+        "alignment/readout.json", "alignment/readout.safetensors",  # the zero-shot / retrieval readout (CKA heads)
+        "aligned_recordings.jsonl",  # content hashes of the aligned recordings: the evaluator's leakage check
     }
     assert set(files) == expected
     adapter_card = (output / "adapter" / "README.md").read_text()
     assert "More Information Needed" not in adapter_card and "a local checkpoint (`tiny-start`)" in adapter_card
     assert json.loads((output / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] is None
+
+
+def machine_paths_in_upload(output: Path, folders) -> list[str]:
+    """`file: folder` for every uploaded file (bytes, safetensors included) that holds one of these absolute paths."""
+    found = []
+    for name in train_acula.upload_file_list(output):
+        data = (output / name).read_bytes()
+        found += [f"{name}: {folder}" for folder in map(str, folders) if folder.encode() in data]
+    return found
+
+
+def test_uploaded_files_name_no_path_of_the_training_machine(tmp_path):
+    import csv
+
+    import numpy as np
+    import soundfile as sf
+
+    from modeling_acula.evaluation.baselines import recorded_start
+    from modeling_acula.file_utils import file_sha256
+
+    # The shipped pack copied to a distinctive folder, with a silent recording (skipped_rows.jsonl) and an --exclude
+    # list in a folder of its own (data_summary.json); the start is a sibling of the output folder.
+    pack = tmp_path / "machine-data" / "auscultation-mini"
+    shutil.copytree(REPO / "data" / "auscultation-mini", pack)
+    rows = list(csv.DictReader(open(pack / "metadata.csv", encoding="utf-8")))
+    sf.write(pack / "audio" / "silent.flac", np.zeros(16000 * 5, dtype=np.float32), 16000)
+    rows.append(dict(rows[0], file="audio/silent.flac", group_id="silent-1", suggested_split="train"))
+    with open(pack / "metadata.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    excluded = next(row for row in rows if row["suggested_split"] == "train")
+    holdout = tmp_path / "holdout-lists" / "holdout.csv"
+    holdout.parent.mkdir()
+    holdout.write_text(f"file\n{pack / excluded['file']}\n", encoding="utf-8")
+    start = tmp_path / "tiny-start"
+    shutil.copytree(tiny_start(), start)
+    args = tiny_args(tmp_path / "machine-out", tmp_path / "machine-cache", "--manifest", str(pack / "metadata.csv"),
+                     "--split_column", "suggested_split", "--exclude", str(holdout), "--max_steps", "1",
+                     "--checkpointing_steps", "0")
+    args[args.index("--init_from") + 1] = str(start)
+    output = run_in_process(args)
+
+    machine = [output, pack, holdout.parent, start, tmp_path / "machine-cache", tmp_path, tiny_start().parent,
+               Path.home(), REPO, Path(sys.prefix)]
+    assert machine_paths_in_upload(output, machine) == []
+    files = train_acula.upload_file_list(output)
+    assert "aligned_recordings.jsonl" in files and not any(name.startswith(".") for name in files)
+
+    # Recordings by their path relative to the manifest, the manifest and the exclude list by file name.
+    summary = json.loads((output / "data_summary.json").read_text())
+    assert summary["manifest"] == "metadata.csv" and summary["leakage"]["exclude_sources"] == ["holdout.csv"]
+    assert summary["rows_used"] == 47 and summary["leakage"]["counts"]["recording"] == 1
+    args = json.loads((output / "training_args.json").read_text())
+    assert args["data"]["manifest"] == "metadata.csv" and args["data"]["exclude"] == ["holdout.csv"]
+    assert args["data"]["cache_dir"] is None and args["training"]["output_dir"] == "machine-out"
+    assert args["model"]["init_from"] == "tiny-start"
+    reports = [json.loads(line) for line in (output / "reports.jsonl").read_text().splitlines()]
+    assert all(r["path"].startswith("audio/") and (pack / r["path"]).is_file() for r in reports)
+    skipped = [json.loads(line) for line in (output / "skipped_rows.jsonl").read_text().splitlines()]
+    assert skipped == [{"row": "metadata.csv line 58", "file": "audio/silent.flac",
+                        "reason": "digitally silent over the model window (constant spectrogram)"}]
+    assert "47 recordings from `metadata.csv`" in (output / "README.md").read_text()
+
+    # The evaluator still finds what it needs: the content hash of every aligned recording (one per row used, in
+    # reports.jsonl order), and the start, beside the output folder.
+    aligned = [json.loads(line) for line in (output / "aligned_recordings.jsonl").read_text().splitlines()]
+    assert [entry["path"] for entry in aligned] == [r["path"] for r in reports]
+    assert all(entry["sha256"] == file_sha256(pack / entry["path"]) and entry["group_id"] for entry in aligned)
+    from modeling_acula.evaluation.leakage_check import load_trained_recordings
+
+    trained = load_trained_recordings(output)
+    assert trained.method == "sha256" and trained.reason is None and len(trained) == 47
+    assert recorded_start(output) == start
 
 
 def test_model_card_names_the_hub_id_and_never_a_local_path(tmp_path):
@@ -267,19 +348,48 @@ def test_resume_with_other_settings_is_refused_naming_them(trained, tmp_path):
     output, root = trained
     shutil.copytree(output, tmp_path / "out")
     args = tiny_args(tmp_path / "out", root / "cache", "--max_steps", "4", "--checkpointing_steps", "2",
-                     "--resume_from_checkpoint", "latest", "--seed", "7", "--full_finetune")
+                     "--resume_from_checkpoint", "latest", "--seed", "7", "--full_finetune", "--lowercase_reports")
     args[args.index("--learning_rate") + 1] = "1e-5"
     args[args.index("--per_device_train_batch_size") + 1] = "16"
     with pytest.raises(ValueError, match="other settings") as error:
         run_in_process(args)
     message = str(error.value)
     for name in ("learning_rate: 0.001 -> 1e-05", "per_device_train_batch_size: 8 -> 16", "seed: 42 -> 7",
-                 "full_finetune: False -> True"):
+                 "full_finetune: False -> True", "lowercase_reports: False -> True"):
         assert name in message
     assert "gradient_accumulation_steps" not in message and "step-00000002" in message
     saved = json.loads((output / "checkpoints" / "step-00000002" / "trainer_state.json").read_text())["run_config"]
     assert saved["num_processes"] == 1 and saved["gradient_accumulation_steps"] == 1
     assert saved["manifest"].endswith("metadata.csv") and saved["rows_used"] == 48
+
+
+class _StopAfterTeacher(Exception):
+    pass
+
+
+def test_lowercase_reports_reach_the_teacher_lower_cased(trained, tmp_path, monkeypatch):
+    output, root = trained
+    written = [json.loads(line)["report"] for line in (output / "reports.jsonl").read_text().splitlines()]
+    assert any(report != report.lower() for report in written)  # the default keeps the reports' case
+    seen = []
+    encode = train_acula.AculaTeacher.encode
+
+    def recording_encode(self, texts, *args, **kwargs):
+        seen.extend(texts)
+        return encode(self, texts, *args, **kwargs)
+
+    def stop(*args, **kwargs):
+        raise _StopAfterTeacher
+
+    monkeypatch.setattr(train_acula.AculaTeacher, "encode", recording_encode)
+    monkeypatch.setattr(train_acula, "build_model", stop)  # called right after the teacher vectors
+    # the trained run's spectrograms, and an empty teacher cache: the teacher embeds every report
+    shutil.copytree(root / "cache" / "spectrograms", tmp_path / "cache" / "spectrograms")
+    with pytest.raises(_StopAfterTeacher):
+        run_in_process(tiny_args(tmp_path / "out", tmp_path / "cache", "--max_steps", "1", "--lowercase_reports"))
+    assert seen and set(seen) == {report.lower() for report in written}
+    assert "lowercase_reports" in train_acula.DataArguments.__dataclass_fields__
+    assert train_acula.DataArguments().lowercase_reports is False
 
 
 def test_resume_with_the_same_settings_logs_each_step_once(trained, tmp_path):
@@ -416,6 +526,8 @@ def test_two_process_ddp_matches_one_process_on_the_global_batch(tmp_path):
     checks = [json.loads((tmp_path / "ddp" / "logs" / f"batch_indices_rank{r}.jsonl").read_text().splitlines()[-1])
               for r in (0, 1)]
     assert checks[0]["parameter_checksum"] == checks[1]["parameter_checksum"]
+    # the main process alone fitted the readout on every training pair (no collective left hanging)
+    assert json.loads((tmp_path / "ddp" / "alignment" / "readout.json").read_text())["num_pairs"] == 48
     # and the trained models agree with the single-process one. (Weights are compared through outputs: Adam's
     # normalised update turns float-rounding differences of near-zero gradients into differences of up to lr.)
     ddp_model = AculaForPreTraining.from_pretrained(tmp_path / "ddp" / "alignment").eval()
@@ -426,8 +538,10 @@ def test_two_process_ddp_matches_one_process_on_the_global_batch(tmp_path):
 
 
 KILL_RUN = ["--max_steps", "7", "--checkpointing_steps", "2", "--checkpoints_total_limit", "2"]
-# Two fixed kill points (between checkpoints; inside a checkpoint write) and one drawn afresh on every run.
-RANDOM_FAULT = random.choice([f"after_step:{k}" for k in range(1, 8)] + [f"checkpoint_write:{k}" for k in (2, 4, 6)])
+# Fixed kill points, one per case (a drawn one would differ between runs, and between the processes of a parallel
+# run, so that a failure could not be rerun by its id): between checkpoints, inside a checkpoint write, and before
+# the first checkpoint (the resume then starts from scratch).
+FAULT_POINTS = ["after_step:5", "checkpoint_write:4", "after_step:1"]
 
 
 @pytest.fixture(scope="module")
@@ -439,7 +553,7 @@ def uninterrupted_run(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fault", ["after_step:5", "checkpoint_write:4", RANDOM_FAULT])
+@pytest.mark.parametrize("fault", FAULT_POINTS)
 def test_sigkill_and_resume_gives_the_uninterrupted_result(uninterrupted_run, tmp_path, fault):
     point, step = fault.split(":")
     step = int(step)
@@ -523,6 +637,9 @@ def test_whisper_backbone_aligns_with_lora_and_its_folder_loads(tiny_whisper_sta
     assert changed and all("self_attn" in name and name.endswith("weight") for name in changed), sorted(changed)
     card = (output / "README.md").read_text()
     assert "a 2 s window (the first 100 of Whisper's 1,500 position rows" in card
+    # the backbone config's _name_or_path names the start by its folder name only
+    assert machine_paths_in_upload(output, [tiny_whisper_start, tmp_path]) == []
+    assert encoder.config.audio_backbone_config.name_or_path == "tiny-whisper"
     assert "feature_distillation" in card
 
 

@@ -7,8 +7,8 @@
   under `torch.manual_seed(0)`) and the folder's own feature extractor: what the architecture and the input
   pipeline give before any training.
 - the frozen starting encoder of an acula training run: an ordinary model folder. `--add_baselines` adds the one
-  that the first acula output folder's `training_args.json` names as `init_from` (when it exists locally), together
-  with `logmel-stats` and `random:<that folder>`.
+  that the first acula output folder's `training_args.json` names as `init_from` (when it can be found here, see
+  [`find_recorded_start`]), together with `logmel-stats` and `random:<that folder>`.
 
 [`resolve_models`] turns the command line into [`ModelSpec`]s and [`open_embedder`] gives each one an object with
 `embed_files(paths, desc=...) -> np.ndarray`, like [`~modeling_acula.evaluation.embeddings.AudioEmbedder`].
@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from ..feature_extraction_acula import AculaFeatureExtractor
+from ..public_paths import local_display_path
 from .embeddings import AudioEmbedder, FileEmbedder
 
 LOGMEL_STATS = "logmel-stats"
@@ -71,7 +72,8 @@ class ModelSpec:
         return f"{self.name} (baseline)" if self.baseline else self.name
 
     def to_dict(self) -> dict[str, Any]:
-        path = str(self.folder.resolve()) if self.folder is not None else None
+        # Relative to the working directory where possible: results files are kept in repositories.
+        path = local_display_path(self.folder) if self.folder is not None else None
         return {"name": self.name, "spec": self.spec, "kind": self.kind, "baseline": self.baseline,
                 "path": f"{RANDOM_PREFIX}{path}" if self.kind == "random" else (path or self.spec)}
 
@@ -89,28 +91,69 @@ def parse_model_spec(spec: str) -> tuple[str, Path | None]:
     return "model", Path(spec)
 
 
-def recorded_start(model_dir: str | os.PathLike) -> Path | None:
-    """The starting encoder an acula training output folder records (`training_args.json`, `model.init_from`),
-    if it is a folder that exists here (absolute, or relative to the working directory); `None` otherwise (no
-    record, a fresh start, or a Hub id)."""
+def find_recorded_start(model_dir: str | os.PathLike) -> tuple[Path | None, str]:
+    """
+    The starting encoder an acula training output folder records (`training_args.json`, `model.init_from`), and
+    how it was found or why not.
+
+    A published folder names a local start by its path relative to the output folder's parent (a sibling such as
+    `outputs/whisper-base-frozen-10s`) or by its folder name, and a Hub start by its id (older runs recorded an
+    absolute path). It is looked for as an existing folder: an absolute record as it is, a relative one beside
+    `model_dir` and then relative to the working directory; a Hub id also in the local Hugging Face cache.
+
+    Returns:
+        `(folder, note)`: the folder (`None` when there is no record, a fresh start, or it is not found here) and a
+        sentence saying what was recorded and where it was looked for.
+    """
     args_file = Path(model_dir) / "training_args.json"
     if not args_file.is_file():
-        return None
+        return None, f"{model_dir} has no training_args.json"
     try:
         recorded = json.loads(args_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+    except (OSError, ValueError) as error:
+        return None, f"{args_file} cannot be read ({error})"
     init_from = (recorded.get("model") or {}).get("init_from") if isinstance(recorded, dict) else None
     if not init_from:
+        return None, f"{args_file} records no starting encoder (model.init_from): a fresh start or a preset's default"
+    recorded_path = Path(init_from).expanduser()
+    # A relative record is relative to the output folder's parent (see public_paths.public_location) first.
+    candidates = ([recorded_path] if recorded_path.is_absolute() else
+                  [Path(model_dir).resolve().parent / recorded_path, recorded_path])
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate, f"{args_file} records init_from {init_from!r}: {candidate}"
+    cached = _hub_snapshot(init_from)
+    if cached is not None:
+        return cached, f"{args_file} records the Hub id {init_from!r}: found in the local Hugging Face cache"
+    return None, (f"{args_file} records init_from {init_from!r}, which is neither a folder here (looked for "
+                  f"{' and '.join(str(c) for c in candidates)}) nor a Hub id in the local Hugging Face cache: pass "
+                  "the starting encoder's folder with --models")
+
+
+def _hub_snapshot(repo_id: str) -> Path | None:
+    """The local snapshot folder of a Hub model with a `config.json` in the Hugging Face cache (no download)."""
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.utils import HFValidationError
+
+    try:
+        config = try_to_load_from_cache(repo_id, "config.json")
+    except (HFValidationError, ValueError):
         return None
-    folder = Path(init_from)
-    return folder if folder.is_dir() else None
+    return Path(config).parent if isinstance(config, str) else None
+
+
+def recorded_start(model_dir: str | os.PathLike) -> Path | None:
+    """The starting encoder an acula training output folder records, if it can be found here; `None` otherwise (no
+    record, a fresh start, or not found: [`find_recorded_start`] says which)."""
+    return find_recorded_start(model_dir)[0]
 
 
 def _default_name(kind: str, folder: Path | None) -> str:
     if kind == LOGMEL_STATS:
         return LOGMEL_STATS
     name = folder.resolve().name
+    if folder.resolve().parent.name == "snapshots":  # a Hub model in the Hugging Face cache: its name, not a commit
+        name = folder.resolve().parent.parent.name.split("--")[-1]
     return f"{RANDOM_PREFIX}{name}" if kind == "random" else name
 
 
@@ -140,13 +183,14 @@ def resolve_models(models: Sequence[str], names: Sequence[str] = (), add_baselin
                              "starting encoder are the baselines).")
         first = folders[0]
         wanted = [(LOGMEL_STATS, LOGMEL_STATS, None), (f"{RANDOM_PREFIX}{first}", "random", first)]
-        start = next((s for s in map(recorded_start, folders) if s is not None), None)
+        found = [find_recorded_start(folder) for folder in folders]
+        start = next((folder for folder, _ in found if folder is not None), None)
         if start is not None:
             wanted.append((str(start), "model", start))
         else:
-            warnings.warn("--add_baselines: no listed model folder records a starting encoder that exists here "
-                          "(training_args.json -> model.init_from); only logmel-stats and the random initialisation "
-                          f"of {first} are added.", stacklevel=2)
+            warnings.warn("--add_baselines: no listed model folder records a starting encoder that can be found here "
+                          "(training_args.json -> model.init_from): " + "; ".join(note for _, note in found)
+                          + f". Only logmel-stats and the random initialisation of {first} are added.", stacklevel=2)
         listed = {(kind, folder.resolve() if folder is not None else None) for _, kind, folder, _ in entries}
         for spec, kind, folder in wanted:
             if (kind, folder.resolve() if folder is not None else None) not in listed:

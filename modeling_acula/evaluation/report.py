@@ -1,4 +1,8 @@
-"""Writing an evaluation: `results.json`, the Markdown comparison table and the model-card `model-index`."""
+"""Writing an evaluation: `results.json`, the Markdown comparison table and the model-card `model-index`.
+
+Each of the three says, per model, whether its test recordings were checked against the recordings it was aligned
+on ([`leakage_summary`]): "checked", "not checked" (with the reason) or "not applicable" (no trained weights).
+"""
 
 from __future__ import annotations
 
@@ -58,12 +62,59 @@ def headroom_summary(results: Sequence[Mapping[str, Any]], models: Sequence[str]
     return summary
 
 
+def leakage_summary(results: Sequence[Mapping[str, Any]], model: str) -> dict[str, Any] | None:
+    """
+    One model's leakage check over its tasks (from the `leakage` record of each of its results).
+
+    Returns:
+        `None` when no result carries a leakage status, else `{"status", "method", "reason", "leaked_tasks",
+        "unchecked_tasks"}`: `status` is `"not checked"` when the check was impossible on any task (`reason` says
+        why; never read as "no leakage"), `"not applicable"` when the model has no trained weights, else
+        `"checked"`.
+    """
+    records = [(r["task"], r["leakage"]) for r in results
+               if r["model"] == model and isinstance(r.get("leakage"), Mapping) and r["leakage"].get("status")]
+    if not records:
+        return None
+    statuses = [leakage["status"] for _, leakage in records]
+    unchecked = [task for task, leakage in records if leakage["status"] == "not checked"]
+    reasons = list(dict.fromkeys(str(leakage["reason"]) for _, leakage in records
+                                 if leakage["status"] in ("not checked", "not applicable") and leakage.get("reason")))
+    if all(status == "not applicable" for status in statuses):
+        status = "not applicable"
+    else:
+        status = "not checked" if unchecked else "checked"
+    methods = list(dict.fromkeys(leakage["method"] for _, leakage in records if leakage.get("method")))
+    return {
+        "status": status,
+        "method": ", ".join(methods) or None,
+        "reason": "; ".join(reasons) or None,
+        "leaked_tasks": [task for task, leakage in records if leakage["status"] == "leaked"],
+        "unchecked_tasks": unchecked if 0 < len(unchecked) < len(records) else [],
+    }
+
+
+def _leakage_cell(summary: Mapping[str, Any] | None) -> str:
+    if summary is None:
+        return "–"
+    if summary["status"] == "not applicable":
+        return "n/a (no trained weights)"
+    if summary["status"] == "not checked":
+        partial = summary["unchecked_tasks"]
+        return "**not checked**" + (f" on {len(partial)} task(s)" if partial else "")
+    leaked = summary["leaked_tasks"]
+    found = f"leakage on {len(leaked)} task(s)" if leaked else "no overlap"
+    return f"checked ({summary['method']}): {found}"
+
+
 def markdown_table(results: Sequence[Mapping[str, Any]], models: Sequence[str], tasks: Sequence[Mapping[str, Any]],
                    labels: Mapping[str, str] | None = None) -> str:
     """
     One row per task, one column per model: mean ± std over seeds/folds, the best model of each row in bold
     (highest AUROC, lowest MAE); refused or failed cells say why. A `headroom` column says which tasks count in the
-    last row, the mean AUROC over the tasks with headroom that every model scored ([`headroom_summary`]).
+    last row, the mean AUROC over the tasks with headroom that every model scored ([`headroom_summary`]). Where the
+    results carry leakage checks, a `leakage check` row before it says for each model whether its test recordings
+    were checked against its aligned recordings, and a note under the table says why a check was impossible.
 
     Args:
         results (`Sequence[Mapping]`): probe records (`task`, `model`, `metric`, `mean`, `std`, or `status`).
@@ -101,6 +152,12 @@ def markdown_table(results: Sequence[Mapping[str, Any]], models: Sequence[str], 
         headroom = "yes" if _headroom_task(task) else ("no" if task["metric"] == "roc_auc" else "–")
         lines.append(f"| {name} | {METRIC_LABELS.get(metric, metric)} | {task.get('num_recordings', '')} | "
                      f"{headroom} | " + " | ".join(texts) + " |")
+    leakage = {model: leakage_summary(results, model) for model in models}
+    notes = []
+    if any(value is not None for value in leakage.values()):
+        lines.append("| leakage check | | | | " + " | ".join(_leakage_cell(leakage[m]) for m in models) + " |")
+        notes = [f"Leakage not checked for {labels.get(m, m)}: {leakage[m]['reason']}." for m in models
+                 if leakage[m] is not None and leakage[m]["status"] == "not checked"]
     summary = headroom_summary(results, models, tasks)
     if summary["tasks_with_headroom"]:
         means = [summary["mean_auroc"][m] for m in models]
@@ -114,7 +171,7 @@ def markdown_table(results: Sequence[Mapping[str, Any]], models: Sequence[str], 
         count = len(summary["common_tasks"])
         lines.append(f"| mean over tasks with headroom | AUROC | {count} of {len(summary['tasks_with_headroom'])} "
                      f"tasks | yes | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + ("\n" + "\n\n".join(notes) + "\n" if notes else "")
 
 
 def model_index(model_name: str, results: Sequence[Mapping[str, Any]], tasks: Mapping[str, Mapping[str, Any]]) -> list:
@@ -146,6 +203,9 @@ def update_model_card(model_dir: str | os.PathLike, model_name: str, results: Se
     card = ModelCard.load(card_path)
     entries = eval_results(model_name, results, tasks)
     card.data.eval_results = entries or None
+    leakage = leakage_summary(results, model_name)
+    if leakage is not None:  # "not checked" scores are published as such, never as free of leakage
+        card.data.leakage_check = _leakage_metadata(leakage)
     card.data.model_name = card.data.model_name or model_name
     section = ("Linear probes on frozen embeddings (`eval_acula.py`, patient-grouped splits, mean ± std over "
                f"seeds/folds); this model is the column `{model_name}`, beside its baselines.\n\n{table}")
@@ -185,15 +245,27 @@ def eval_results(model_name: str, results: Sequence[Mapping[str, Any]], tasks: M
     return entries
 
 
+def _leakage_metadata(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """The model-card metadata form of [`leakage_summary`] (empty fields left out)."""
+    return {key: value for key, value in summary.items() if value not in (None, [], "")}
+
+
 def write_model_index(path: str | os.PathLike, models: Sequence[str], results: Sequence[Mapping[str, Any]],
                       tasks: Mapping[str, Mapping[str, Any]]) -> Path:
-    """One YAML document per model (`model-index: [...]`), ready to paste into each model card's metadata."""
+    """One YAML document per model (`model-index: [...]` and, where the results carry leakage checks,
+    `leakage_check: {status, method, reason, ...}`), ready to paste into each model card's metadata."""
     import yaml
 
-    documents = [{"model-index": model_index(model, results, tasks)} for model in models]
+    documents = []
+    for model in models:
+        document: dict[str, Any] = {"model-index": model_index(model, results, tasks)}
+        leakage = leakage_summary(results, model)
+        if leakage is not None:
+            document["leakage_check"] = _leakage_metadata(leakage)
+        documents.append(document)
     Path(path).write_text(yaml.safe_dump_all(documents, sort_keys=False, allow_unicode=True), encoding="utf-8")
     return Path(path)
 
 
-__all__ = ["eval_results", "headroom_summary", "markdown_table", "model_index", "update_model_card", "write_json",
-           "write_model_index"]
+__all__ = ["eval_results", "headroom_summary", "leakage_summary", "markdown_table", "model_index", "update_model_card",
+           "write_json", "write_model_index"]

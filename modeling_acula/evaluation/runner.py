@@ -12,25 +12,28 @@ from typing import Any
 
 import numpy as np
 
+from ..file_utils import default_dev_pack
+from ..public_paths import local_display_path
 from .baselines import ModelSpec, open_embedder, resolve_models
-from .leakage_check import check_leakage, training_manifest
+from .leakage_check import check_leakage, load_trained_recordings, not_applicable
 from .probes import run_probe, score_predictions
 from .report import (
     METRIC_LABELS,
     headroom_summary,
+    leakage_summary,
     markdown_table,
     update_model_card,
     write_json,
     write_model_index,
 )
 from .retrieval import (
+    NOT_VALID_NO_READOUT,
     AlignedSpace,
     has_alignment_heads,
     retrieval_for_rows,
     zero_shot_scores,
 )
 from .tasks import (
-    DEFAULT_DEV_PACK,
     SplitPolicy,
     TaskData,
     get_task,
@@ -49,10 +52,10 @@ class EvalArguments:
     models: list[str] = field(default_factory=list, metadata={"help": "Model folders to compare (AutoModel loads each), and baselines: logmel-stats (per-mel-bin mean and std of the log-mel spectrogram) and random:<folder> (that folder's architecture, random weights, seed 0)."})
     model_names: list[str] = field(default_factory=list, metadata={"help": "Column names, one per --models entry (default: folder names, logmel-stats, random:<folder name>)."})
     update_model_cards: bool = field(default=False, metadata={"help": "Write the scores (model-index metadata) and this comparison table into the README.md model card of every evaluated acula output folder."})
-    add_baselines: bool = field(default=False, metadata={"help": "Also evaluate logmel-stats, random:<first model folder> and the starting encoder an acula output folder records (training_args.json -> init_from, if it exists here)."})
+    add_baselines: bool = field(default=False, metadata={"help": "Also evaluate logmel-stats, random:<first model folder> and the starting encoder an acula output folder records (training_args.json -> init_from, if it can be found here: as recorded, beside that folder, or a Hub id in the local Hugging Face cache)."})
     tasks: list[str] = field(default_factory=list, metadata={"help": "Task names or OPERA ids (T10), or the groups dev_pack, opera, headroom (dev-pack tasks with headroom); default: every dev-pack task."})
     output_dir: str = field(default="outputs/eval", metadata={"help": "Where results.json, results.md and plots go."})
-    dev_pack: str = field(default=str(DEFAULT_DEV_PACK), metadata={"help": "The auscultation-dev folder."})
+    dev_pack: str = field(default_factory=lambda: str(default_dev_pack()), metadata={"help": "The auscultation-dev folder (default: $ACULA_DEV_PACK, else ../shared/data/auscultation-dev beside the repository)."})
     data_root: str | None = field(default=None, metadata={"help": "Folder with the public datasets of the OPERA tasks."})
     split_policy: str = field(default="default", metadata={"help": "default (per task), suggested (dev pack split column) or kfold (grouped 5-fold)."})
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4], metadata={"help": "One probe split / seed each."})
@@ -177,7 +180,9 @@ def run_evaluation(args: EvalArguments) -> dict[str, Any]:
         "summary": {"mean_auroc_over_tasks_with_headroom": summary},
         "retrieval_zero_shot": extras,
         "leakage_warnings": warnings_out,
-        "settings": asdict(args),
+        # Per model: "checked", "not checked" (with the reason: never to be read as "no leakage") or "not applicable".
+        "leakage_checks": {spec.name: leakage_summary(results, spec.name) for spec in specs},
+        "settings": _recorded_settings(args),
         "wall_time_s": round(time.time() - started, 1),
     }
     write_json(output / "results.json", payload)
@@ -192,7 +197,7 @@ def run_evaluation(args: EvalArguments) -> dict[str, Any]:
         "Pooled scores with bootstrap CIs are in results.json. The last row averages each model's AUROC over the "
         "classification tasks with headroom (`headroom` yes) that every model was scored on.\n\n"
         + baseline_text + table
-        + (("\n## Retrieval and zero-shot\n\n" + retrieval_table) if retrieval_table else "")
+        + (("\n## Retrieval and zero-shot\n\n" + RETRIEVAL_NOTE + retrieval_table) if retrieval_table else "")
         + ("\n## Leakage warnings\n\n" + "\n".join(f"- {w}" for w in warnings_out) + "\n" if warnings_out else ""),
         encoding="utf-8",
     )
@@ -212,6 +217,21 @@ def run_evaluation(args: EvalArguments) -> dict[str, Any]:
     return payload
 
 
+RETRIEVAL_NOTE = (
+    "Audio and text projections are compared by cosine through each folder's readout (`readout` column): `cosine` "
+    "for InfoNCE-trained heads; for CKA-trained heads a map fitted on the alignment training pairs "
+    "(`procrustes` or `ridge`, in `alignment/readout.json`), since CKA leaves rotations and shifts of either "
+    "projection free. CKA-trained heads without a readout are reported as not valid.\n\n"
+)
+def _recorded_settings(args: EvalArguments) -> dict[str, Any]:
+    """The settings as results.json records them: folders relative to the working directory where possible."""
+    settings = asdict(args)
+    for key in ("output_dir", "dev_pack", "data_root", "cache_dir"):
+        if settings.get(key):
+            settings[key] = local_display_path(settings[key])
+    return settings
+
+
 BASELINE_DESCRIPTIONS = {
     "logmel-stats": "per-mel-bin mean and std of the reference log-mel spectrogram (no network)",
     "random": "the same architecture with random weights (seed 0)",
@@ -227,12 +247,15 @@ def _evaluate_model(spec: ModelSpec, embedder, args: EvalArguments, datasets: di
     model_name = spec.name
     # Only a real model folder can have been aligned on anything (and have alignment heads).
     model_dir = spec.folder if spec.kind in ("model", "start") else None
-    trained = training_manifest(model_dir) if model_dir is not None else None
+    trained = load_trained_recordings(model_dir) if model_dir is not None else None
     space = (AlignedSpace(model_dir, device=embedder.device)
              if model_dir is not None and args.retrieval and has_alignment_heads(model_dir) else None)
+    if space is not None and not space.valid:
+        say(f"{model_name}: retrieval and zero-shot are {space.invalid_reason}")
     for task_name, data in datasets.items():
         test_indices = sorted({int(i) for split in splits[task_name] for i in split.test})
-        leakage = check_leakage(trained, data, test_indices)
+        leakage = (check_leakage(trained, data, test_indices) if trained is not None else
+                   not_applicable(f"{spec.kind} baseline: no trained weights, nothing was aligned"))
         record: dict[str, Any] = {"task": task_name, "model": model_name, "model_dir": spec.to_dict()["path"],
                                   "baseline": spec.baseline, "metric": data.spec.metric, "leakage": leakage,
                                   "status": "ok"}
@@ -263,7 +286,12 @@ def _evaluate_model(spec: ModelSpec, embedder, args: EvalArguments, datasets: di
 
 def _retrieval_and_zero_shot(space: AlignedSpace, features: np.ndarray, data: TaskData, test_indices: list[int],
                              model_name: str, leakage: dict) -> dict[str, Any]:
-    record: dict[str, Any] = {"task": data.spec.name, "model": model_name, "leakage": leakage["leaked"]}
+    record: dict[str, Any] = {"task": data.spec.name, "model": model_name, "leakage": leakage["leaked"],
+                              "readout": space.readout_record}
+    if not space.valid:  # CKA heads without a readout: their cosine numbers would be arbitrary, so none are made
+        record["retrieval"] = {"skipped": NOT_VALID_NO_READOUT}
+        record["zero_shot"] = {"skipped": NOT_VALID_NO_READOUT}
+        return record
     try:
         record["retrieval"] = retrieval_for_rows(space, features[test_indices], [data.rows[i] for i in test_indices])
     except ValueError as error:
@@ -285,9 +313,14 @@ def _number(value: float | None, digits: int) -> str:
 def _retrieval_markdown(extras: list[dict[str, Any]]) -> str:
     if not extras:
         return ""
-    lines = ["| task | model | audio→report R@1/5/10 | report→audio R@1/5/10 | zero-shot AUROC | zero-shot acc. |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| task | model | audio→report R@1/5/10 | report→audio R@1/5/10 | zero-shot AUROC | zero-shot acc. | "
+             "readout |", "|---|---|---|---|---|---|---|"]
     for record in extras:
+        readout = record.get("readout") or {}
+        if readout.get("valid") is False:
+            lines.append(f"| {record['task']} | {record['model']} | " + " | ".join([NOT_VALID_NO_READOUT] * 4)
+                         + f" | none ({readout.get('alignment_loss')} heads) |")
+            continue
         retrieval = record.get("retrieval", {})
         a2r = retrieval.get("audio_to_report", {})
         r2a = retrieval.get("report_to_audio", {})
@@ -295,7 +328,8 @@ def _retrieval_markdown(extras: list[dict[str, Any]]) -> str:
         lines.append(f"| {record['task']} | {record['model']} | "
                      + "/".join(_number(a2r.get(f"R@{k}"), 2) for k in (1, 5, 10)) + " | "
                      + "/".join(_number(r2a.get(f"R@{k}"), 2) for k in (1, 5, 10)) + " | "
-                     + f"{_number(zero.get('roc_auc'), 3)} | {_number(zero.get('accuracy'), 3)} |")
+                     + f"{_number(zero.get('roc_auc'), 3)} | {_number(zero.get('accuracy'), 3)} | "
+                     + f"{readout.get('kind') or '–'} |")
     return "\n".join(lines) + "\n"
 
 

@@ -2,7 +2,8 @@
 
 Two families:
 
-- **dev-pack tasks** over `../shared/data/auscultation-dev` (`--dev_pack`), built from its `metadata.csv`;
+- **dev-pack tasks** over the development pack (`--dev_pack`, else `$ACULA_DEV_PACK`, else
+  `../shared/data/auscultation-dev`), built from its `metadata.csv`;
 - **OPERA benchmark tasks** (T1-T19 of `../shared/ACULA.md`) over the original public datasets under `--data_root`.
   Each documents the layout it expects (`TaskSpec.layout`) and where the data comes from (`TaskSpec.source`), and
   fails with a message naming the missing file when the data is absent. The authors' own split files are numpy
@@ -24,11 +25,11 @@ from typing import Any
 
 import numpy as np
 
+from ..file_utils import default_dev_pack
 from ..manifest import Manifest, load_manifest
 
 SPLIT_KINDS = ("column", "group_kfold", "group_shuffle", "leave_one_group_out", "transfer", "heldout_group_kfold")
 DEFAULT_SEEDS = (0, 1, 2, 3, 4)
-DEFAULT_DEV_PACK = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "auscultation-dev"
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".webm")
 
 
@@ -276,15 +277,15 @@ def load_task(
 
     Args:
         spec (`TaskSpec` or `str`): the task or its name.
-        dev_pack (`str` or `os.PathLike`, *optional*): the dev pack folder (default: `../shared/data/auscultation-dev`
-            next to the repository).
+        dev_pack (`str` or `os.PathLike`, *optional*): the dev pack folder (default: `$ACULA_DEV_PACK`, else
+            `../shared/data/auscultation-dev` next to the repository).
         data_root (`str` or `os.PathLike`, *optional*): folder holding the public datasets of the OPERA tasks.
         max_recordings (`int`, *optional*): subsample to at most this many recordings (stratified).
         seed (`int`, *optional*, defaults to 0): seed of the subsampling.
     """
     spec = get_task(spec) if isinstance(spec, str) else spec
     context = LoadContext(
-        dev_pack=Path(dev_pack) if dev_pack is not None else DEFAULT_DEV_PACK,
+        dev_pack=Path(dev_pack) if dev_pack is not None else default_dev_pack(),
         data_root=Path(data_root) if data_root is not None else None,
     )
     raw_rows = spec.loader(context)
@@ -531,7 +532,8 @@ def _dev_pack_manifest(context: LoadContext) -> Manifest:
     folder = context.dev_pack
     if folder is None or not (Path(folder) / "metadata.csv").is_file():
         raise ValueError(
-            f"Dev-pack task: no metadata.csv in {folder}; pass --dev_pack pointing at the auscultation-dev folder."
+            f"Dev-pack task: no metadata.csv in {folder}; pass --dev_pack (or set ACULA_DEV_PACK) pointing at the "
+            "auscultation-dev folder."
         )
     metadata = (Path(folder) / "metadata.csv").resolve()
     # Loaded (and every file checked) once per process; loaders copy the rows they keep.
@@ -1097,7 +1099,6 @@ register_task(TaskSpec(
 OPERA_TASK_IDS = {spec.opera_id: spec.name for spec in TASKS.values() if spec.opera_id}
 
 __all__ = [
-    "DEFAULT_DEV_PACK",
     "DEFAULT_SEEDS",
     "OPERA_TASK_IDS",
     "TASKS",
