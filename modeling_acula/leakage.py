@@ -103,8 +103,11 @@ class LeakageReport:
             )
         else:
             lines.append("  split rule: off (no split column given)")
-        if self.exclude_sources:
-            lines.append(f"  recording rule: {counts['recording']} rows whose audio file is in an excluded manifest")
+        if self.exclude_sources or counts["recording"]:
+            where = ("an evaluation-split row's or an excluded manifest's" if self.exclude_sources
+                     else "an evaluation-split row's")
+            lines.append(f"  recording rule: {counts['recording']} rows whose audio file is (or has the same bytes as) "
+                         f"{where}")
         else:
             lines.append("  recording rule: off (no excluded manifests)")
         scopes = {"split": f"with rows in {list(self.eval_splits)}", "exclude": "in an excluded manifest"}
@@ -230,7 +233,7 @@ def apply_leakage_guard(
     exclude_manifests: Iterable[Manifest | str | os.PathLike] = (),
     allow_leakage: bool = False,
     group_column: str | None = "group_id",
-    by_content: bool = False,
+    by_content: bool = True,
 ) -> tuple[Manifest, LeakageReport]:
     """
     Remove rows that belong to evaluation data before alignment training.
@@ -247,7 +250,10 @@ def apply_leakage_guard(
         allow_leakage (`bool`, *optional*, defaults to `False`): keep flagged rows, still counting them and
             warning loudly.
         group_column (`str`, *optional*, defaults to `"group_id"`): patient / participant column.
-        by_content (`bool`, *optional*, defaults to `False`): also match excluded recordings by file content.
+        by_content (`bool`, *optional*, defaults to `True`): also match recordings by file content (sha256): a
+            row whose file has the same bytes as an evaluation-split row's, or as an excluded recording's, is
+            removed under another name too (the dev pack holds such copies, e.g. KAUH `EP77_asthma.flac` in `train`
+            is byte-identical to `EP76_normal.flac` in `val`). Costs one read of every file.
 
     Returns:
         `(kept_manifest, report)`: the manifest without flagged rows (row numbers kept) and a
@@ -280,6 +286,12 @@ def apply_leakage_guard(
         group.update(i for i, g in enumerate(groups) if g in eval_groups and i not in split_rows)
         group_used = group_column
         group_scopes.append("split")
+    if split_column is not None and by_content and flagged["split"]:
+        # Byte-identical copies of an evaluation recording under another name (or another patient id).
+        hashes = recording_keys(manifest, by_content=True)
+        split_rows = set(flagged["split"])
+        eval_hashes = {hashes[i] for i in split_rows} - {None}
+        recording.update(i for i, h in enumerate(hashes) if i not in split_rows and h in eval_hashes)
     for item in exclude_manifests:
         other = _as_manifest(item, manifest.audio_column)
         sources.append(str(other.source))

@@ -28,11 +28,16 @@ def test_val_rows_removed_by_split_column(manifest, caplog):
         kept, report = apply_leakage_guard(manifest, split_column="suggested_split")
     n_val = sum(row["suggested_split"] == "val" for row in manifest.rows)
     assert n_val == 340
-    assert len(kept) == 1990 - n_val == report.n_kept
-    assert report.counts == {"split": n_val, "recording": 0, "group": 0}
+    # Two 'train' files of the pack are byte-identical to 'val' files under other names and patient ids.
+    copies = {manifest.audio_paths[i].name for i in report.flagged["recording"]}
+    assert copies == {"EP77_asthma.flac", "2XgDqzQkqLX9SbmSHfbqdRxSmRD2_cough-heavy.flac"}
+    assert len(kept) == 1990 - n_val - 2 == report.n_kept
+    assert report.counts == {"split": n_val, "recording": 2, "group": 0}
     assert all(row["suggested_split"] == "train" for row in kept.rows)
     assert kept.row_numbers[0] == manifest.row_numbers[manifest.rows.index(kept.rows[0])]  # row numbers kept
-    assert "340 of 1990 rows overlap evaluation data and were removed" in report.summary()
+    assert "342 of 1990 rows overlap evaluation data and were removed" in report.summary()
+    # Matching by path only (by_content=False) misses the copies.
+    assert apply_leakage_guard(manifest, split_column="suggested_split", by_content=False)[1].counts["recording"] == 0
     assert "Leakage guard" in caplog.text
 
 
@@ -52,7 +57,8 @@ def test_exclude_manifest_by_path_and_group(manifest, dev_pack, tmp_path):
     exclude = _write_exclude(
         tmp_path / "eval.csv", [[str(dev_pack / "audio" / ".." / first["file"]), first["group_id"]]]
     )
-    kept, report = apply_leakage_guard(manifest, exclude_manifests=[exclude])
+    # by path (by content, BP101_asthma.flac would go too: its bytes equal those of this first recording, BP100)
+    kept, report = apply_leakage_guard(manifest, exclude_manifests=[exclude], by_content=False)
     assert report.counts["recording"] == 1
     assert report.counts["group"] == len(patient_rows)
     assert report.n_removed == len(patient_rows)
@@ -62,12 +68,13 @@ def test_exclude_manifest_by_path_and_group(manifest, dev_pack, tmp_path):
     # Without a group column in the exclude list, only the recording itself goes.
     no_group = tmp_path / "nogroup.jsonl"
     no_group.write_text('{"file": "%s"}\n' % manifest.audio_paths[kauh[0]])
-    kept, report = apply_leakage_guard(manifest, exclude_manifests=[no_group])
+    kept, report = apply_leakage_guard(manifest, exclude_manifests=[no_group], by_content=False)
     assert report.n_removed == 1 and report.group_column is None
+    assert apply_leakage_guard(manifest, exclude_manifests=[no_group])[1].n_removed == 2  # and its byte copy
 
 
 def test_allow_leakage_keeps_counts_and_warns(manifest):
-    with pytest.warns(UserWarning, match="LEAKAGE ALLOWED: 340 of 1990"):
+    with pytest.warns(UserWarning, match="LEAKAGE ALLOWED: 342 of 1990"):
         kept, report = apply_leakage_guard(manifest, split_column="suggested_split", allow_leakage=True)
     assert len(kept) == len(manifest)
     assert report.counts["split"] == 340 and report.n_removed == 0
@@ -107,7 +114,8 @@ def test_split_rule_also_removes_other_rows_of_an_eval_patient(manifest, tmp_pat
         writer = csv.DictWriter(handle, fieldnames=list(selected[0]))
         writer.writeheader()
         writer.writerows(selected)
-    kept, report = apply_leakage_guard(load_manifest(path), split_column="split")
+    # the group rule alone (by content, a byte copy of the test row under the next patient's name would go too)
+    kept, report = apply_leakage_guard(load_manifest(path), split_column="split", by_content=False)
     assert patient not in {row["group_id"] for row in kept.rows}
     assert len(kept) == len(others)
     assert report.counts == {"split": 1, "recording": 0, "group": len(same) - 1}
@@ -120,7 +128,7 @@ def test_split_rule_also_removes_other_rows_of_an_eval_patient(manifest, tmp_pat
         writer = csv.DictWriter(handle, fieldnames=["file", "split"], extrasaction="ignore")
         writer.writeheader()
         writer.writerows(selected)
-    kept, report = apply_leakage_guard(load_manifest(no_group), split_column="split")
+    kept, report = apply_leakage_guard(load_manifest(no_group), split_column="split", by_content=False)
     assert len(kept) == len(selected) - 1 and "group rule: off" in report.summary()
 
 
