@@ -344,8 +344,9 @@ def aligned_recording_entries(manifest: Manifest, *, group_column: str | None = 
         workers (`int`, *optional*, defaults to 4): threads reading files (hashlib releases the GIL).
     """
     def digest(path) -> str | None:
-        try:
-            return file_sha256(path)
+        try:  # through the guard's cache: a training run hashed these files once already, at its start
+            stat = os.stat(path)
+            return _cached_sha256(os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
         except OSError as error:  # the run's folder must still be written: this recording is reported unchecked
             logger.warning("cannot hash %s for %s: %s", path, ALIGNED_RECORDINGS_FILE, error)
             return None
