@@ -652,7 +652,7 @@ def main(argv: list[str] | None = None) -> Path:
     optimizer = torch.optim.AdamW(weight_decay_parameter_groups(model, train_args.weight_decay),
                                   lr=train_args.learning_rate)
     batches_per_epoch = len(dataset) // global_batch
-    # Accelerate steps the optimiser on an epoch's last, partial accumulation too: ceil, not floor.
+    # `accumulation_windows` steps on an epoch's last, partial window too: ceil, not floor.
     steps_per_epoch = max(1, math.ceil(batches_per_epoch / train_args.gradient_accumulation_steps))
     total_steps = train_args.max_steps or math.ceil(train_args.num_train_epochs * steps_per_epoch)
     warmup = train_args.warmup_steps if train_args.warmup_steps is not None else max(1, round(0.05 * total_steps))
