@@ -21,7 +21,7 @@ Writes results.json, results.md (one row per task, one column per model, mean ±
 marked, and a last row with each model's mean AUROC over the tasks with headroom), plots/*.png and model_index.yaml.
 Tasks whose test recordings or patients were used for alignment are refused (see --no_refuse_leakage); recordings
 are matched by the content hashes a model folder lists (aligned_recordings.jsonl), and a model that cannot be checked
-is reported as "not checked" in every output. The work is done by `modeling_acula.evaluation`.
+is reported as "not checked" in every output. The work is done by `acula_eval`.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Any
 from transformers import HfArgumentParser
 
 import modeling_acula  # noqa: F401  (registers the Auto classes)
-from modeling_acula.evaluation.runner import (
+from acula_eval.runner import (
     EvalArguments,
     describe_tasks,
     run_evaluation,

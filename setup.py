@@ -17,10 +17,10 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["modeling_acula", "modeling_acula.*"]),
+    packages=find_packages(include=["modeling_acula", "modeling_acula.*", "acula_train", "acula_train.*", "acula_eval", "acula_eval.*"]),
     # The top-level scripts are modules too, so `python -m train_acula` and the console entry points work.
     py_modules=[name for name in ("train_acula", "eval_acula") if (ROOT / f"{name}.py").exists()],
-    package_data={"modeling_acula": ["metrics/*.py", "templates/*.md"]},
+    package_data={"acula_train": ["templates/*.md"], "acula_eval": ["metrics/*.py"]},
     # Ranges here; the exact CPU pins for a reproducible install live in requirements.txt (torch must be
     # pinned before these resolve, or pip picks a multi-GB CUDA build). Never torchaudio: see README.
     install_requires=[
@@ -54,7 +54,7 @@ setup(
             "acula-eval=eval_acula:main",
             "acula-convert-opera=modeling_acula.convert_opera_checkpoint:main",
             "acula-convert-whisper=modeling_acula.convert_whisper:main",
-            "acula-readout=modeling_acula.alignment_readout:main",
+            "acula-readout=acula_train.readout:main",
         ]
     },
     classifiers=[

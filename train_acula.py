@@ -43,18 +43,19 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, HfArgumentParser, get_linear_schedule_with_warmup
 
 import modeling_acula  # registers the Auto classes
-from modeling_acula import AculaConfig, AculaFeatureExtractor, AculaForPreTraining, AculaTeacher, apply_lora
-from modeling_acula.alignment_readout import write_training_readout
-from modeling_acula.audio_batches import decoded_batches
+from modeling_acula import AculaConfig, AculaFeatureExtractor, AculaForPreTraining, apply_lora
+from acula_train.teacher import AculaTeacher
+from acula_train.readout import write_training_readout
+from acula_train.audio_batches import decoded_batches
 from modeling_acula.configuration_acula import MINILM_TEACHER, PRESETS
 from modeling_acula.convert_whisper import ensure_whisper_base
-from modeling_acula.file_utils import write_json_atomic
-from modeling_acula.gradient_cache import backward_over_window
-from modeling_acula.leakage import ALIGNED_RECORDINGS_FILE, apply_leakage_guard, write_aligned_recordings
-from modeling_acula.manifest import load_manifest
-from modeling_acula.model_card import describe_starting_encoder, hub_id_or_none, render_model_card
-from modeling_acula.optimization import weight_decay_parameter_groups
-from modeling_acula.public_paths import (
+from modeling_acula.file_utils import acula_cache_dir, write_json_atomic
+from acula_train.gradient_cache import backward_over_window
+from acula_train.leakage import ALIGNED_RECORDINGS_FILE, apply_leakage_guard, write_aligned_recordings
+from acula_train.manifest import load_manifest
+from acula_train.model_card import describe_starting_encoder, hub_id_or_none, render_model_card
+from acula_train.optimization import weight_decay_parameter_groups
+from acula_train.public_paths import (
     LOCAL_RECORD_FILE,
     manifest_relative_path,
     public_row_label,
@@ -63,11 +64,12 @@ from modeling_acula.public_paths import (
     scrub_config_paths,
     write_local_record,
 )
-from modeling_acula.reports import LLMReportRewriter, build_reports
-from modeling_acula.spectrogram_cache import AudioSpectrogramDataset, SpectrogramCache
-from modeling_acula.teacher import default_teacher_path
-from modeling_acula.teacher_cache import TeacherEmbeddingCache
-from modeling_acula.training_checkpoint import list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
+from acula_train.reports import LLMReportRewriter, build_reports
+from acula_train.dataset import AudioSpectrogramDataset
+from acula_train.tensor_cache import TensorCache
+from acula_train.teacher import default_teacher_path
+from acula_train.teacher_cache import TeacherEmbeddingCache
+from acula_train.checkpoints import list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parent
 # The default Whisper window (seconds): chosen by the probe comparison of 30 s and short windows in RESULTS.md.
@@ -110,7 +112,7 @@ class DataArguments:
                           "does; off by default (reports keep their case), the reference recipe passes it."},
     )
     cache_dir: str | None = field(
-        default=None, metadata={"help": "Teacher-vector and spectrogram caches (default: $ACULA_CACHE or ~/.cache/acula)."}
+        default=None, metadata={"help": "Teacher-vector and spectrogram caches (default: $ACULA_CACHE, else acula's folder in the Hugging Face cache)."}
     )
     dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
     decode_workers: int = field(
@@ -326,7 +328,7 @@ def build_model(model_args: ModelArguments, teacher: AculaTeacher, init_from: st
     return AculaForPreTraining(config)
 
 
-def prepare_spectrograms(manifest, extractor: AculaFeatureExtractor, cache: SpectrogramCache,
+def prepare_spectrograms(manifest, extractor: AculaFeatureExtractor, cache: TensorCache,
                          accelerator: Accelerator, batch_size: int = 32, decode_workers: int = 2) -> list[int]:
     """Decode and featurise every recording once (split across processes, batched) so that training epochs only
     read the cache, and so that a bad file stops the run here, naming its row, before any training.
@@ -547,10 +549,10 @@ def main(argv: list[str] | None = None) -> Path:
     set_seed(train_args.seed)
     # Absolute once: the final folder is swapped in by rename, and `.` or a relative path must keep meaning it.
     output_dir = Path(train_args.output_dir).expanduser().resolve()
-    cache_dir = Path(data_args.cache_dir or os.environ.get("ACULA_CACHE", Path.home() / ".cache" / "acula"))
+    cache_dir = Path(data_args.cache_dir).expanduser() if data_args.cache_dir else acula_cache_dir()
     if cache_dir.expanduser().resolve().is_relative_to(output_dir):
         raise ValueError(f"--cache_dir {cache_dir} is inside --output_dir {output_dir}, which a run replaces whole: "
-                         "put the caches elsewhere (default: $ACULA_CACHE or ~/.cache/acula).")
+                         "put the caches elsewhere (default: $ACULA_CACHE, else acula's folder in the Hugging Face cache).")
     log = accelerator.print
     if accelerator.is_main_process:
         recover_interrupted_swap(output_dir)
@@ -579,7 +581,7 @@ def main(argv: list[str] | None = None) -> Path:
     # --- spectrograms, decoded once and cached ---------------------------------------------------------------
     init_from = starting_encoder(model_args, cache_dir)
     extractor = feature_extractor_for_start(model_args, init_from, compute_dtype=data_args.spectrogram_dtype)
-    spectrogram_cache = SpectrogramCache(cache_dir / "spectrograms", extractor.to_dict())
+    spectrogram_cache = TensorCache(cache_dir / "spectrograms", extractor.to_dict())
     silent = prepare_spectrograms(kept, extractor, spectrogram_cache, accelerator,
                                   decode_workers=data_args.decode_workers)
     skipped_rows = []

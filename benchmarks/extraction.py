@@ -15,8 +15,8 @@ import torch
 from benchmarks import data, flops
 from benchmarks.harness import Check, Device, Results, Row, Target, Timing, cpu_flags, measure_interleaved
 from modeling_acula import AculaConfig, AculaFeatureExtractor, AculaModel
-from modeling_acula.evaluation.embeddings import AudioEmbedder
-from modeling_acula.manifest import decode_audio
+from acula_eval.embeddings import AudioEmbedder
+from acula_train.manifest import decode_audio
 
 SECTION = "extraction"
 BATCH = 32  # files per call on a CPU

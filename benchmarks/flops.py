@@ -9,7 +9,8 @@ from functools import lru_cache
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from modeling_acula import AculaConfig, AculaForPreTraining, AculaModel, AculaTeacher
+from modeling_acula import AculaConfig, AculaForPreTraining, AculaModel
+from acula_train.teacher import AculaTeacher
 
 # MedGemma-4B (Gemma 3 4B): ~4.3B parameters in all, ~3.9B in the language model, of which ~3.2B outside the
 # token-embedding table (34 layers of width 2,560, gated MLP 10,240, 8 query / 4 key-value heads of 256).

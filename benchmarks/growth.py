@@ -9,7 +9,7 @@ from benchmarks import data
 from benchmarks.harness import Device, Results, Row, Target, run_worker
 from benchmarks.pipeline import fill_cache
 from modeling_acula import AculaFeatureExtractor
-from modeling_acula.spectrogram_cache import SpectrogramCache
+from acula_train.tensor_cache import TensorCache
 
 SECTION = "growth"
 FACTORS = (1, 2, 4)
@@ -21,7 +21,7 @@ def run(results: Results, size: dict[str, int], device: Device, workdir: Path, i
     extractor = AculaFeatureExtractor()
     manifest = data.subset(base * FACTORS[-1])
     # Untimed: the training jobs read cached epochs.
-    fill_cache(manifest, extractor, SpectrogramCache(cache_dir, extractor.to_dict()), device)
+    fill_cache(manifest, extractor, TensorCache(cache_dir, extractor.to_dict()), device)
 
     for job, label in (("train_epoch", "training epoch (cpu-small, cached spectrograms)"),
                        ("extract", "batched extraction from files (cpu-small)")):

@@ -1,5 +1,5 @@
 """Section 2: one epoch of data over the development pack, from files: the reference (librosa per item, every
-epoch), our first epoch (decode + batched featurisation + `SpectrogramCache` writes) and our cached epochs."""
+epoch), our first epoch (decode + batched featurisation + `TensorCache` writes) and our cached epochs."""
 
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ from benchmarks import data
 from benchmarks.harness import Check, Device, Results, Row, measure, measure_interleaved
 from benchmarks.reference import reference_from_file
 from modeling_acula import AculaFeatureExtractor
-from modeling_acula.audio_batches import decoded_batches
-from modeling_acula.spectrogram_cache import AudioSpectrogramDataset, SpectrogramCache
-from modeling_acula.manifest import Manifest
+from acula_train.audio_batches import decoded_batches
+from acula_train.dataset import AudioSpectrogramDataset
+from acula_train.tensor_cache import TensorCache
+from acula_train.manifest import Manifest
 
 SECTION = "data pipeline"
 BATCH = 24  # train_acula.py's default per-device batch
@@ -36,7 +37,7 @@ def _epoch(loader: DataLoader) -> int:
     return count
 
 
-def fill_cache(manifest: Manifest, extractor: AculaFeatureExtractor, cache: SpectrogramCache, device: Device,
+def fill_cache(manifest: Manifest, extractor: AculaFeatureExtractor, cache: TensorCache, device: Device,
                batch_size: int = 32) -> None:
     """Decode every recording not cached yet and featurise it in batches on `device`, writing the cache: the work of
     `train_acula.prepare_spectrograms` (one process), with the features computed on the benchmark's device."""
@@ -51,7 +52,7 @@ def fill_cache(manifest: Manifest, extractor: AculaFeatureExtractor, cache: Spec
 
 
 def _dataset(manifest, extractor: AculaFeatureExtractor, folder: Path) -> AudioSpectrogramDataset:
-    cache = SpectrogramCache(folder, extractor.to_dict())
+    cache = TensorCache(folder, extractor.to_dict())
     return AudioSpectrogramDataset(
         manifest,
         lambda waveform, rate: extractor(waveform, sampling_rate=rate)["input_values"][0],
@@ -100,7 +101,7 @@ def run(results: Results, size: dict[str, int], repeats: int, device: Device, wo
     results.rows.append(Row(SECTION, "first epoch: decode (2 threads, one batch ahead) + batched featurise + cache "
                             "write + DataLoader", first.wall, count / first.wall, ratio=reference.wall / first.wall,
                             note=f"as `train_acula.prepare_spectrograms`; CPU {first.cpu:.1f} s"))
-    results.rows.append(Row(SECTION, "cached epoch: DataLoader over AudioSpectrogramDataset + SpectrogramCache",
+    results.rows.append(Row(SECTION, "cached epoch: DataLoader over AudioSpectrogramDataset + TensorCache",
                             cached.wall, count / cached.wall, ratio=reference.wall / cached.wall,
                             note=f"CPU {cached.cpu:.1f} s"))
     difference = max(

@@ -9,11 +9,12 @@ import torch
 
 from benchmarks import data, flops
 from benchmarks.harness import Check, Device, Results, Row, Target, measure_interleaved
-from modeling_acula import AculaConfig, AculaFeatureExtractor, AculaForPreTraining, AculaTeacher
-from modeling_acula.manifest import decode_audio
-from modeling_acula.reports import build_reports
-from modeling_acula.teacher import default_teacher_path
-from modeling_acula.teacher_cache import TeacherEmbeddingCache
+from modeling_acula import AculaConfig, AculaFeatureExtractor, AculaForPreTraining
+from acula_train.teacher import AculaTeacher
+from acula_train.manifest import decode_audio
+from acula_train.reports import build_reports
+from acula_train.teacher import default_teacher_path
+from acula_train.teacher_cache import TeacherEmbeddingCache
 
 SECTION = "teacher cost"
 PRESET = "cpu-small"

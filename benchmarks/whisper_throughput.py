@@ -25,6 +25,7 @@ import torch  # noqa: E402
 
 from modeling_acula import AculaForPreTraining, apply_lora  # noqa: E402
 from modeling_acula.convert_whisper import ensure_whisper_base  # noqa: E402
+from modeling_acula.file_utils import acula_cache_dir  # noqa: E402
 
 # H100 SXM dense bf16 tensor-core peak, and a utilisation that eager PyTorch transformer training commonly reaches.
 H100_BF16_FLOPS = 989e12
@@ -58,8 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cache = Path(os.environ.get("ACULA_CACHE", Path.home() / ".cache" / "acula"))
-    backbone = str(ensure_whisper_base(cache / "pretrained", include_decoder=False))
+    backbone = str(ensure_whisper_base(acula_cache_dir("pretrained"), include_decoder=False))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}\n")
     print("| window | extraction ms/clip | extraction clips/s | step, LoRA last 2 layers, ms/clip | step, LoRA all 6 "
           "layers, ms/clip | forward GFLOP/clip | H100 bf16 at 35% of peak: step clips/s |")

@@ -74,13 +74,14 @@ def job_train_epoch(spec: dict, device: Device) -> dict:
 
     from benchmarks import data
     from modeling_acula import AculaFeatureExtractor
-    from modeling_acula.spectrogram_cache import AudioSpectrogramDataset, SpectrogramCache
+    from acula_train.dataset import AudioSpectrogramDataset
+    from acula_train.tensor_cache import TensorCache
 
     manifest = data.subset(spec["count"])
     extractor = AculaFeatureExtractor()
     dataset = AudioSpectrogramDataset(
         manifest, lambda waveform, rate: extractor(waveform, sampling_rate=rate)["input_values"][0],
-        cache=SpectrogramCache(spec["cache_dir"], extractor.to_dict()),
+        cache=TensorCache(spec["cache_dir"], extractor.to_dict()),
         teacher_vectors=torch.randn(len(manifest), 384, generator=torch.Generator().manual_seed(0)),
     )
     model, optimizer = _build("cpu-small", device)

@@ -18,8 +18,8 @@ from huggingface_hub import snapshot_download
 from safetensors.torch import save_file
 
 import modeling_acula  # noqa: F401  (registers the AcuLa Auto classes)
-from modeling_acula.evaluation.embeddings import AudioEmbedder
-from modeling_acula.manifest import load_manifest
+from acula_eval.embeddings import AudioEmbedder
+from acula_train.manifest import load_manifest
 
 
 def main(argv=None) -> torch.Tensor:

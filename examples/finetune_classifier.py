@@ -18,7 +18,7 @@ from transformers import AutoFeatureExtractor, Trainer, TrainingArguments
 
 import modeling_acula  # noqa: F401
 from modeling_acula import AculaForAudioClassification, apply_lora
-from modeling_acula.manifest import decode_audio, load_manifest
+from acula_train.manifest import decode_audio, load_manifest
 
 
 class SpectrogramDataset(torch.utils.data.Dataset):

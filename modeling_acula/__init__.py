@@ -27,7 +27,6 @@ from .modeling_acula import (
 )
 from .pipeline_audio_embedding import AudioEmbeddingPipeline
 from .processing_acula import AculaProcessor
-from .teacher import AculaTeacher
 
 __version__ = "0.1.0"
 
@@ -61,7 +60,6 @@ __all__ = [
     "AculaModel",
     "AculaPreTrainedModel",
     "AculaProcessor",
-    "AculaTeacher",
     "AlignmentLoss",
     "AudioEmbeddingPipeline",
     "apply_lora",

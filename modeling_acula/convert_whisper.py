@@ -19,8 +19,9 @@ returns such a folder under a cache directory, converting once and verifying the
 ```python
 from transformers import AutoModel
 from modeling_acula.convert_whisper import ensure_whisper_base
+from modeling_acula.file_utils import acula_cache_dir
 
-encoder = AutoModel.from_pretrained(ensure_whisper_base("~/.cache/acula")).encoder
+encoder = AutoModel.from_pretrained(ensure_whisper_base(acula_cache_dir("pretrained"))).encoder
 ```
 
 The mapping inverts CTranslate2's `WhisperLoader` (python/ctranslate2/converters/transformers.py): the fused

@@ -15,6 +15,26 @@ TMP_PREFIX = ".tmp-"
 # dev-pack evaluation tasks; without it they look beside the repository (`../shared/data/auscultation-dev`).
 DEV_PACK_ENV = "ACULA_DEV_PACK"
 IN_TREE_DEV_PACK = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "auscultation-dev"
+# The variable that moves every acula cache (converted starts, spectrograms, teacher vectors, embeddings).
+CACHE_ENV = "ACULA_CACHE"
+
+
+def acula_cache_dir(subfolder: str | None = None) -> Path:
+    """The one place acula keeps its caches: `$ACULA_CACHE` when set (read at each call), else the Hugging Face
+    assets cache (`huggingface_hub.cached_assets_path("acula")`, under `$HF_HOME`), so `HF_HOME` moves it too.
+
+    Args:
+        subfolder (`str`, *optional*): a named cache inside it (`"pretrained"`, `"spectrograms"`, `"teacher"`,
+            `"embeddings"`). The folder is not created.
+    """
+    if os.environ.get(CACHE_ENV):
+        root = Path(os.environ[CACHE_ENV]).expanduser()
+    else:
+        from huggingface_hub import constants
+
+        # cached_assets_path(library_name="acula") without its mkdir: a lookup must not create folders.
+        root = Path(constants.HF_ASSETS_CACHE) / "acula" / "default" / "default"
+    return root / subfolder if subfolder else root
 
 
 def default_dev_pack() -> Path:
@@ -62,4 +82,4 @@ def write_json_atomic(path: str | os.PathLike, payload: Any, indent: int = 2) ->
     atomic_write(path, write)
 
 
-__all__ = ["atomic_write", "file_sha256", "write_json_atomic"]
+__all__ = ["acula_cache_dir", "atomic_write", "default_dev_pack", "file_sha256", "write_json_atomic"]

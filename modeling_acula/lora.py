@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
+
+# peft is imported when an adapter is built, so `import modeling_acula` stays light for users who only embed audio.
+if TYPE_CHECKING:
+    from peft import LoraConfig, PeftModel
 
 ATTENTION_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_LINEARS = ("fc1", "fc2")
@@ -92,6 +96,8 @@ def lora_config_for(
     modules_to_save = [
         name for name in HEADS_TO_TRAIN[class_name] if _has_parameters(getattr(model, name, None))
     ]
+    from peft import LoraConfig
+
     return LoraConfig(
         r=r,
         lora_alpha=lora_alpha,
@@ -113,6 +119,8 @@ def apply_lora(model: nn.Module, lora_config: LoraConfig | None = None, **lora_k
     Returns:
         `peft.PeftModel`. Call `merge_and_unload()` on it to get the plain model back with merged weights.
     """
+    from peft import get_peft_model
+
     peft_model = get_peft_model(model, lora_config or lora_config_for(model, **lora_kwargs))
     # The frozen patch embedding gives the encoder blocks an input without gradient; under reentrant gradient
     # checkpointing (enabled now or later) the checkpointed blocks would then give the adapters no gradient at all.

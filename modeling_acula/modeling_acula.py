@@ -700,7 +700,7 @@ class AculaForPreTraining(AculaPreTrainedModel):
                 distillation pass, no collective across processes).
             compute_alignment_loss (`bool`, *optional*, defaults to `True`):
                 `False` leaves the alignment loss to the caller, which computes it over more embeddings than this
-                call sees (gradient caching over an accumulated batch, see `modeling_acula.gradient_cache`); the
+                call sees (gradient caching over an accumulated batch, see `acula_train.gradient_cache`); the
                 other terms are still computed and `text_embeds` is still returned.
             return_dict (`bool`, *optional*):
                 Whether to return an [`AculaForPreTrainingOutput`].

@@ -11,11 +11,11 @@ The folder holds the Whisper encoder wrapped by `AculaModel` (the position table
 """
 
 import argparse
-import os
 from pathlib import Path
 
 from modeling_acula import AculaFeatureExtractor, AculaForPreTraining
 from modeling_acula.convert_whisper import ensure_whisper_base
+from modeling_acula.file_utils import acula_cache_dir
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -24,8 +24,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--backbone", default=None, help="a Whisper folder (default: the converted Whisper-base)")
     parser.add_argument("--window_seconds", type=float, default=10.0, help="input window (Whisper's own: 30)")
     args = parser.parse_args(argv)
-    cache = Path(os.environ.get("ACULA_CACHE", Path.home() / ".cache" / "acula"))
-    backbone = args.backbone or str(ensure_whisper_base(cache / "pretrained", include_decoder=False))
+    backbone = args.backbone or str(ensure_whisper_base(acula_cache_dir("pretrained"), include_decoder=False))
     window = None if args.window_seconds == 30 else args.window_seconds
     # teacher_hidden_size only sizes the (unsaved) text head of the wrapper
     encoder = AculaForPreTraining.from_audio_backbone(backbone, window_seconds=window, teacher_hidden_size=384).acula

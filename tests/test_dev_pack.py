@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from modeling_acula.evaluation.tasks import load_task
+from acula_eval.tasks import load_task
 from modeling_acula.file_utils import IN_TREE_DEV_PACK, default_dev_pack
 
 REPO = Path(__file__).resolve().parents[1]

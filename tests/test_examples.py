@@ -10,9 +10,9 @@ from safetensors import safe_open
 from sklearn.metrics import roc_auc_score
 
 from modeling_acula import AculaFeatureExtractor, AculaForAudioClassification, AculaModel
-from modeling_acula.manifest import decode_audio, load_manifest
+from acula_train.manifest import decode_audio, load_manifest
 
-from .test_modeling import tiny_config
+from tests.modeling_acula.test_modeling import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 MINI = REPO / "data" / "auscultation-mini" / "metadata.csv"

@@ -19,7 +19,7 @@ from safetensors import safe_open
 
 import modeling_acula
 from modeling_acula.convert_opera_checkpoint import convert_opera_checkpoint, load_checkpoint_state_dict
-from tests.test_train import run_in_process, tiny_args
+from tests.acula_train.test_train_acula import run_in_process, tiny_args
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCE_ROOTS = ["modeling_acula", "train_acula.py", "eval_acula.py", "benchmarks", "scripts"]
@@ -199,7 +199,7 @@ def test_remote_code_options_default_to_false():
     import inspect
 
     import train_acula
-    from modeling_acula.teacher import AculaTeacher
+    from acula_train.teacher import AculaTeacher
 
     assert train_acula.ModelArguments().teacher_trust_remote_code is False
     parameter = inspect.signature(AculaTeacher.from_pretrained).parameters.get("trust_remote_code")

@@ -1,0 +1,351 @@
+"""Baseline rows of an evaluation, named on the command line beside the model folders.
+
+- `logmel-stats`: no network at all. acula's reference log-mel spectrogram (`AculaFeatureExtractor()` defaults,
+  non-overlapping sliding windows over the whole recording) -> the mean and the standard deviation of every mel bin
+  over all frames of the recording (2 x 64 = 128 numbers).
+- `random:<folder>`: the architecture of the model folder `<folder>` with random weights (`AutoModel.from_config`
+  under `torch.manual_seed(0)`) and the folder's own feature extractor: what the architecture and the input
+  pipeline give before any training.
+- the frozen starting encoder of an acula training run: an ordinary model folder. `--add_baselines` adds the one
+  that the first acula output folder's `training_args.json` names as `init_from` (when it can be found here, see
+  [`find_recorded_start`]), together with `logmel-stats` and `random:<that folder>`.
+
+[`resolve_models`] turns the command line into [`ModelSpec`]s and [`open_embedder`] gives each one an object with
+`embed_files(paths, desc=...) -> np.ndarray`, like [`~acula_eval.embeddings.AudioEmbedder`].
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from modeling_acula.feature_extraction_acula import AculaFeatureExtractor
+from acula_train.public_paths import local_display_path
+from .embeddings import AudioEmbedder, FileEmbedder
+
+LOGMEL_STATS = "logmel-stats"
+RANDOM_PREFIX = "random:"
+RANDOM_INIT_SEED = 0
+# Bump when the statistics change, so that old cache entries are not reused.
+LOGMEL_STATS_VERSION = 1
+MODEL_KINDS = ("model", "start", LOGMEL_STATS, "random")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """
+    One column of a comparison.
+
+    Args:
+        spec (`str`): as written on the command line (`outputs/x`, `logmel-stats`, `random:outputs/x`).
+        name (`str`): column name.
+        kind (`str`): `"model"` (a model folder), `"start"` (a model folder that is the recorded starting encoder of
+            another evaluated acula folder: a baseline), `"logmel-stats"` or `"random"`.
+        folder (`Path`, *optional*): the model folder (for `"random"`: the folder whose architecture is used).
+    """
+
+    spec: str
+    name: str
+    kind: str
+    folder: Path | None = None
+
+    @property
+    def baseline(self) -> bool:
+        return self.kind != "model"
+
+    @property
+    def label(self) -> str:
+        """Column header of results.md: baselines are marked."""
+        return f"{self.name} (baseline)" if self.baseline else self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        # Relative to the working directory where possible: results files are kept in repositories.
+        path = local_display_path(self.folder) if self.folder is not None else None
+        return {"name": self.name, "spec": self.spec, "kind": self.kind, "baseline": self.baseline,
+                "path": f"{RANDOM_PREFIX}{path}" if self.kind == "random" else (path or self.spec)}
+
+
+def parse_model_spec(spec: str) -> tuple[str, Path | None]:
+    """`(kind, folder)` of one `--models` entry: `logmel-stats`, `random:<folder>` or a model folder."""
+    if spec == LOGMEL_STATS:
+        return LOGMEL_STATS, None
+    if spec.startswith(RANDOM_PREFIX):
+        folder = spec[len(RANDOM_PREFIX):]
+        if not folder:
+            raise ValueError(f"{spec!r}: name the model folder whose architecture is randomly initialised "
+                             "(random:<folder>).")
+        return "random", Path(folder)
+    return "model", Path(spec)
+
+
+def find_recorded_start(model_dir: str | os.PathLike) -> tuple[Path | None, str]:
+    """
+    The starting encoder an acula training output folder records (`training_args.json`, `model.init_from`), and
+    how it was found or why not.
+
+    A published folder names a local start by its path relative to the output folder's parent (a sibling such as
+    `outputs/whisper-base-frozen-10s`) or by its folder name, and a Hub start by its id (older runs recorded an
+    absolute path). It is looked for as an existing folder: an absolute record as it is, a relative one beside
+    `model_dir` and then relative to the working directory; a Hub id also in the local Hugging Face cache.
+
+    Returns:
+        `(folder, note)`: the folder (`None` when there is no record, a fresh start, or it is not found here) and a
+        sentence saying what was recorded and where it was looked for.
+    """
+    args_file = Path(model_dir) / "training_args.json"
+    if not args_file.is_file():
+        return None, f"{model_dir} has no training_args.json"
+    try:
+        recorded = json.loads(args_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        return None, f"{args_file} cannot be read ({error})"
+    init_from = (recorded.get("model") or {}).get("init_from") if isinstance(recorded, dict) else None
+    if not init_from:
+        return None, f"{args_file} records no starting encoder (model.init_from): a fresh start or a preset's default"
+    recorded_path = Path(init_from).expanduser()
+    # A relative record is relative to the output folder's parent (see public_paths.public_location) first.
+    candidates = ([recorded_path] if recorded_path.is_absolute() else
+                  [Path(model_dir).resolve().parent / recorded_path, recorded_path])
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate, f"{args_file} records init_from {init_from!r}: {candidate}"
+    cached = _hub_snapshot(init_from)
+    if cached is not None:
+        return cached, f"{args_file} records the Hub id {init_from!r}: found in the local Hugging Face cache"
+    return None, (f"{args_file} records init_from {init_from!r}, which is neither a folder here (looked for "
+                  f"{' and '.join(str(c) for c in candidates)}) nor a Hub id in the local Hugging Face cache: pass "
+                  "the starting encoder's folder with --models")
+
+
+def _hub_snapshot(repo_id: str) -> Path | None:
+    """The local snapshot folder of a Hub model with a `config.json` in the Hugging Face cache (no download)."""
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.utils import HFValidationError
+
+    try:
+        config = try_to_load_from_cache(repo_id, "config.json")
+    except (HFValidationError, ValueError):
+        return None
+    return Path(config).parent if isinstance(config, str) else None
+
+
+def recorded_start(model_dir: str | os.PathLike) -> Path | None:
+    """The starting encoder an acula training output folder records, if it can be found here; `None` otherwise (no
+    record, a fresh start, or not found: [`find_recorded_start`] says which)."""
+    return find_recorded_start(model_dir)[0]
+
+
+def _default_name(kind: str, folder: Path | None) -> str:
+    if kind == LOGMEL_STATS:
+        return LOGMEL_STATS
+    name = folder.resolve().name
+    if folder.resolve().parent.name == "snapshots":  # a Hub model in the Hugging Face cache: its name, not a commit
+        name = folder.resolve().parent.parent.name.split("--")[-1]
+    return f"{RANDOM_PREFIX}{name}" if kind == "random" else name
+
+
+def resolve_models(models: Sequence[str], names: Sequence[str] = (), add_baselines: bool = False) -> list[ModelSpec]:
+    """
+    The columns of a comparison, in order.
+
+    Args:
+        models (`Sequence[str]`): `--models` entries: model folders, `logmel-stats`, `random:<folder>`.
+        names (`Sequence[str]`): `--model_names`, one per entry of `models` (default: folder names, `logmel-stats`,
+            `random:<folder name>`).
+        add_baselines (`bool`): append `logmel-stats`, `random:<first model folder>` and the starting encoder that
+            the first acula output folder recording one names (`training_args.json` -> `model.init_from`, if that
+            folder exists here), those not already listed.
+
+    A model folder that another listed folder records as its starting encoder is marked as a baseline (`"start"`).
+    """
+    if names and len(names) != len(models):
+        raise ValueError(f"--model_names has {len(names)} names for {len(models)} --models.")
+    parsed = [parse_model_spec(m) for m in models]
+    entries = [(spec, kind, folder, name) for spec, (kind, folder), name in
+               zip(models, parsed, names or [None] * len(models))]
+    folders = [folder for _, kind, folder, _ in entries if kind == "model"]
+    if add_baselines:
+        if not folders:
+            raise ValueError("--add_baselines needs a model folder among --models (its architecture and recorded "
+                             "starting encoder are the baselines).")
+        first = folders[0]
+        wanted = [(LOGMEL_STATS, LOGMEL_STATS, None), (f"{RANDOM_PREFIX}{first}", "random", first)]
+        found = [find_recorded_start(folder) for folder in folders]
+        start = next((folder for folder, _ in found if folder is not None), None)
+        if start is not None:
+            wanted.append((str(start), "model", start))
+        else:
+            warnings.warn("--add_baselines: no listed model folder records a starting encoder that can be found here "
+                          "(training_args.json -> model.init_from): " + "; ".join(note for _, note in found)
+                          + f". Only logmel-stats and the random initialisation of {first} are added.", stacklevel=2)
+        listed = {(kind, folder.resolve() if folder is not None else None) for _, kind, folder, _ in entries}
+        for spec, kind, folder in wanted:
+            if (kind, folder.resolve() if folder is not None else None) not in listed:
+                entries.append((spec, kind, folder, None))
+    starts = {start.resolve() for _, kind, folder, _ in entries if kind == "model"
+              for start in [recorded_start(folder)] if start is not None}
+    specs = []
+    for spec, kind, folder, name in entries:
+        if kind == "model" and folder.resolve() in starts:
+            kind = "start"
+        specs.append(ModelSpec(spec=spec, name=name or _default_name(kind, folder), kind=kind, folder=folder))
+    column_names = [s.name for s in specs]
+    if len(set(column_names)) != len(column_names):
+        specs = [ModelSpec(s.spec, f"{s.name}-{i}", s.kind, s.folder) for i, s in enumerate(specs)]
+    return specs
+
+
+# ---------------------------------------------------------------------------------------------------- log-mel statistics
+
+
+class LogMelStatsEmbedder(FileEmbedder):
+    """
+    The `logmel-stats` baseline: per-mel-bin mean and standard deviation (population, ddof 0) of acula's reference
+    log-mel spectrogram over all frames of a recording.
+
+    The spectrogram is `AculaFeatureExtractor()` with its defaults (64 mel bins, [0, 1] per window) over
+    non-overlapping windows of the model input (8.19 s) covering the whole recording. The zero padding that fills
+    a recording's last (or only) window is not part of the recording: only the first `1 + length // hop_length`
+    frames of a window of `length` samples (the frames a centred STFT of that segment alone has) are used.
+
+    Args:
+        batch_size (`int`, *optional*, defaults to 16): recordings decoded and featurised per step.
+        cache_dir (`str`, `os.PathLike` or `bool`, *optional*): embedding cache; `None` uses
+            [`~acula_eval.embeddings.default_cache_dir`], `False` disables it.
+        show_progress (`bool`, *optional*, defaults to `True`): show a tqdm bar.
+        decode_workers (`int`, *optional*, defaults to 2): threads decoding the next batch.
+        device (`str` or `torch.device`, *optional*): where the spectrograms are computed (default: the CPU).
+    """
+
+    name = LOGMEL_STATS
+
+    def __init__(
+        self,
+        *,
+        batch_size: int = 16,
+        cache_dir: str | os.PathLike | bool | None = None,
+        show_progress: bool = True,
+        decode_workers: int = 2,
+        device: str | torch.device | None = None,
+    ):
+        self.feature_extractor = AculaFeatureExtractor()
+        self.sampling_rate = int(self.feature_extractor.sampling_rate)
+        self.resample_quality = self.feature_extractor.resample_quality
+        self.hidden_size = 2 * int(self.feature_extractor.num_mel_bins)
+        self.device = torch.device(device or "cpu")
+        self.settings = {"baseline": LOGMEL_STATS, "version": LOGMEL_STATS_VERSION,
+                         "feature_extractor": json.loads(self.feature_extractor.to_json_string())}
+        model_key = hashlib.sha256(json.dumps(self.settings, sort_keys=True).encode()).hexdigest()
+        self._set_file_settings(batch_size, decode_workers, show_progress, cache_dir, model_key)
+
+    def _valid_frames(self, length: int) -> list[int]:
+        """Frames of real audio in each window of a recording of `length` samples, in the extractor's window order."""
+        extractor = self.feature_extractor
+        window = hop = extractor.num_samples
+        count = 1 if length <= window else 1 + math.ceil((length - window) / hop)
+        return [min(extractor.num_frames, 1 + min(window, length - i * hop) // extractor.hop_length)
+                for i in range(count)]
+
+    @torch.inference_mode()
+    def embed_waveforms(self, waveforms: Sequence[np.ndarray]) -> np.ndarray:
+        """`(len(waveforms), 2 * num_mel_bins)` float32: per-bin means, then per-bin standard deviations."""
+        waveforms = [np.asarray(w, dtype=np.float32) for w in waveforms]
+        features = self.feature_extractor(waveforms, sampling_rate=self.sampling_rate, return_tensors="pt",
+                                          sliding_window=True, device=self.device)
+        spectrograms = features["input_values"][:, 0].to(torch.float64)  # (windows, frames, mel)
+        index = features["recording_index"].cpu().numpy()
+        vectors = np.zeros((len(waveforms), self.hidden_size), dtype=np.float32)
+        for number, waveform in enumerate(waveforms):
+            windows = np.flatnonzero(index == number)
+            valid = self._valid_frames(waveform.size)
+            if len(valid) != len(windows):  # the extractor cut windows differently from what this class assumes
+                raise RuntimeError(f"logmel-stats: {len(windows)} windows for a recording of {waveform.size} samples, "
+                                   f"expected {len(valid)}.")
+            frames = torch.cat([spectrograms[w, :v] for w, v in zip(windows.tolist(), valid)])
+            mean, std = frames.mean(dim=0), frames.std(dim=0, correction=0)
+            vectors[number] = torch.cat([mean, std]).float().cpu().numpy()
+        return vectors
+
+
+# ---------------------------------------------------------------------------------------------------- random initialisation
+
+
+def random_init_model(model_dir: str | os.PathLike, seed: int = RANDOM_INIT_SEED) -> torch.nn.Module:
+    """The architecture of `model_dir` (its config, through `AutoConfig` / `AutoModel.from_config`) with random
+    weights drawn under `torch.manual_seed(seed)`; the global random state is left as it was."""
+    from transformers import AutoConfig, AutoModel
+
+    config = AutoConfig.from_pretrained(model_dir)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModel.from_config(config)
+    return model.eval()
+
+
+def save_random_init(model_dir: str | os.PathLike, target: str | os.PathLike, seed: int = RANDOM_INIT_SEED) -> Path:
+    """Write [`random_init_model`] and `model_dir`'s feature extractor to `target` (a folder `AudioEmbedder` loads).
+    The same folder and seed always give the same weights, so the embedding cache recognises them."""
+    from transformers import AutoFeatureExtractor
+
+    target = Path(target)
+    random_init_model(model_dir, seed).save_pretrained(target)
+    AutoFeatureExtractor.from_pretrained(model_dir).save_pretrained(target)
+    return target
+
+
+# ---------------------------------------------------------------------------------------------------- embedders
+
+
+@contextlib.contextmanager
+def open_embedder(spec: ModelSpec, **embedder_kwargs: Any) -> Iterator[FileEmbedder]:
+    """
+    An embedder for one column, with `embed_files(paths, desc=...)`.
+
+    Args:
+        spec ([`ModelSpec`]): the column.
+        **embedder_kwargs: [`~acula_eval.embeddings.AudioEmbedder`] arguments (`device`, `batch_size`,
+            `window_seconds`, `hop_seconds`, `cache_dir`, `show_progress`, `decode_workers`, `autocast_dtype`);
+            `logmel-stats` uses `device`, `batch_size`, `cache_dir`, `show_progress` and `decode_workers` and
+            always its reference windows.
+    """
+    if spec.kind == LOGMEL_STATS:
+        keep = ("batch_size", "cache_dir", "show_progress", "decode_workers", "device")
+        yield LogMelStatsEmbedder(**{k: v for k, v in embedder_kwargs.items() if k in keep})
+    elif spec.kind == "random":
+        folder = Path(tempfile.mkdtemp(prefix="acula-random-init-"))
+        try:
+            save_random_init(spec.folder, folder)
+            embedder = AudioEmbedder(folder, **embedder_kwargs)
+            embedder.name = spec.name
+            yield embedder
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+    else:
+        yield AudioEmbedder(spec.folder, **embedder_kwargs)
+
+
+__all__ = [
+    "LOGMEL_STATS",
+    "RANDOM_PREFIX",
+    "LogMelStatsEmbedder",
+    "ModelSpec",
+    "open_embedder",
+    "parse_model_spec",
+    "random_init_model",
+    "recorded_start",
+    "resolve_models",
+    "save_random_init",
+]

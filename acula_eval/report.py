@@ -1,0 +1,271 @@
+"""Writing an evaluation: `results.json`, the Markdown comparison table and the model-card `model-index`.
+
+Each of the three says, per model, whether its test recordings were checked against the recordings it was aligned
+on ([`leakage_summary`]): "checked", "not checked" (with the reason) or "not applicable" (no trained weights).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from modeling_acula.file_utils import write_json_atomic
+
+LOWER_IS_BETTER = {"mae", "mape"}
+METRIC_LABELS = {"roc_auc": "AUROC", "mae": "MAE", "mape": "MAPE"}
+
+
+def write_json(path: str | os.PathLike, payload: Any) -> Path:
+    """Atomic JSON write (a killed run never leaves half a file)."""
+    write_json_atomic(path, payload)
+    return Path(path)
+
+
+def _fmt(mean: float, std: float) -> str:
+    return f"{mean:.3f} ± {std:.3f}"
+
+
+def _headroom_task(task: Mapping[str, Any]) -> bool:
+    return bool(task.get("headroom", True)) and task.get("kind", "classification") == "classification" \
+        and task["metric"] == "roc_auc"
+
+
+def headroom_summary(results: Sequence[Mapping[str, Any]], models: Sequence[str],
+                     tasks: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """
+    The mean over the classification (AUROC) tasks with headroom of each model's per-task mean AUROC.
+
+    `mean_auroc` averages, for every model, the same tasks: those with headroom that every model scored (a refused,
+    failed or leaked cell takes its task out for all models, so the column means stay comparable); `own` gives each
+    model's mean over all the headroom tasks it scored (leaked scores never count).
+
+    Returns:
+        `{"tasks_with_headroom": [...], "common_tasks": [...], "mean_auroc": {model: float | None},
+        "own": {model: {"mean": float | None, "tasks": [...]}}}`.
+    """
+    eligible = [task["name"] for task in tasks if _headroom_task(task)]
+    scored = {
+        (r["task"], r["model"]): float(r["mean"]) for r in results
+        if r["task"] in eligible and r.get("status", "ok") == "ok" and not r.get("leakage", {}).get("leaked")
+        and r.get("mean") is not None and math.isfinite(r["mean"])
+    }
+    common = [task for task in eligible if all((task, model) in scored for model in models)]
+    summary: dict[str, Any] = {"tasks_with_headroom": eligible, "common_tasks": common, "mean_auroc": {}, "own": {}}
+    for model in models:
+        summary["mean_auroc"][model] = (sum(scored[(t, model)] for t in common) / len(common)) if common else None
+        own = [task for task in eligible if (task, model) in scored]
+        summary["own"][model] = {"mean": (sum(scored[(t, model)] for t in own) / len(own)) if own else None,
+                                 "tasks": own}
+    return summary
+
+
+def leakage_summary(results: Sequence[Mapping[str, Any]], model: str) -> dict[str, Any] | None:
+    """
+    One model's leakage check over its tasks (from the `leakage` record of each of its results).
+
+    Returns:
+        `None` when no result carries a leakage status, else `{"status", "method", "reason", "leaked_tasks",
+        "unchecked_tasks"}`: `status` is `"not checked"` when the check was impossible on any task (`reason` says
+        why; never read as "no leakage"), `"not applicable"` when the model has no trained weights, else
+        `"checked"`.
+    """
+    records = [(r["task"], r["leakage"]) for r in results
+               if r["model"] == model and isinstance(r.get("leakage"), Mapping) and r["leakage"].get("status")]
+    if not records:
+        return None
+    statuses = [leakage["status"] for _, leakage in records]
+    unchecked = [task for task, leakage in records if leakage["status"] == "not checked"]
+    reasons = list(dict.fromkeys(str(leakage["reason"]) for _, leakage in records
+                                 if leakage["status"] in ("not checked", "not applicable") and leakage.get("reason")))
+    if all(status == "not applicable" for status in statuses):
+        status = "not applicable"
+    else:
+        status = "not checked" if unchecked else "checked"
+    methods = list(dict.fromkeys(leakage["method"] for _, leakage in records if leakage.get("method")))
+    return {
+        "status": status,
+        "method": ", ".join(methods) or None,
+        "reason": "; ".join(reasons) or None,
+        "leaked_tasks": [task for task, leakage in records if leakage["status"] == "leaked"],
+        "unchecked_tasks": unchecked if 0 < len(unchecked) < len(records) else [],
+    }
+
+
+def _leakage_cell(summary: Mapping[str, Any] | None) -> str:
+    if summary is None:
+        return "–"
+    if summary["status"] == "not applicable":
+        return "n/a (no trained weights)"
+    if summary["status"] == "not checked":
+        partial = summary["unchecked_tasks"]
+        return "**not checked**" + (f" on {len(partial)} task(s)" if partial else "")
+    leaked = summary["leaked_tasks"]
+    found = f"leakage on {len(leaked)} task(s)" if leaked else "no overlap"
+    return f"checked ({summary['method']}): {found}"
+
+
+def markdown_table(results: Sequence[Mapping[str, Any]], models: Sequence[str], tasks: Sequence[Mapping[str, Any]],
+                   labels: Mapping[str, str] | None = None) -> str:
+    """
+    One row per task, one column per model: mean ± std over seeds/folds, the best model of each row in bold
+    (highest AUROC, lowest MAE); refused or failed cells say why. A `headroom` column says which tasks count in the
+    last row, the mean AUROC over the tasks with headroom that every model scored ([`headroom_summary`]). Where the
+    results carry leakage checks, a `leakage check` row before it says for each model whether its test recordings
+    were checked against its aligned recordings, and a note under the table says why a check was impossible.
+
+    Args:
+        results (`Sequence[Mapping]`): probe records (`task`, `model`, `metric`, `mean`, `std`, or `status`).
+        models (`Sequence[str]`): column order.
+        tasks (`Sequence[Mapping]`): task records (`name`, `metric`, `num_recordings`, `headroom`, `kind`).
+        labels (`Mapping[str, str]`, *optional*): column header per model (e.g. `"logmel-stats (baseline)"`).
+    """
+    labels = labels or {}
+    by_cell = {(r["task"], r["model"]): r for r in results}
+    header = "| task | metric | n | headroom | " + " | ".join(labels.get(m, m) for m in models) + " |"
+    lines = [header, "|" + "---|" * (4 + len(models))]
+    for task in tasks:
+        name, metric = task["name"], task["metric"]
+        cells = [by_cell.get((name, model)) for model in models]
+        scored = [c["mean"] for c in cells if c is not None and c.get("status", "ok") == "ok"]
+        best = (min(scored) if metric in LOWER_IS_BETTER else max(scored)) if scored else None
+        texts = []
+        for cell in cells:
+            if cell is None:
+                texts.append("–")
+            elif cell.get("status", "ok") != "ok":
+                texts.append(str(cell["status"]))
+            else:
+                text = _fmt(cell["mean"], cell["std"])
+                scored_splits, num_splits = cell.get("scored_splits"), cell.get("num_splits")
+                if scored_splits == 0:  # no split could be scored on its own (e.g. one patient per fold)
+                    text += " (pooled)"
+                elif scored_splits is not None and num_splits is not None and scored_splits < num_splits:
+                    text += f" ({scored_splits} of {num_splits} splits)"
+                if len(scored) > 1 and math.isclose(cell["mean"], best):
+                    text = f"**{text}**"
+                if cell.get("leakage", {}).get("leaked"):
+                    text += " ⚠ leakage"
+                texts.append(text)
+        headroom = "yes" if _headroom_task(task) else ("no" if task["metric"] == "roc_auc" else "–")
+        lines.append(f"| {name} | {METRIC_LABELS.get(metric, metric)} | {task.get('num_recordings', '')} | "
+                     f"{headroom} | " + " | ".join(texts) + " |")
+    leakage = {model: leakage_summary(results, model) for model in models}
+    notes = []
+    if any(value is not None for value in leakage.values()):
+        lines.append("| leakage check | | | | " + " | ".join(_leakage_cell(leakage[m]) for m in models) + " |")
+        notes = [f"Leakage not checked for {labels.get(m, m)}: {leakage[m]['reason']}." for m in models
+                 if leakage[m] is not None and leakage[m]["status"] == "not checked"]
+    summary = headroom_summary(results, models, tasks)
+    if summary["tasks_with_headroom"]:
+        means = [summary["mean_auroc"][m] for m in models]
+        best = max((v for v in means if v is not None), default=None)
+        cells = []
+        for value in means:
+            text = "–" if value is None else f"{value:.3f}"
+            if value is not None and len(models) > 1 and math.isclose(value, best):
+                text = f"**{text}**"
+            cells.append(text)
+        count = len(summary["common_tasks"])
+        lines.append(f"| mean over tasks with headroom | AUROC | {count} of {len(summary['tasks_with_headroom'])} "
+                     f"tasks | yes | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n" + ("\n" + "\n\n".join(notes) + "\n" if notes else "")
+
+
+def model_index(model_name: str, results: Sequence[Mapping[str, Any]], tasks: Mapping[str, Mapping[str, Any]]) -> list:
+    """The `model-index` entries (Hugging Face model-card metadata) of one model's scored probes; a score on a task
+    whose test recordings the model was aligned on (leakage) is left out."""
+    from huggingface_hub.repocard_data import eval_results_to_model_index
+
+    entries = eval_results(model_name, results, tasks)
+    return eval_results_to_model_index(model_name, entries) if entries else []
+
+
+def update_model_card(model_dir: str | os.PathLike, model_name: str, results: Sequence[Mapping[str, Any]],
+                      tasks: Mapping[str, Mapping[str, Any]], table: str) -> bool:
+    """Write a model's probe scores into the card of its output folder (as train_acula.py wrote it): the
+    `model-index` metadata (leaked scores left out) and the comparison table, baselines included, in its Evaluation
+    section. Returns whether there was a card to update.
+
+    Args:
+        model_dir (`str` or `os.PathLike`): the evaluated folder.
+        model_name (`str`): the model's column name in `results`.
+        results (`Sequence[Mapping]`), tasks (`Mapping`): as `run_evaluation` collects them.
+        table (`str`): the Markdown comparison table (results.md's).
+    """
+    from huggingface_hub import ModelCard
+
+    card_path = Path(model_dir) / "README.md"
+    if not card_path.is_file():
+        return False
+    card = ModelCard.load(card_path)
+    entries = eval_results(model_name, results, tasks)
+    card.data.eval_results = entries or None
+    leakage = leakage_summary(results, model_name)
+    if leakage is not None:  # "not checked" scores are published as such, never as free of leakage
+        card.data.leakage_check = _leakage_metadata(leakage)
+    card.data.model_name = card.data.model_name or model_name
+    section = ("Linear probes on frozen embeddings (`eval_acula.py`, patient-grouped splits, mean ± std over "
+               f"seeds/folds); this model is the column `{model_name}`, beside its baselines.\n\n{table}")
+    head, marker, rest = card.text.partition("## Evaluation")
+    if marker:
+        following = rest.find("\n## ")
+        card.text = head + marker + "\n\n" + section + ("\n" + rest[following:] if following >= 0 else "")
+    else:
+        card.text += "\n## Evaluation\n\n" + section
+    card.save(card_path)
+    return True
+
+
+def eval_results(model_name: str, results: Sequence[Mapping[str, Any]], tasks: Mapping[str, Mapping[str, Any]]) -> list:
+    """One model's scored probes as `huggingface_hub.EvalResult`s (leaked scores left out)."""
+    from huggingface_hub import EvalResult
+
+    entries = []
+    for record in results:
+        if record["model"] != model_name or record.get("status", "ok") != "ok":
+            continue
+        if record.get("leakage", {}).get("leaked"):  # allowed with --no_refuse_leakage: never model-card metadata
+            continue
+        task = tasks[record["task"]]
+        entries.append(EvalResult(
+            task_type="audio-classification" if task["kind"] == "classification" else "audio-regression",
+            task_name=f"linear probe: {task['description']}",
+            dataset_type=f"acula/{task['name']}",
+            dataset_name=task["name"],
+            dataset_split="test",
+            metric_type=record["metric"],
+            metric_name=f"{METRIC_LABELS.get(record['metric'], record['metric'])} (mean over {len(record['scores'])} "
+                        "seeds/folds)",
+            metric_value=round(record["mean"], 4),
+            metric_args={"std": round(record["std"], 4)},
+        ))
+    return entries
+
+
+def _leakage_metadata(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """The model-card metadata form of [`leakage_summary`] (empty fields left out)."""
+    return {key: value for key, value in summary.items() if value not in (None, [], "")}
+
+
+def write_model_index(path: str | os.PathLike, models: Sequence[str], results: Sequence[Mapping[str, Any]],
+                      tasks: Mapping[str, Mapping[str, Any]]) -> Path:
+    """One YAML document per model (`model-index: [...]` and, where the results carry leakage checks,
+    `leakage_check: {status, method, reason, ...}`), ready to paste into each model card's metadata."""
+    import yaml
+
+    documents = []
+    for model in models:
+        document: dict[str, Any] = {"model-index": model_index(model, results, tasks)}
+        leakage = leakage_summary(results, model)
+        if leakage is not None:
+            document["leakage_check"] = _leakage_metadata(leakage)
+        documents.append(document)
+    Path(path).write_text(yaml.safe_dump_all(documents, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return Path(path)
+
+
+__all__ = ["eval_results", "headroom_summary", "leakage_summary", "markdown_table", "model_index", "update_model_card",
+           "write_json", "write_model_index"]

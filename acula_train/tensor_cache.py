@@ -1,0 +1,215 @@
+"""An on-disk cache of one tensor per (identity, recording): the spectrograms that training reads (identity = the
+feature extractor's settings) and the embeddings that evaluation reads (identity = the model).
+
+Decoding + resampling + featurizing (or embedding) a recording gives the same tensor every time, so it is done
+once and stored. Layout (one safetensors file per recording, written atomically):
+
+    <folder>/<identity hash[:16]>/identity.json        the featurizer identity, for humans and checks
+    <folder>/<identity hash[:16]>/<key[:2]>/<key>.safetensors
+
+Choices:
+
+- Key = sha256 of (featurizer identity hash, resolved audio path, file size, mtime_ns). `os.stat` costs
+  nothing next to decoding, so every epoch can look up 100k recordings cheaply; editing or replacing a
+  file changes size or mtime and so misses the cache. A copy that keeps size and mtime (`cp -p` of
+  different content) would be missed; pass `key_mode="content"` to key on the file's sha256 instead
+  (reads every file once per lookup, still far cheaper than decoding, and survives moving the data).
+- A different featurizer identity gets its own sub-folder instead of being refused: several feature
+  settings can share one cache folder, and a stale entry can never be read for the wrong settings.
+- One file per key, written to a temporary file in the same folder and moved into place with
+  `os.replace` (atomic on POSIX and Windows): several processes (DDP ranks, DataLoader workers) may
+  write the same key at once; readers see either no file or a complete one. Two levels of folders
+  keep directories small at 100k recordings.
+- Every entry records its tensor's shape, dtype and CRC-32 in the safetensors metadata; `get` serves
+  an entry only if the file parses, those match, and the values are finite. Anything else (a damaged
+  file, NaN written into it, another tensor, an entry without these records) is logged and treated as
+  a miss, so the spectrogram is recomputed and the entry rewritten.
+
+Clearing: the cache is a plain folder. Deleting it, or one identity sub-folder, is always safe (the
+spectrograms are recomputed on the next run); just do not delete it while a run is writing to it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import zlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from modeling_acula.file_utils import atomic_write, file_sha256
+
+logger = logging.getLogger(__name__)
+
+CACHE_FORMAT_VERSION = 1
+KEY_MODES = ("stat", "content")
+_TENSOR_NAME = "input_values"
+
+
+def _checksum(tensor: torch.Tensor) -> str:
+    """CRC-32 of a tensor's bytes (any dtype, bfloat16 included), as 8 hex digits."""
+    data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+    return f"{zlib.crc32(data) & 0xFFFFFFFF:08x}"
+
+
+def _entry_problem(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], identity_sha256: str) -> str | None:
+    """Why a parsed entry must not be served, or None if it is sound."""
+    if _TENSOR_NAME not in tensors:
+        return f"no tensor {_TENSOR_NAME!r}"
+    tensor = tensors[_TENSOR_NAME]
+    if metadata.get("identity_sha256") != identity_sha256:
+        return "written for another featurizer identity"
+    if "shape" not in metadata or "dtype" not in metadata or "crc32" not in metadata:
+        return "no shape/dtype/checksum record (written by an older version or by something else)"
+    if json.loads(metadata["shape"]) != list(tensor.shape):
+        return f"shape {list(tensor.shape)} != recorded {metadata['shape']}"
+    if str(tensor.dtype) != metadata["dtype"]:
+        return f"dtype {tensor.dtype} != recorded {metadata['dtype']}"
+    if _checksum(tensor) != metadata["crc32"]:
+        return "checksum mismatch (damaged data)"
+    # No finiteness check here: `put` refuses NaN/Inf, and the checksum says these are the bytes it wrote (the
+    # check cost ~50 us of the ~200 us of a read).
+    return None
+
+
+def _json_default(value: Any) -> Any:
+    """Make featurizer identities JSON-able: arrays (e.g. mel filter banks) become a digest of their bytes."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        digest = hashlib.sha256(np.ascontiguousarray(value).tobytes()).hexdigest()
+        return {"ndarray_sha256": digest, "shape": list(value.shape), "dtype": str(value.dtype)}
+    if isinstance(value, (np.integer, np.floating, np.bool_)):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (tuple, set)):
+        return sorted(value) if isinstance(value, set) else list(value)
+    raise TypeError(f"featurizer identity value of type {type(value).__name__} is not JSON-serializable: {value!r}")
+
+
+def identity_hash(featurizer_identity: Mapping[str, Any]) -> str:
+    """sha256 of the canonical JSON of a featurizer identity (sorted keys)."""
+    if not isinstance(featurizer_identity, Mapping):
+        raise TypeError(f"featurizer_identity must be a mapping, got {type(featurizer_identity).__name__}.")
+    payload = {"cache_format": CACHE_FORMAT_VERSION, "featurizer": featurizer_identity}
+    text = json.dumps(payload, sort_keys=True, default=_json_default, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class TensorCache:
+    """
+    Spectrograms on disk, one safetensors file per (featurizer identity, recording).
+
+    Args:
+        folder (`str` or `os.PathLike`): cache folder (created); entries go to a sub-folder per identity.
+        featurizer_identity (`Mapping[str, Any]`): everything that decides the spectrogram, e.g.
+            `feature_extractor.to_dict()` plus the sampling rate. Arrays are hashed by content.
+        key_mode (`str`, *optional*, defaults to `"stat"`): `"stat"` keys on path + size + mtime_ns,
+            `"content"` on the file's sha256 (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        folder: str | os.PathLike,
+        featurizer_identity: Mapping[str, Any],
+        *,
+        key_mode: str = "stat",
+    ) -> None:
+        if key_mode not in KEY_MODES:
+            raise ValueError(f"key_mode must be one of {KEY_MODES}, got {key_mode!r}.")
+        self.key_mode = key_mode
+        self.identity = dict(featurizer_identity)
+        self.identity_hash = identity_hash(featurizer_identity)
+        self.root = Path(folder).expanduser().resolve()
+        self.folder = self.root / self.identity_hash[:16]
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._write_identity()
+
+    def _write_identity(self) -> None:
+        identity_file = self.folder / "identity.json"
+        record = {"identity_sha256": self.identity_hash, "cache_format": CACHE_FORMAT_VERSION}
+        record["featurizer"] = json.loads(json.dumps(self.identity, sort_keys=True, default=_json_default))
+        if identity_file.exists():
+            try:
+                stored = json.loads(identity_file.read_text(encoding="utf-8")).get("identity_sha256")
+            except (json.JSONDecodeError, OSError):
+                stored = None
+            if stored is not None and stored != self.identity_hash:
+                raise ValueError(
+                    f"spectrogram cache {self.folder} belongs to featurizer identity {stored}, not "
+                    f"{self.identity_hash}; remove the folder or use another cache folder."
+                )
+            if stored is not None:
+                return
+        atomic_write(identity_file, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2), "utf-8"))
+
+
+    def key(self, path: str | os.PathLike) -> str:
+        """Cache key of an audio file under this featurizer identity."""
+        path = Path(path).expanduser().resolve()
+        try:
+            stat = path.stat()
+        except OSError as error:
+            raise ValueError(f"{path}: cannot stat the audio file for the spectrogram cache ({error}).") from error
+        if self.key_mode == "content":
+            parts: dict[str, Any] = {"sha256": file_sha256(path)}
+        else:
+            parts = {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        parts["identity"] = self.identity_hash
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode("utf-8")).hexdigest()
+
+    def entry_path(self, path: str | os.PathLike) -> Path:
+        """Where the spectrogram of `path` is (or would be) stored."""
+        key = self.key(path)
+        return self.folder / key[:2] / f"{key}.safetensors"
+
+    def get(self, path: str | os.PathLike) -> torch.Tensor | None:
+        """The cached spectrogram of `path`, or `None` on a miss.
+
+        An entry that cannot be parsed, or whose shape, dtype or checksum differ from what `put` recorded (which
+        only writes finite values), counts as a miss (with a warning): it is never served."""
+        entry = self.entry_path(path)
+        if not entry.is_file():
+            return None
+        try:
+            with safe_open(str(entry), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+                tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+            problem = _entry_problem(tensors, metadata, self.identity_hash)
+        except (SafetensorError, OSError, KeyError, ValueError, TypeError, RuntimeError) as error:
+            problem = f"unreadable: {error}"
+        if problem is not None:
+            logger.warning("spectrogram cache entry %s for %s is not usable (%s); recomputing it.", entry, path, problem)
+            return None
+        return tensors[_TENSOR_NAME]
+
+    def put(self, path: str | os.PathLike, tensor: torch.Tensor) -> Path:
+        """Store the spectrogram of `path` atomically; returns the entry file."""
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"spectrogram of {path} must be a torch.Tensor, got {type(tensor).__name__}.")
+        entry = self.entry_path(path)
+        stored = tensor.detach().cpu().contiguous()
+        if stored.is_floating_point() and not torch.isfinite(stored).all():
+            raise ValueError(f"spectrogram of {path} holds NaN or Inf values: it is not cached (nor to be trained on).")
+        data = {_TENSOR_NAME: stored}
+        metadata = {
+            "audio_path": str(Path(path).resolve()),
+            "identity_sha256": self.identity_hash,
+            "shape": json.dumps(list(stored.shape)),
+            "dtype": str(stored.dtype),
+            "crc32": _checksum(stored),
+        }
+        atomic_write(entry, lambda tmp: save_file(data, tmp, metadata=metadata))
+        return entry
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.folder.glob("??/*.safetensors"))
