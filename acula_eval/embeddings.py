@@ -12,7 +12,6 @@ import contextlib
 import hashlib
 import inspect
 import json
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +24,7 @@ from transformers import AutoFeatureExtractor, AutoModel
 
 from acula_train.audio_batches import decoded_batches
 from modeling_acula.feature_extraction_acula import AculaFeatureExtractor
+from modeling_acula.audio_utils import cut_windows
 from modeling_acula.file_utils import acula_cache_dir, file_sha256
 from modeling_acula.modeling_acula import mean_per_recording, pool_audio_encoder_output
 from acula_train.tensor_cache import TensorCache
@@ -82,14 +82,6 @@ class EmbeddingCache:
 
     def put(self, path: str | os.PathLike, embedding: np.ndarray) -> None:
         self._store.put(path, torch.from_numpy(np.ascontiguousarray(embedding, dtype=np.float32)))
-
-
-def _cut_windows(waveform: np.ndarray, window: int, hop: int) -> list[np.ndarray]:
-    """Windows covering the whole recording (the last one may be shorter), as acula's feature extractor cuts them."""
-    if waveform.size <= window:
-        return [waveform]
-    count = 1 + math.ceil((waveform.size - window) / hop)
-    return [waveform[i * hop : i * hop + window] for i in range(count)]
 
 
 class FileEmbedder:
@@ -253,7 +245,7 @@ class AudioEmbedder(FileEmbedder):
         hop = window if self.hop_seconds is None else round(self.hop_seconds * self.sampling_rate)
         segments, index = [], []
         for number, waveform in enumerate(waveforms):
-            for segment in _cut_windows(waveform, window, hop):
+            for segment in cut_windows(waveform, window, hop):
                 segments.append(segment)
                 index.append(number)
         call_params = set(inspect.signature(self.feature_extractor.__call__).parameters)

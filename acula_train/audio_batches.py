@@ -12,7 +12,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
-from .manifest import decode_audio
+from modeling_acula.audio_utils import decode_audio
 
 
 def decoded_batches(

@@ -9,7 +9,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .manifest import DEFAULT_SAMPLING_RATE, Manifest, decode_audio
+from modeling_acula.audio_utils import DEFAULT_SAMPLING_RATE, decode_audio
+
+from .manifest import Manifest
 from .tensor_cache import TensorCache
 
 

@@ -9,7 +9,8 @@ import numpy as np
 
 from benchmarks.reference import NUM_SAMPLES, SAMPLING_RATE
 from modeling_acula.file_utils import default_dev_pack
-from acula_train.manifest import Manifest, decode_audio, load_manifest
+from acula_train.manifest import Manifest, load_manifest
+from modeling_acula.audio_utils import decode_audio
 
 # The development pack; ACULA_DEV_PACK points elsewhere (e.g. the subset that benchmarks/device_bundle.py carries to
 # a GPU machine, where ../shared is not copied).

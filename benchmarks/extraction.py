@@ -16,7 +16,7 @@ from benchmarks import data, flops
 from benchmarks.harness import Check, Device, Results, Row, Target, Timing, cpu_flags, measure_interleaved
 from modeling_acula import AculaConfig, AculaFeatureExtractor, AculaModel
 from acula_eval.embeddings import AudioEmbedder
-from acula_train.manifest import decode_audio
+from modeling_acula.audio_utils import decode_audio
 
 SECTION = "extraction"
 BATCH = 32  # files per call on a CPU

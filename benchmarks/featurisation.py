@@ -9,7 +9,7 @@ from benchmarks import data
 from benchmarks.harness import Check, Device, Results, Row, Target, measure_interleaved
 from benchmarks.reference import SAMPLING_RATE, reference_from_file, reference_from_waveform
 from modeling_acula import AculaFeatureExtractor
-from acula_train.manifest import decode_audio
+from modeling_acula.audio_utils import decode_audio
 
 SECTION = "featurisation"
 # float64 matches librosa to ~3e-7 on the [0, 1] scale; a float32 FFT is off by up to ~2e-4 in bins 70-80 dB below

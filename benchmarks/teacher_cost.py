@@ -11,7 +11,7 @@ from benchmarks import data, flops
 from benchmarks.harness import Check, Device, Results, Row, Target, measure_interleaved
 from modeling_acula import AculaConfig, AculaFeatureExtractor, AculaForPreTraining
 from acula_train.teacher import AculaTeacher
-from acula_train.manifest import decode_audio
+from modeling_acula.audio_utils import decode_audio
 from acula_train.reports import build_reports
 from acula_train.teacher import default_teacher_path
 from acula_train.teacher_cache import TeacherEmbeddingCache

@@ -18,7 +18,8 @@ from transformers import AutoFeatureExtractor, Trainer, TrainingArguments
 
 import modeling_acula  # noqa: F401
 from modeling_acula import AculaForAudioClassification, apply_lora
-from acula_train.manifest import decode_audio, load_manifest
+from acula_train.manifest import load_manifest
+from modeling_acula.audio_utils import decode_audio
 
 
 class SpectrogramDataset(torch.utils.data.Dataset):

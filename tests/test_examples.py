@@ -10,7 +10,8 @@ from safetensors import safe_open
 from sklearn.metrics import roc_auc_score
 
 from modeling_acula import AculaFeatureExtractor, AculaForAudioClassification, AculaModel
-from acula_train.manifest import decode_audio, load_manifest
+from acula_train.manifest import load_manifest
+from modeling_acula.audio_utils import decode_audio
 
 from tests.modeling_acula.test_modeling import tiny_config
 

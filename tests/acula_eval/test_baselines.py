@@ -25,7 +25,7 @@ from acula_eval.baselines import (
 from acula_eval.embeddings import AudioEmbedder, model_fingerprint
 from acula_eval.leakage_check import check_leakage, training_manifest
 from acula_eval.tasks import load_task, make_splits
-from acula_train.manifest import decode_audio
+from modeling_acula.audio_utils import decode_audio
 
 from tests.modeling_acula.test_modeling import tiny_config
 

@@ -31,7 +31,7 @@ from acula_eval.retrieval import (
     zero_shot_scores,
 )
 from acula_eval.tasks import load_task, make_splits, restrict_to_splits
-from acula_train.manifest import decode_audio
+from modeling_acula.audio_utils import decode_audio
 from acula_train.teacher import default_teacher_path
 
 from tests.modeling_acula.test_modeling import tiny_config

@@ -6,7 +6,7 @@ import soundfile
 import soxr
 
 from acula_train.audio_batches import decoded_batches
-from acula_train.manifest import decode_audio
+from modeling_acula.audio_utils import decode_audio
 
 
 @pytest.fixture

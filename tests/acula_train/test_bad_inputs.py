@@ -19,7 +19,8 @@ import soundfile
 import torch
 
 from modeling_acula.feature_extraction_acula import AculaFeatureExtractor
-from acula_train.manifest import decode_audio, load_manifest
+from acula_train.manifest import load_manifest
+from modeling_acula.audio_utils import decode_audio
 from acula_train.reports import build_reports
 from tests.acula_train.test_train_acula import run_in_process, tiny_args
 

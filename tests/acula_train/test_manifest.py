@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from acula_train.manifest import Manifest, decode_audio, load_manifest
+from acula_train.manifest import Manifest, load_manifest
+from modeling_acula.audio_utils import decode_audio
 
 
 def _write_wav(path: Path, seconds: float = 0.25, sr: int = 16000, channels: int = 1, subtype: str = "PCM_16"):

@@ -243,7 +243,7 @@ def test_second_run_reuses_caches(trained, capsys, monkeypatch):
         raise AssertionError("a cached recording was decoded again")
 
     monkeypatch.setattr("acula_train.audio_batches.decode_audio", no_decoding)
-    monkeypatch.setattr("acula_train.tensor_cache.decode_audio", no_decoding)
+    monkeypatch.setattr("acula_train.dataset.decode_audio", no_decoding)
     run_in_process(tiny_args(root / "again", root / "cache", "--max_steps", "1", "--checkpointing_steps", "0"))
     out = capsys.readouterr().out
     assert "hits=48, computed=0" in out  # every report's teacher vector comes from the cache
