@@ -1,11 +1,30 @@
-"""Evaluation of audio encoders: cached embeddings, a task registry, linear probes, retrieval and zero-shot,
-leakage checks against the alignment data, baselines (log-mel statistics, random weights, the starting encoder),
-tables, plots and model-card metadata (used by `eval_acula.py`)."""
+"""Evaluation of audio encoders (the app behind `eval_acula.py`).
 
-from .baselines import LogMelStatsEmbedder, ModelSpec, open_embedder, resolve_models
+- `tasks/`: the task registry, one module per task family, and the patient-grouped split policies;
+- `embeddings`, `baselines`: cached recording embeddings of model folders and of the baselines (log-mel statistics,
+  random weights, the starting encoder);
+- `probes`, `metrics/`, `retrieval`, `leakage_check`: linear probes, the metric modules, retrieval and zero-shot
+  through alignment heads, leakage checks against the alignment data;
+- `model_evaluation`: one encoder on every task; `runner`: the comparison run (arguments, run, outputs);
+- `report`, `plots`: results.json / results.md / model-card metadata, and the figures.
+"""
+
+from .baselines import (
+    LogMelStatsEmbedder,
+    ModelSpec,
+    find_recorded_start,
+    open_embedder,
+    resolve_models,
+)
 from .embeddings import AudioEmbedder, EmbeddingCache, model_fingerprint
 from .leakage_check import check_leakage, training_manifest
-from .probes import ProbeResult, fit_probe, run_probe, score_predictions
+from .probes import (
+    ProbeResult,
+    fit_probe,
+    run_probe,
+    score_predictions,
+    search_regularisation,
+)
 from .retrieval import AlignedSpace, recall_at_k, zero_shot_scores
 from .tasks import (
     TASKS,
@@ -32,6 +51,8 @@ __all__ = [
     "TaskData",
     "TaskSpec",
     "check_leakage",
+    "evaluate_model",
+    "find_recorded_start",
     "fit_probe",
     "get_task",
     "list_tasks",
@@ -45,8 +66,10 @@ __all__ = [
     "run_evaluation",
     "run_probe",
     "score_predictions",
+    "search_regularisation",
     "training_manifest",
     "zero_shot_scores",
 ]
 
+from .model_evaluation import evaluate_model
 from .runner import EvalArguments, run_evaluation

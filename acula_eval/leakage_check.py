@@ -26,8 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from acula_train.leakage import ALIGNED_RECORDINGS_FILE, SHA256_COLUMN, find_overlap, read_aligned_recordings
+from acula_train.leakage import (
+    ALIGNED_RECORDINGS_FILE,
+    SHA256_COLUMN,
+    find_overlap,
+    read_aligned_recordings,
+)
 from acula_train.manifest import Manifest, load_manifest
+
 from .tasks import TaskData
 
 # Values of a leakage record's "status".

@@ -7,8 +7,10 @@ non-interactive Agg backend.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -129,4 +131,47 @@ def plot_projection(features: np.ndarray, labels: np.ndarray, classes: Sequence[
     return Path(path)
 
 
-__all__ = ["plot_projection", "plot_roc_curves", "plot_score_bars", "project_2d"]
+def _safe(name: str) -> str:
+    """A task or model name as part of a file name."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def write_plots(folder: str | os.PathLike, results: Sequence[Mapping[str, Any]],
+                tasks: Mapping[str, Mapping[str, Any]], datasets: Mapping[str, Any],
+                embeddings: Mapping[tuple[str, str], np.ndarray], pooled_predictions: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]],
+                projection: str = "pca") -> None:
+    """
+    Every figure of an evaluation into `folder`: `<metric>_bars.png`, `roc_<task>.png` and
+    `embedding_<task>_<model>.png`.
+
+    Args:
+        folder (`str` or `os.PathLike`): created if needed.
+        results (`Sequence[Mapping]`): the result records (`task`, `model`, `metric`, `status`, `mean`, `std`).
+        tasks (`Mapping[str, Mapping]`): task records by name (`metric`, `classes`).
+        datasets (`Mapping[str, TaskData]`): the tasks' recordings (their labels and classes colour the points).
+        embeddings (`Mapping`): `(model, task)` -> recording embeddings.
+        pooled_predictions (`Mapping`): task -> model -> `(labels, pooled class probabilities)`.
+        projection (`str`): `"pca"` or `"tsne"`.
+    """
+    from .report import METRIC_LABELS
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for metric in sorted({t["metric"] for t in tasks.values()}):
+        table: dict[str, dict[str, dict[str, float]]] = {}
+        for record in results:
+            if record["metric"] == metric and record["status"] == "ok":
+                table.setdefault(record["task"], {})[record["model"]] = {"mean": record["mean"], "std": record["std"]}
+        if table:
+            plot_score_bars(table, folder / f"{metric}_bars.png", METRIC_LABELS.get(metric, metric))
+    for task_name, curves in pooled_predictions.items():
+        plot_roc_curves(curves, folder / f"roc_{_safe(task_name)}.png", task_name, tasks[task_name]["classes"])
+    for (model_name, task_name), features in embeddings.items():
+        data = datasets[task_name]
+        if len(features) >= 5:
+            plot_projection(features, data.labels, data.classes,
+                            folder / f"embedding_{_safe(task_name)}_{_safe(model_name)}.png",
+                            f"{task_name} / {model_name}", projection)
+
+
+__all__ = ["plot_projection", "plot_roc_curves", "plot_score_bars", "project_2d", "write_plots"]

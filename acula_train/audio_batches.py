@@ -30,7 +30,7 @@ def decoded_batches(
     at most two batches of waveforms are held in memory at once.
 
     Args:
-        paths (`Sequence[str or os.PathLike]`): audio files, decoded with `acula_train.manifest.decode_audio`.
+        paths (`Sequence[str or os.PathLike]`): audio files, decoded with `modeling_acula.audio_utils.decode_audio`.
         sampling_rate (`int`): rate (Hz) every waveform is resampled to.
         batch_size (`int`): files per yielded batch.
         workers (`int`, *optional*, defaults to 2): decoding threads; 0 decodes in the calling thread.

@@ -113,7 +113,6 @@ def save_checkpoint(
     scheduler: Any,
     trainer_state: dict[str, Any],
     total_limit: int | None = None,
-    before_publish: Any = None,
     run_config: dict[str, Any] | None = None,
 ) -> Path:
     """Write a checkpoint atomically and keep at most `total_limit` of them. Call on the main process only.
@@ -127,8 +126,6 @@ def save_checkpoint(
         trainer_state (`dict`): JSON-serialisable loop state (epoch, batches done, counters).
         total_limit (`int`, *optional*): number of checkpoints to keep; older ones are removed after the new one
             is in place. The new one is always kept, and checkpoints of later steps than `step` are removed.
-        before_publish (`callable`, *optional*): called with the temporary folder just before it is renamed into
-            place (used by the fault-injection tests).
         run_config (`dict`, *optional*): JSON-serialisable settings that define the run; [`load_checkpoint`]
             refuses to resume a run whose settings differ.
     """
@@ -146,9 +143,7 @@ def save_checkpoint(
     if run_config is not None:
         state["run_config"] = run_config
     (temporary / STATE_NAME).write_text(json.dumps(state, indent=1), encoding="utf-8")
-    _fsync_folder(temporary)
-    if before_publish is not None:
-        before_publish(temporary)
+    _fsync_folder(temporary)  # complete on disk before it is published under its name
 
     if final.exists():  # re-saving the same step (e.g. after a resume): replace it whole
         shutil.rmtree(final)

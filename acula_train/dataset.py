@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -13,6 +14,9 @@ from modeling_acula.audio_utils import DEFAULT_SAMPLING_RATE, decode_audio
 
 from .manifest import Manifest
 from .tensor_cache import TensorCache
+
+if TYPE_CHECKING:
+    from modeling_acula import AculaFeatureExtractor
 
 
 class AudioSpectrogramDataset(Dataset):
@@ -93,3 +97,28 @@ class AudioSpectrogramDataset(Dataset):
         if self.teacher_vectors is not None:
             item["teacher_embeds"] = self.teacher_vectors[index]
         return item
+
+
+def spectrogram_cache(cache_dir: Path, extractor: AculaFeatureExtractor) -> TensorCache:
+    """The spectrogram cache of `extractor`'s settings under `cache_dir` (a saved extractor's `auto_map` is no
+    setting: a folder's reloaded extractor finds the spectrograms its training run cached)."""
+    identity = {key: value for key, value in extractor.to_dict().items() if key != "auto_map"}
+    return TensorCache(Path(cache_dir) / "spectrograms", identity)
+
+
+def pair_dataset(manifest, extractor: AculaFeatureExtractor, cache: TensorCache,
+                 teacher_vectors: torch.Tensor) -> AudioSpectrogramDataset:
+    """The alignment pairs (spectrogram, teacher vector) of `manifest`'s rows: what training iterates, and what the
+    readout is fitted on (also when `python -m acula_train.readout fit` rebuilds them for an existing folder).
+
+    Args:
+        manifest ([`~acula_train.manifest.Manifest`]): the rows used, in order.
+        extractor ([`AculaFeatureExtractor`]): the run's feature extractor (spectrograms missing from `cache`).
+        cache ([`TensorCache`]): see [`spectrogram_cache`].
+        teacher_vectors (`torch.Tensor`): `(len(manifest), teacher width)`, the teacher vector of each row's report.
+    """
+    def featurize(waveform, rate):
+        return extractor(waveform, sampling_rate=rate, return_tensors="pt")["input_values"][0]
+
+    return AudioSpectrogramDataset(manifest, featurize, cache=cache, teacher_vectors=teacher_vectors,
+                                   sampling_rate=extractor.sampling_rate, resample_quality=extractor.resample_quality)

@@ -217,7 +217,7 @@ def _read_datasets_folder(path: Path, split: str | None, audio_column: str) -> l
             raise ValueError(f"{path}: no split {split!r}; splits are {list(dataset)}.")
         dataset = dataset[split]
     if isinstance(dataset.features.get(audio_column), Audio):
-        # Decoding here would need torchcodec; we only need the path (decode_audio reads it).
+        # Decoding here would need torchcodec; we only need the path (`audio_utils.decode_audio` reads it).
         dataset = dataset.cast_column(audio_column, Audio(decode=False))
     rows = []
     for index, record in enumerate(dataset):

@@ -91,7 +91,8 @@ def public_training_args(args: Mapping[str, Mapping[str, Any]], output_dir: str 
     relative to the output folder's parent (or by folder name), `--output_dir` by its folder name, no cache folder.
 
     Args:
-        args (`Mapping`): the three argument groups as dicts (`dataclasses.asdict`).
+        args (`Mapping`): the three argument groups as dicts (`dataclasses.asdict`; the training group by
+            `TrainingArguments.to_dict`, which masks tokens).
         output_dir (`str` or `os.PathLike`): the run's output folder.
     """
     output_dir = Path(output_dir)

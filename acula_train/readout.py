@@ -300,6 +300,52 @@ class AlignmentReadout:
 # ---------------------------------------------------------------------- projections of the training pairs
 
 
+def recall_at_k(
+    audio: np.ndarray, text: np.ndarray, reports: Sequence[str], ks: Sequence[int] = (1, 5, 10)
+) -> dict[str, dict[str, float]]:
+    """
+    Audio -> report and report -> audio recall@k by cosine similarity.
+
+    Templated reports repeat (every normal Yaseen clip gets the same text), so reports are deduplicated: audio ->
+    report ranks the distinct texts and hits when the recording's own text is in the top k; report -> audio hits
+    when any recording with that text is in the top k. A cut-off that cannot miss is left out: audio -> report
+    R@k needs k < the number of distinct reports, report -> audio R@k needs k <= n minus the most recordings that
+    share one report.
+
+    Args:
+        audio (`np.ndarray`): `(n, d)` normalised audio projections (in the readout's space, see
+            [`~acula_eval.retrieval.AlignedSpace`]).
+        text (`np.ndarray`): `(n, d)` normalised text projections of each recording's report (same space).
+        reports (`Sequence[str]`): the report of each recording.
+        ks (`Sequence[int]`): cut-offs.
+
+    Returns:
+        `{"audio_to_report": {"R@1": ...}, "report_to_audio": {...}, "num_recordings": n, "num_reports": m}`.
+    """
+    unique: dict[str, int] = {}
+    for report in reports:
+        unique.setdefault(report, len(unique))
+    if len(unique) < 2:
+        raise ValueError(f"Retrieval needs at least two distinct reports; all {len(reports)} recordings share one "
+                         "(metadata without findings gives every recording the same templated report).")
+    owner = np.array([unique[r] for r in reports])
+    largest_share = int(np.bincount(owner).max())
+    first = np.array([reports.index(r) for r in unique])
+    similarity = audio @ text[first].T  # (n recordings, m distinct reports)
+    audio_rank = np.argsort(-similarity, axis=1, kind="stable")
+    report_rank = np.argsort(-similarity.T, axis=1, kind="stable")
+    result: dict[str, Any] = {"audio_to_report": {}, "report_to_audio": {}, "num_recordings": len(reports),
+                              "num_reports": len(unique)}
+    for k in ks:
+        if k < len(unique):
+            hits_a = [owner[i] in audio_rank[i, :k] for i in range(len(reports))]
+            result["audio_to_report"][f"R@{k}"] = float(np.mean(hits_a))
+        if k <= len(reports) - largest_share:
+            hits_t = [np.any(owner[report_rank[j, :k]] == j) for j in range(len(unique))]
+            result["report_to_audio"][f"R@{k}"] = float(np.mean(hits_t))
+    return result
+
+
 @torch.no_grad()
 def pair_projections(model, dataset: Dataset, *, batch_size: int = 16, device: str | torch.device | None = None,
                      num_workers: int = 0, show_progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -350,7 +396,6 @@ def _in_sample_retrieval(readout: AlignmentReadout, audio: torch.Tensor, text: t
     check that the fit worked and a measure of how far plain cosine was off)."""
     if reports is None or len(set(reports)) < 2:
         return {}
-    from acula_eval.retrieval import recall_at_k
 
     def r_at_1(a: torch.Tensor, t: torch.Tensor) -> float | None:
         a = torch.nn.functional.normalize(a.double(), dim=-1).numpy()
@@ -410,27 +455,23 @@ def write_training_readout(output_dir: str | os.PathLike, dataset: Dataset, *, r
                            show_progress: bool = True) -> AlignmentReadout:
     """
     Fit (CKA heads) or record (InfoNCE heads: cosine) the readout of a finished training run and save it into
-    `<output_dir>/alignment/`. Called by `train_acula.py` on the main process after the output folder is written.
+    `<output_dir>/alignment/`. Called by `train_acula.py` on the main process, in the staged output folder before it
+    is swapped in (see [`~acula_train.output_folder.save_output_folder`]).
 
     The heads are reloaded from `alignment/` (the saved, merged model the evaluator loads), so the readout fits
     exactly those weights whatever the training wrapper (LoRA, DDP) was.
 
     Args:
-        output_dir (`str` or `os.PathLike`): the finished output folder.
+        output_dir (`str` or `os.PathLike`): the written (or staged) output folder.
         dataset (`Dataset`): the run's training pairs (spectrograms with teacher vectors), in `reports.jsonl` order.
         reports (`Sequence[str]`, *optional*): the report of each pair (in-sample diagnostics only).
         batch_size, device, num_workers, show_progress: see [`pair_projections`].
     """
     model = load_alignment_model(output_dir, device)
-    try:
-        readout = fit_readout(model, dataset, reports=reports, batch_size=batch_size, device=device,
-                              num_workers=num_workers, show_progress=show_progress,
-                              info={"source": "train_acula.py", "fitted_on": "the alignment training pairs of this "
-                                    "run (reports.jsonl; the training crop of each recording)"})
-    except ValueError as error:
-        raise ValueError(f"The model folder {output_dir} is written, but its zero-shot / retrieval readout could not "
-                         f"be fitted: {error} (refit it with `python -m acula_train.readout fit "
-                         f"--model_dir {output_dir}`).") from error
+    readout = fit_readout(model, dataset, reports=reports, batch_size=batch_size, device=device,
+                          num_workers=num_workers, show_progress=show_progress,
+                          info={"source": "train_acula.py", "fitted_on": "the alignment training pairs of this "
+                                "run (reports.jsonl; the training crop of each recording)"})
     readout.save(Path(output_dir) / "alignment")
     return readout
 
@@ -442,7 +483,8 @@ def training_pairs_dataset(model_dir: str | os.PathLike, *, cache_dir: str | os.
                            device: str | torch.device | None = None, teacher_batch_size: int = 64,
                            show_progress: bool = True):
     """
-    The alignment training pairs of an output folder, rebuilt from what it records: `reports.jsonl` (each
+    The alignment training pairs of an output folder, rebuilt (with the dataset function training uses,
+    [`~acula_train.dataset.pair_dataset`]) from what it records: `reports.jsonl` (each
     recording's path and report), `teacher.json` (the teacher, reloaded with its layer, pooling and max length)
     and the folder's feature extractor. Spectrograms and teacher vectors are read from the training caches when
     they are still there (`cache_dir`, default [`~modeling_acula.file_utils.acula_cache_dir`], as for training), else computed
@@ -452,12 +494,11 @@ def training_pairs_dataset(model_dir: str | os.PathLike, *, cache_dir: str | os.
         `(dataset, reports)`: an [`~acula_train.dataset.AudioSpectrogramDataset`] with teacher
         vectors, and the report of each row.
     """
-    from acula_eval.retrieval import load_teacher
+    from .teacher import load_teacher
     from modeling_acula.feature_extraction_acula import AculaFeatureExtractor
     from .manifest import load_manifest
-    from .dataset import AudioSpectrogramDataset
-    from .tensor_cache import TensorCache
     from .teacher_cache import TeacherEmbeddingCache
+    from .dataset import pair_dataset, spectrogram_cache
 
     folder = Path(model_dir)
     pairs_file = folder / "reports.jsonl"
@@ -479,15 +520,7 @@ def training_pairs_dataset(model_dir: str | os.PathLike, *, cache_dir: str | os.
         reports, teacher, batch_size=teacher_batch_size, show_progress=show_progress)
     del teacher
     extractor = AculaFeatureExtractor.from_pretrained(folder)
-    # The training run keyed its cache on the extractor it built; the saved copy adds only `auto_map`.
-    identity = {k: v for k, v in extractor.to_dict().items() if k != "auto_map"}
-    def featurize(waveform, rate):
-        return extractor(waveform, sampling_rate=rate, return_tensors="pt")["input_values"][0]
-
-    dataset = AudioSpectrogramDataset(
-        manifest, featurize, cache=TensorCache(root / "spectrograms", identity), teacher_vectors=vectors,
-        sampling_rate=extractor.sampling_rate, resample_quality=extractor.resample_quality,
-    )
+    dataset = pair_dataset(manifest, extractor, spectrogram_cache(root, extractor), vectors)
     return dataset, reports
 
 
@@ -563,6 +596,7 @@ __all__ = [
     "load_alignment_model",
     "pair_projections",
     "readout_kind_for_loss",
+    "recall_at_k",
     "training_pairs_dataset",
     "write_training_readout",
 ]

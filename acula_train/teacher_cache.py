@@ -8,7 +8,7 @@ one root without ever mixing:
     <root>/<identity hash[:16]>/shard-<run>-p<i>of<n>.safetensors
                                                 tensor "embeddings" (rows, hidden), float32; metadata
                                                 "keys" = JSON list of the rows' keys, "truncated" = count
-    <root>/<identity hash[:16]>/.lock           taken (flock) while the index is merged
+    <root>/<identity hash[:16]>/.lock           taken (filelock) while the index is merged
 
 The identity is what `AculaTeacher.identity` says decides the vectors: layer, pooling, max_length,
 dtype, hidden size, and for a Hub model its name, revision and (when known) resolved commit; for a local
@@ -21,9 +21,9 @@ teacher's; a teacher of another identity ignores it and uses its own sub-folder.
 
 Safety: every file is written to a temporary name in the same folder and moved into place with
 `os.replace` (atomic), so a crash leaves at worst an unused shard, never a corrupt index or shard.
-Several runs may share a root at once (also on a shared file system with working `flock`): the index
-is merged under an exclusive lock, re-reading what other runs added, so no run loses another's entries.
-The lock is released by the OS if a run dies.
+Several runs may share a root at once (also on a shared file system with working `flock`; on Windows
+through filelock's native lock): the index is merged under an exclusive lock, re-reading what other runs
+added, so no run loses another's entries. The lock is released by the OS if a run dies.
 
 Clearing: the cache is a plain folder. Deleting it, or one identity sub-folder, is always safe (the
 vectors are recomputed on the next run); just do not delete it while a run is writing to it.
@@ -34,23 +34,17 @@ in memory (lookups read whole shards, so they are not meant for per-batch use).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-try:
-    import fcntl
-except ImportError:  # Windows: no flock; runs sharing a cache folder are then not coordinated
-    fcntl = None
-
 import torch
+from filelock import FileLock
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -132,45 +126,16 @@ def _process_info(accelerator: Any) -> tuple[int, int]:
     return accelerator.process_index, accelerator.num_processes
 
 
-class _HeldLock:
-    def __init__(self) -> None:
-        self.rlock = threading.RLock()
-        self.fd: int | None = None
-        self.depth = 0
+def folder_lock(folder: str | os.PathLike) -> FileLock:
+    """Exclusive lock on a cache folder (`<folder>/.lock`) between processes, and between threads of this
+    process; use it as a context manager. One lock object per folder (filelock's singleton), re-entrant within a
+    thread, so nested use by two cache objects on the same folder in one thread cannot deadlock. The OS releases
+    it if the process dies.
 
-
-_HELD_LOCKS: dict[str, _HeldLock] = {}
-_HELD_LOCKS_GUARD = threading.Lock()
-
-
-@contextlib.contextmanager
-def folder_lock(folder: str | os.PathLike) -> Iterator[None]:
-    """Exclusive lock on a cache folder (`flock` on `<folder>/.lock`) between processes, and between
-    threads of this process. Re-entrant within a thread, so nested use by two cache objects on the same
-    folder in one thread cannot deadlock. The OS releases it if the process dies."""
-    path = os.path.realpath(os.path.join(folder, LOCK_NAME))
-    with _HELD_LOCKS_GUARD:
-        held = _HELD_LOCKS.setdefault(path, _HeldLock())
-    with held.rlock:
-        if held.depth == 0 and fcntl is not None:
-            descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-            try:
-                fcntl.flock(descriptor, fcntl.LOCK_EX)
-            except BaseException:
-                os.close(descriptor)
-                raise
-            held.fd = descriptor
-        held.depth += 1
-        try:
-            yield
-        finally:
-            held.depth -= 1
-            if held.depth == 0 and held.fd is not None:
-                descriptor, held.fd = held.fd, None
-                try:
-                    fcntl.flock(descriptor, fcntl.LOCK_UN)
-                finally:
-                    os.close(descriptor)
+    Args:
+        folder (`str` or `os.PathLike`): the folder to lock (spellings of one folder share one lock).
+    """
+    return FileLock(os.path.realpath(os.path.join(folder, LOCK_NAME)), is_singleton=True)
 
 
 class TeacherEmbeddingCache:

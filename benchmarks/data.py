@@ -1,4 +1,8 @@
-"""Inputs shared by the benchmark sections: recordings of the development pack and reports for them."""
+"""Inputs shared by the benchmark sections: recordings of the development pack.
+
+The pack is `modeling_acula.file_utils.default_dev_pack()`, read at each call: `$ACULA_DEV_PACK` (e.g. the subset
+that benchmarks/device_bundle.py carries to a GPU machine, where ../shared is not copied), else the in-tree one.
+"""
 
 from __future__ import annotations
 
@@ -7,20 +11,20 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.reference import NUM_SAMPLES, SAMPLING_RATE
-from modeling_acula.file_utils import default_dev_pack
 from acula_train.manifest import Manifest, load_manifest
+from benchmarks.reference import NUM_SAMPLES, SAMPLING_RATE
 from modeling_acula.audio_utils import decode_audio
-
-# The development pack; ACULA_DEV_PACK points elsewhere (e.g. the subset that benchmarks/device_bundle.py carries to
-# a GPU machine, where ../shared is not copied).
-DEV_PACK = default_dev_pack()
+from modeling_acula.file_utils import default_dev_pack
 
 
-@lru_cache(maxsize=1)
 def dev_manifest() -> Manifest:
     """The development pack (1,990 real recordings, 16 kHz FLAC); a clear error when it is absent."""
-    metadata = DEV_PACK / "metadata.csv"
+    return _load_pack(default_dev_pack())
+
+
+@lru_cache(maxsize=2)
+def _load_pack(folder: Path) -> Manifest:
+    metadata = folder / "metadata.csv"
     if not metadata.exists():
         raise ValueError(f"The benchmarks read the development pack, which is missing: {metadata} does not exist.")
     return load_manifest(metadata)

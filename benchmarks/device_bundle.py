@@ -30,9 +30,9 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import data  # noqa: E402
-from benchmarks.data import DEV_PACK  # noqa: E402
 from benchmarks.harness import SIZES  # noqa: E402
 from benchmarks.reference import NUM_SAMPLES, SAMPLING_RATE  # noqa: E402
+from modeling_acula.file_utils import default_dev_pack  # noqa: E402
 
 # Missing on the GPU image (or there in another version than acula is tested with); the rest of acula's
 # dependencies (torch, accelerate, peft, safetensors, numpy, scipy, scikit-learn, numba, tokenizers, ...) are there.
@@ -70,7 +70,8 @@ def rows_needed(size: dict[str, int]) -> list[int]:
 
 def write_pack(folder: Path, rows: list[int]) -> int:
     """Copy `rows` of the development pack (metadata and audio) into `folder`; returns the bytes of audio copied."""
-    with open(DEV_PACK / "metadata.csv", newline="", encoding="utf-8") as handle:
+    pack = default_dev_pack()
+    with open(pack / "metadata.csv", newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         fieldnames, all_rows = reader.fieldnames, list(reader)
     folder.mkdir(parents=True, exist_ok=True)
@@ -82,7 +83,7 @@ def write_pack(folder: Path, rows: list[int]) -> int:
             row = all_rows[number]
             target = folder / row["file"]
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(DEV_PACK / row["file"], target)
+            shutil.copy2(pack / row["file"], target)
             copied += target.stat().st_size
             writer.writerow(row)
     return copied

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
-import soxr
 
 from benchmarks import data
 from benchmarks.harness import Check, Device, Results, Row, Target, measure_interleaved
 from benchmarks.reference import SAMPLING_RATE, reference_from_file, reference_from_waveform
 from modeling_acula import AculaFeatureExtractor
-from modeling_acula.audio_utils import decode_audio
+from modeling_acula.audio_utils import decode_audio, resample
 
 SECTION = "featurisation"
 # float64 matches librosa to ~3e-7 on the [0, 1] scale; a float32 FFT is off by up to ~2e-4 in bins 70-80 dB below
@@ -40,7 +39,7 @@ def _batched_from_files(extractor: AculaFeatureExtractor, paths: list, device: D
 def run(results: Results, size: dict[str, int], repeats: int, device: Device) -> None:
     clips = data.clips(size["feat_clips"])
     # The same clips at 44.1 kHz (made once, untimed), so that resampling is part of the timed work.
-    clips_44k = [soxr.resample(clip, SAMPLING_RATE, 44100, quality="HQ").astype(np.float32) for clip in clips]
+    clips_44k = [resample(clip, SAMPLING_RATE, 44100) for clip in clips]
     files = data.paths(data.subset(size["feat_files"]))
     extractors = {DEFAULT: AculaFeatureExtractor(), "float64": AculaFeatureExtractor(compute_dtype="float64")}
     outputs: dict[str, np.ndarray] = {}

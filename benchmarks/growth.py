@@ -6,8 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from benchmarks import data
-from benchmarks.harness import Device, Results, Row, Target, run_worker
+from benchmarks.harness import Device, Results, Row, Target
 from benchmarks.pipeline import fill_cache
+from benchmarks.worker import run_worker
 from modeling_acula import AculaFeatureExtractor
 from acula_train.tensor_cache import TensorCache
 

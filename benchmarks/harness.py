@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import resource
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -19,7 +17,6 @@ import numpy as np
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-WORKER = Path(__file__).resolve().parent / "worker.py"
 
 # How much work each size does (the debiased CKA loss needs batches of at least 4). `tiny` exists for the test-suite
 # (its numbers mean nothing); `default` is the size the issue's "< 10 minutes on 2 CPU cores" applies to; `large`
@@ -278,26 +275,3 @@ def machine_info(device: Device) -> dict[str, Any]:
         "device": device.description,
         "load_average_start": os.getloadavg(),
     }
-
-
-def run_worker(spec: dict[str, Any], isolate: bool = True) -> dict[str, Any]:
-    """Runs one memory-measured job (see `worker.py`) in a fresh Python process, so that its peak RSS is its own.
-
-    With `isolate=False` (tests only) the job runs in this process and its memory figures are not meaningful.
-    """
-    if not isolate:
-        from benchmarks.worker import run_job
-
-        return run_job(spec)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    completed = subprocess.run(
-        [sys.executable, str(WORKER), json.dumps(spec)], capture_output=True, text=True, env=env, cwd=REPO_ROOT
-    )
-    if completed.returncode != 0:
-        raise RuntimeError(
-            f"benchmark worker {spec.get('job')!r} failed (exit {completed.returncode}):\n{completed.stderr[-4000:]}"
-        )
-    lines = [line for line in completed.stdout.splitlines() if line.startswith("{")]
-    if not lines:
-        raise RuntimeError(f"benchmark worker {spec.get('job')!r} printed no JSON result:\n{completed.stdout[-2000:]}")
-    return json.loads(lines[-1])

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from benchmarks import flops
-from benchmarks.harness import Device, Results, Row, Target, run_worker
+from benchmarks.harness import Device, Results, Row, Target
+from benchmarks.worker import run_worker
 
 SECTION = "training"
 

@@ -1,5 +1,7 @@
-"""One memory-measured benchmark job, run by `harness.run_worker` in a fresh process so that the peak RSS it reports
-is its own: `python benchmarks/worker.py '{"job": "train", ...}'` prints one JSON line.
+"""One memory-measured benchmark job, run by `run_worker` in a fresh process so that the peak RSS it reports is its
+own: `python benchmarks/worker.py '{"job": "train", ...}'` prints one JSON line.
+
+The sections import `run_worker` from here; the harness does not know this module, so the imports form no cycle.
 
 Jobs:
     train        steps of AculaForPreTraining on fixed inputs (throughput, peak memory, whether SDPA ran)
@@ -10,9 +12,12 @@ Jobs:
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -20,7 +25,7 @@ if __package__ in (None, ""):
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.harness import Device, current_rss_mb, peak_rss_mb  # noqa: E402
+from benchmarks.harness import REPO_ROOT, Device, current_rss_mb, peak_rss_mb  # noqa: E402
 
 
 def _train_step(model, optimizer, inputs, vectors, device: Device) -> None:
@@ -133,6 +138,29 @@ def run_job(spec: dict) -> dict:
     result["peak_rss_mb"] = peak_rss_mb()
     result["device_peak_mb"] = device.peak_memory_mb()
     return result
+
+
+def run_worker(spec: dict[str, Any], isolate: bool = True) -> dict[str, Any]:
+    """Runs one memory-measured job (see `JOBS`) in a fresh Python process running this file, so that its peak RSS
+    is its own.
+
+    With `isolate=False` (tests only) the job runs in this process and its memory figures are not meaningful.
+    """
+    if not isolate:
+        return run_job(spec)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    completed = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), json.dumps(spec)],
+        capture_output=True, text=True, env=env, cwd=REPO_ROOT,
+    )
+    if completed.returncode != 0:
+        raise RuntimeError(
+            f"benchmark worker {spec.get('job')!r} failed (exit {completed.returncode}):\n{completed.stderr[-4000:]}"
+        )
+    lines = [line for line in completed.stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        raise RuntimeError(f"benchmark worker {spec.get('job')!r} printed no JSON result:\n{completed.stdout[-2000:]}")
+    return json.loads(lines[-1])
 
 
 if __name__ == "__main__":

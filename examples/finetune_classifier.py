@@ -17,8 +17,8 @@ from sklearn.metrics import roc_auc_score
 from transformers import AutoFeatureExtractor, Trainer, TrainingArguments
 
 import modeling_acula  # noqa: F401
-from modeling_acula import AculaForAudioClassification, apply_lora
 from acula_train.manifest import load_manifest
+from modeling_acula import AculaForAudioClassification, apply_lora
 from modeling_acula.audio_utils import decode_audio
 
 

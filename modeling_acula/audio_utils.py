@@ -1,4 +1,5 @@
-"""The one audio path of acula: decode a file (soundfile + soxr, no FFmpeg) and cut a waveform into windows.
+"""The one audio path of acula: decode a file (soundfile + soxr, no FFmpeg), resample a waveform and cut it into
+windows.
 
 The feature extractor, the training data, the evaluation embedders, the pipeline and the examples all read audio
 through these functions, so a file gives the same samples wherever it is read.
@@ -72,13 +73,29 @@ def decode_audio(path: str | os.PathLike, target_sr: int = DEFAULT_SAMPLING_RATE
         raise ValueError(f"{path}: {bad} NaN or Inf sample(s); the file is corrupt.")
     mono = audio.mean(axis=1) if audio.shape[1] > 1 else audio[:, 0]
     if sampling_rate != target_sr:
-        mono = soxr.resample(mono, sampling_rate, target_sr, quality=resample_quality)
+        mono = resample(mono, sampling_rate, target_sr, resample_quality)
         if mono.size == 0:
             raise ValueError(
                 f"{path}: {audio.shape[0]} sample(s) at {sampling_rate} Hz leave nothing after resampling to "
                 f"{target_sr} Hz."
             )
     return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+def resample(waveform: np.ndarray, orig_sr: int, target_sr: int, quality: str = "HQ") -> np.ndarray:
+    """Resample a 1-D waveform with soxr (what `decode_audio` and the feature extractor both use, so that a file and
+    its waveform give the same samples). May return zero samples for a very short input: callers check.
+
+    Args:
+        waveform (`np.ndarray`): a 1-D float32 waveform.
+        orig_sr (`int`): its sampling rate.
+        target_sr (`int`): the output sampling rate.
+        quality (`str`, *optional*, defaults to `"HQ"`): soxr quality recipe.
+
+    Returns:
+        `np.ndarray`: the float32 waveform at `target_sr`.
+    """
+    return np.asarray(soxr.resample(waveform, orig_sr, target_sr, quality=quality), dtype=np.float32)
 
 
 def cut_windows(waveform: np.ndarray, window: int, hop: int) -> list[np.ndarray]:
@@ -98,4 +115,4 @@ def cut_windows(waveform: np.ndarray, window: int, hop: int) -> list[np.ndarray]
     return [waveform[i * hop : i * hop + window] for i in range(count)]
 
 
-__all__ = ["DEFAULT_SAMPLING_RATE", "cut_windows", "decode_audio"]
+__all__ = ["DEFAULT_SAMPLING_RATE", "cut_windows", "decode_audio", "resample"]

@@ -2,27 +2,24 @@
 
 from __future__ import annotations
 
-import copy
-import math
+import functools
 import numbers
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import soundfile
-import soxr
 import torch
 from transformers.audio_utils import mel_filter_bank
 from transformers.feature_extraction_sequence_utils import SequenceFeatureExtractor
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.utils import logging
 
+from .audio_utils import cut_windows, decode_audio, resample
+
 logger = logging.get_logger(__name__)
 
-# Name of the per-device cache of the STFT window and mel filter bank; never serialised.
-_CACHE_ATTRIBUTE = "_spectrogram_constants_cache"
 # "opera": the reference dB / min-max recipe; "whisper": Whisper's log-mel scale (see the class docstring).
 SPECTROGRAM_RECIPES = ("opera", "whisper")
 # Lowest sampling rate accepted, in Hz (body-sound sources go down to 2 kHz).
@@ -31,22 +28,151 @@ MIN_SAMPLING_RATE = 1000
 _MAX_CHANNELS = 32
 
 
-class _Workspace:
-    """Named buffers reused across the chunks of one call: `buffer(name, shape, ...)` returns the first `shape[0]`
-    rows of a buffer allocated for the largest batch asked for so far (the first chunk is the largest)."""
+@functools.lru_cache(maxsize=16)
+def _window_and_filters(
+    n_fft: int, num_mel_bins: int, f_min: float, f_max: float, sampling_rate: int, device: str, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The STFT window and mel filter bank, built once per settings, device and dtype (keyed by the settings, so an
+    attribute changed after construction cannot use stale tensors)."""
+    window = torch.hann_window(n_fft, periodic=True, dtype=dtype, device=device)
+    # float32 filters are bit-exact with librosa.filters.mel(..., htk=False, norm="slaney").
+    filters = mel_filter_bank(
+        num_frequency_bins=n_fft // 2 + 1,
+        num_mel_filters=num_mel_bins,
+        min_frequency=f_min,
+        max_frequency=f_max,
+        sampling_rate=sampling_rate,
+        norm="slaney",
+        mel_scale="slaney",
+        dtype=np.float32,
+    )
+    return window, torch.from_numpy(np.ascontiguousarray(filters.T)).to(device=device, dtype=dtype)
+
+
+class _ReusedCpuBuffers(threading.local):
+    """This thread's CPU buffers for the two largest intermediates, kept from call to call: fresh multi-MB tensors
+    cost a page fault per 4 KiB at every call on a CPU (measured with `benchmarks/`)."""
 
     def __init__(self):
-        self._buffers: dict[str, torch.Tensor] = {}
+        self.buffers: dict[str, torch.Tensor] = {}
 
-    def buffer(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        held = self._buffers.get(name)
-        if held is None or held.shape[1:] != shape[1:] or held.shape[0] < shape[0] or held.dtype != dtype or \
-                held.device != device:
-            # A normal tensor even when the first call runs under `torch.inference_mode()`: an inference tensor could
-            # not be written in place by a later call outside it.
+    def empty(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        held = self.buffers.get(name)
+        if held is None or held.dtype != dtype or held.shape[1:] != shape[1:] or held.shape[0] < shape[0]:
+            # A normal tensor even under `torch.inference_mode()`, so that later calls outside it can write it.
             with torch.inference_mode(False):
-                held = self._buffers[name] = torch.empty(shape, dtype=dtype, device=device)
+                held = self.buffers[name] = torch.empty(shape, dtype=dtype)
         return held[: shape[0]]
+
+
+_CPU_BUFFERS = _ReusedCpuBuffers()
+
+
+# ---------------------------------------------------------------------------------------------- input checking
+
+
+def _split_batch(raw_audio: Any) -> list[Any]:
+    """Splits the input into a list of items: one waveform, a 2-D (batch, samples) array, or a list."""
+    if isinstance(raw_audio, (np.ndarray, torch.Tensor)):
+        if raw_audio.ndim == 0:
+            raise ValueError("Audio item 0 is a scalar; expected a 1-D waveform.")
+        if raw_audio.ndim == 1:
+            return [raw_audio]
+        if raw_audio.ndim == 2:
+            if raw_audio.shape[0] == 0:
+                raise ValueError("Empty audio input: the batch array has no rows.")
+            rows, columns = raw_audio.shape
+            if columns < rows and columns <= _MAX_CHANNELS:
+                # soundfile's (frames, channels) layout passed as is would become `frames` clips of a few samples
+                # each: garbage features (and a huge output), never what the caller meant.
+                raise ValueError(
+                    f"A 2-D audio array of shape {tuple(raw_audio.shape)} looks like one multi-channel recording "
+                    f"in (samples, channels) layout, not a (batch, samples) batch of {rows} clips of {columns} "
+                    "samples. Pass it inside a list ([audio]) to average its channels, or transpose it if the "
+                    "rows really are waveforms."
+                )
+            return list(raw_audio)
+        raise ValueError(
+            f"A batch array must be 1-D (one waveform) or 2-D (batch, samples), got shape {tuple(raw_audio.shape)}"
+            " (item 0 onwards); pass multi-channel recordings as a list of 2-D arrays."
+        )
+    if isinstance(raw_audio, (list, tuple)):
+        if len(raw_audio) == 0:
+            raise ValueError("Empty audio input: got an empty list.")
+        if all(isinstance(value, numbers.Number) for value in raw_audio):
+            return [raw_audio]  # one waveform given as a list of numbers
+        return list(raw_audio)
+    raise TypeError(
+        f"`raw_audio` must be a numpy array, a torch tensor or a list of them, got {type(raw_audio).__name__}."
+    )
+
+
+def _checked_rates(sampling_rate: int | Sequence[int] | None, num_items: int) -> list[int]:
+    """One integer rate per item, refusing a missing, non-integer or implausible one."""
+    if sampling_rate is None:
+        raise ValueError(
+            "`sampling_rate` is required for every audio item (none was given for items 0.."
+            f"{num_items - 1}): a wrong rate silently ruins the spectrogram, so it is never assumed."
+        )
+    rates = list(sampling_rate) if isinstance(sampling_rate, (list, tuple)) else [sampling_rate] * num_items
+    if len(rates) != num_items:
+        raise ValueError(f"Got {len(rates)} sampling rates for {num_items} audio items.")
+    for index, rate in enumerate(rates):
+        if rate is None:
+            raise ValueError(f"Audio item {index} has no sampling rate.")
+        if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not rate > 0:
+            raise ValueError(f"Audio item {index} has a non-positive or invalid sampling rate {rate!r}.")
+        if rate != int(rate):
+            raise ValueError(f"Audio item {index} has a non-integer sampling rate {rate!r}.")
+        if rate < MIN_SAMPLING_RATE:
+            # Almost surely a mistake (e.g. kHz for Hz), and resampling from it would allocate thousands of times
+            # the input.
+            raise ValueError(
+                f"Audio item {index} has an implausible sampling rate of {rate} Hz (below {MIN_SAMPLING_RATE} Hz); "
+                "give the rate in Hz."
+            )
+    return [int(rate) for rate in rates]
+
+
+def _as_mono_float32(item: Any, index: int) -> np.ndarray:
+    """One item as a finite, contiguous float32 mono waveform; signed integer PCM is scaled to [-1, 1]."""
+    if isinstance(item, torch.Tensor):
+        item = item.detach().cpu()
+        if item.is_floating_point() and item.dtype not in (torch.float32, torch.float64):
+            item = item.float()  # numpy has no bfloat16
+        item = item.numpy()
+    array = np.asarray(item)
+    if array.dtype.kind == "i" and array.dtype.itemsize <= 4:
+        # Signed PCM: full scale is 2 ** (bits - 1), as soundfile reads it. int64 is no PCM format (and is what a
+        # list of Python ints becomes), so it is refused rather than silently scaled by 2 ** 63.
+        array = array.astype(np.float32) / np.float32(-np.iinfo(array.dtype).min)
+    elif array.dtype.kind == "f":
+        with np.errstate(over="ignore"):
+            converted = array.astype(np.float32, copy=False)
+        if converted is not array and (np.isinf(converted) & np.isfinite(array)).any():
+            raise ValueError(
+                f"Audio item {index} has finite {array.dtype} samples beyond the float32 range (max |x| = "
+                f"{np.abs(array[np.isfinite(array)]).max():.3g}); scale the waveform to [-1, 1]."
+            )
+        array = converted
+    else:
+        raise TypeError(
+            f"Audio item {index} has dtype {array.dtype}; expected float32/float64 or int8/int16/int32 PCM."
+        )
+    if array.ndim == 0 or array.ndim > 2:
+        raise ValueError(
+            f"Audio item {index} has {array.ndim} dimensions (shape {array.shape}); expected a 1-D waveform or a 2-D"
+            " multi-channel array."
+        )
+    if array.size == 0:
+        raise ValueError(f"Audio item {index} is empty (shape {array.shape}).")
+    if array.ndim == 2:
+        # The smaller axis holds the channels: soundfile gives (frames, channels), torchaudio (channels, frames).
+        array = array.mean(axis=0 if array.shape[0] <= array.shape[1] else 1, dtype=np.float32)
+    if not np.isfinite(array).all():
+        bad = int(np.size(array) - np.isfinite(array).sum())
+        raise ValueError(f"Audio item {index} contains {bad} NaN or Inf samples.")
+    return np.ascontiguousarray(array)
 
 
 class AculaFeatureExtractor(SequenceFeatureExtractor):
@@ -182,7 +308,6 @@ class AculaFeatureExtractor(SequenceFeatureExtractor):
                 f"`num_frames`={saved_num_frames} does not match num_samples={num_samples} and "
                 f"hop_length={hop_length}, which give {self.num_frames} frames."
             )
-        setattr(self, _CACHE_ATTRIBUTE, {})
 
     # ------------------------------------------------------------------ settings
 
@@ -282,307 +407,123 @@ class AculaFeatureExtractor(SequenceFeatureExtractor):
             raise ValueError(f"`hop_seconds` must be > 0, got {hop_seconds}.")
         return window, hop
 
-    def to_dict(self) -> dict[str, Any]:
-        """Serialises the settings (not the cached window / filter bank tensors) to a Python dictionary."""
-        output = {key: copy.deepcopy(value) for key, value in self.__dict__.items() if key != _CACHE_ATTRIBUTE}
-        output["feature_extractor_type"] = self.__class__.__name__
-        return output
-
-    def __deepcopy__(self, memo: dict) -> AculaFeatureExtractor:
-        new = self.__class__.__new__(self.__class__)
-        memo[id(self)] = new
-        for key, value in self.__dict__.items():
-            setattr(new, key, {} if key == _CACHE_ATTRIBUTE else copy.deepcopy(value, memo))
-        return new
-
-    # ------------------------------------------------------------------ audio I/O
+    # ------------------------------------------------------------------ audio
 
     def load_audio(self, path: str | os.PathLike) -> tuple[np.ndarray, int]:
         """
-        Reads an audio file with soundfile (libsndfile is bundled: WAV, FLAC, OGG, MP3) and mixes it down to mono.
-
-        No resampling is done: pass the returned rate to `__call__`.
+        Reads an audio file at this extractor's rate: [`~modeling_acula.audio_utils.decode_audio`] with its
+        `sampling_rate` and `resample_quality`, so that the features of a file are the features of its waveform.
 
         Args:
             path (`str` or `os.PathLike`):
-                Path of the audio file.
+                Path of the audio file (WAV, FLAC, OGG, MP3).
 
         Returns:
-            `tuple[np.ndarray, int]`: the mono waveform as float32 in [-1, 1] and its sampling rate.
+            `tuple[np.ndarray, int]`: the float32 mono waveform and `self.sampling_rate`, ready for `__call__`.
+
+        Raises:
+            `ValueError` naming the file when it cannot be read, is truncated, empty or holds NaN / Inf samples.
         """
-        try:
-            data, rate = soundfile.read(os.fspath(path), dtype="float32", always_2d=True)
-        except (soundfile.LibsndfileError, RuntimeError, OSError, TypeError) as err:
-            raise ValueError(f"Could not read audio file {os.fspath(path)!r}: {err}") from err
-        if data.size == 0:
-            raise ValueError(f"Audio file {os.fspath(path)!r} contains no samples.")
-        return data.mean(axis=1, dtype=np.float32), int(rate)
+        return decode_audio(path, self.sampling_rate, self.resample_quality), self.sampling_rate
 
-    @staticmethod
-    def _split_batch(raw_audio: Any) -> list[Any]:
-        """Splits the input into a list of items: one waveform, a 2-D (batch, samples) array, or a list."""
-        if isinstance(raw_audio, (np.ndarray, torch.Tensor)):
-            if raw_audio.ndim == 0:
-                raise ValueError("Audio item 0 is a scalar; expected a 1-D waveform.")
-            if raw_audio.ndim == 1:
-                return [raw_audio]
-            if raw_audio.ndim == 2:
-                if raw_audio.shape[0] == 0:
-                    raise ValueError("Empty audio input: the batch array has no rows.")
-                rows, columns = raw_audio.shape
-                if columns < rows and columns <= _MAX_CHANNELS:
-                    # soundfile's (frames, channels) layout passed as is would become `frames` clips of a few
-                    # samples each: garbage features (and a huge output), never what the caller meant.
+    def _waveforms(self, raw_audio: Any, sampling_rate: int | Sequence[int] | None) -> list[np.ndarray]:
+        """Every input check in one place: splits the batch, checks each item and its rate, and returns float32
+        mono waveforms at `self.sampling_rate`."""
+        items = _split_batch(raw_audio)
+        waveforms = []
+        for index, (item, rate) in enumerate(zip(items, _checked_rates(sampling_rate, len(items)))):
+            waveform = _as_mono_float32(item, index)
+            if rate != self.sampling_rate:
+                resampled = resample(waveform, rate, self.sampling_rate, self.resample_quality)
+                if resampled.size == 0:
                     raise ValueError(
-                        f"A 2-D audio array of shape {tuple(raw_audio.shape)} looks like one multi-channel recording "
-                        f"in (samples, channels) layout, not a (batch, samples) batch of {rows} clips of {columns} "
-                        "samples. Pass it inside a list ([audio]) to average its channels, or transpose it if the "
-                        "rows really are waveforms."
+                        f"Audio item {index} has {waveform.size} samples at {rate} Hz: nothing is left after "
+                        f"resampling to {self.sampling_rate} Hz."
                     )
-                return list(raw_audio)
-            raise ValueError(
-                f"A batch array must be 1-D (one waveform) or 2-D (batch, samples), got shape {tuple(raw_audio.shape)}"
-                " (item 0 onwards); pass multi-channel recordings as a list of 2-D arrays."
-            )
-        if isinstance(raw_audio, (list, tuple)):
-            if len(raw_audio) == 0:
-                raise ValueError("Empty audio input: got an empty list.")
-            if all(isinstance(value, numbers.Number) for value in raw_audio):
-                return [raw_audio]  # one waveform given as a list of numbers
-            return list(raw_audio)
-        raise TypeError(
-            f"`raw_audio` must be a numpy array, a torch tensor or a list of them, got {type(raw_audio).__name__}."
-        )
-
-    def _to_mono_float(self, item: Any, index: int) -> np.ndarray:
-        """Converts one item to a finite float32 mono waveform, scaling integer PCM to [-1, 1]."""
-        if isinstance(item, torch.Tensor):
-            item = item.detach().cpu()
-            if item.is_floating_point() and item.dtype not in (torch.float32, torch.float64):
-                item = item.float()  # numpy has no bfloat16
-            item = item.numpy()
-        array = np.asarray(item)
-        if array.dtype.kind == "i" and array.dtype.itemsize <= 4:
-            # Signed PCM: full scale is 2 ** (bits - 1), as soundfile reads it. int64 is no PCM format (and is what
-            # a list of Python ints becomes), so it is refused rather than silently scaled by 2 ** 63.
-            array = array.astype(np.float32) / np.float32(-np.iinfo(array.dtype).min)
-        elif array.dtype.kind == "f":
-            with np.errstate(over="ignore"):
-                converted = array.astype(np.float32, copy=False)
-            if converted is not array and (np.isinf(converted) & np.isfinite(array)).any():
-                raise ValueError(
-                    f"Audio item {index} has finite {array.dtype} samples beyond the float32 range (max |x| = "
-                    f"{np.abs(array[np.isfinite(array)]).max():.3g}); scale the waveform to [-1, 1]."
-                )
-            array = converted
-        else:
-            raise TypeError(
-                f"Audio item {index} has dtype {array.dtype}; expected float32/float64 or int8/int16/int32 PCM."
-            )
-        if array.ndim == 0 or array.ndim > 2:
-            raise ValueError(
-                f"Audio item {index} has {array.ndim} dimensions (shape {array.shape}); expected a 1-D waveform or a"
-                " 2-D multi-channel array."
-            )
-        if array.size == 0:
-            raise ValueError(f"Audio item {index} is empty (shape {array.shape}).")
-        if array.ndim == 2:
-            # The smaller axis holds the channels: soundfile gives (frames, channels), torchaudio (channels, frames).
-            channel_axis = 0 if array.shape[0] <= array.shape[1] else 1
-            array = array.mean(axis=channel_axis, dtype=np.float32)
-        if not np.isfinite(array).all():
-            bad = int(np.size(array) - np.isfinite(array).sum())
-            raise ValueError(f"Audio item {index} contains {bad} NaN or Inf samples.")
-        return np.ascontiguousarray(array)
-
-    def _resample(self, waveform: np.ndarray, rate: int, index: int) -> np.ndarray:
-        if rate == self.sampling_rate:
-            return waveform
-        resampled = soxr.resample(waveform, rate, self.sampling_rate, quality=self.resample_quality)
-        if resampled.size == 0:
-            raise ValueError(
-                f"Audio item {index} has {waveform.size} samples at {rate} Hz: nothing is left after resampling to "
-                f"{self.sampling_rate} Hz."
-            )
-        return np.asarray(resampled, dtype=np.float32)
-
-    @staticmethod
-    def _rates_per_item(sampling_rate: int | Sequence[int] | None, num_items: int) -> list[int]:
-        if sampling_rate is None:
-            raise ValueError(
-                "`sampling_rate` is required for every audio item (none was given for items 0.."
-                f"{num_items - 1}): a wrong rate silently ruins the spectrogram, so it is never assumed."
-            )
-        rates = list(sampling_rate) if isinstance(sampling_rate, (list, tuple)) else [sampling_rate] * num_items
-        if len(rates) != num_items:
-            raise ValueError(f"Got {len(rates)} sampling rates for {num_items} audio items.")
-        for index, rate in enumerate(rates):
-            if rate is None:
-                raise ValueError(f"Audio item {index} has no sampling rate.")
-            if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not rate > 0:
-                raise ValueError(f"Audio item {index} has a non-positive or invalid sampling rate {rate!r}.")
-            if rate != int(rate):
-                raise ValueError(f"Audio item {index} has a non-integer sampling rate {rate!r}.")
-            if rate < MIN_SAMPLING_RATE:
-                # Such a rate is almost surely a mistake (e.g. kHz for Hz), and resampling from it would allocate
-                # thousands of times the input.
-                raise ValueError(
-                    f"Audio item {index} has an implausible sampling rate of {rate} Hz (below {MIN_SAMPLING_RATE} Hz); "
-                    "give the rate in Hz."
-                )
-        return [int(rate) for rate in rates]
+                waveform = resampled
+            waveforms.append(waveform)
+        return waveforms
 
     # ------------------------------------------------------------------ spectrogram
 
-    def _cache(self) -> dict:
-        """Per-instance tensors derived from the settings; never serialised, copied or pickled."""
-        cache = getattr(self, _CACHE_ATTRIBUTE, None)
-        if cache is None:
-            cache = {}
-            setattr(self, _CACHE_ATTRIBUTE, cache)
-        return cache
-
-    def _cpu_workspace(self) -> _Workspace:
-        """This thread's CPU buffers, kept from call to call: on the CPU, fresh multi-MB buffers cost a page fault
-        per 4 KiB each time (~30% of the featurisation time on a 2-core VM). About 25 MB with the default chunk."""
-        local = self._cache().setdefault("cpu_workspace", threading.local())
-        if not hasattr(local, "workspace"):
-            local.workspace = _Workspace()
-        return local.workspace
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {key: value for key, value in self.__dict__.items() if key != _CACHE_ATTRIBUTE}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        setattr(self, _CACHE_ATTRIBUTE, {})
-
     def _spectrogram_constants(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """The periodic Hann window and the (num_mel_bins, n_fft // 2 + 1) filter bank, built once per device/dtype."""
-        cache = self._cache()
-        # The settings are part of the key so that changing an attribute after construction cannot use stale tensors.
-        key = (str(device), dtype, self.n_fft, self.num_mel_bins, self.f_min, self.f_max, self.sampling_rate)
-        if key not in cache:
-            window = torch.hann_window(self.n_fft, periodic=True, dtype=dtype, device=device)
-            # float32 filters are bit-exact with librosa.filters.mel(..., htk=False, norm="slaney").
-            filters = mel_filter_bank(
-                num_frequency_bins=self.n_fft // 2 + 1,
-                num_mel_filters=self.num_mel_bins,
-                min_frequency=self.f_min,
-                max_frequency=self.f_max,
-                sampling_rate=self.sampling_rate,
-                norm="slaney",
-                mel_scale="slaney",
-                dtype=np.float32,
-            )
-            mel_filters = torch.from_numpy(np.ascontiguousarray(filters.T)).to(device=device, dtype=dtype)
-            cache[key] = (window, mel_filters)
-        return cache[key]
+        """The periodic Hann window and the (num_mel_bins, n_fft // 2 + 1) filter bank for the current settings."""
+        return _window_and_filters(
+            self.n_fft, self.num_mel_bins, self.f_min, self.f_max, self.sampling_rate, str(device), dtype
+        )
 
-    def _log_mel(self, padded: torch.Tensor, workspace: _Workspace | None = None) -> torch.Tensor:
-        """(batch, n_fft // 2 + num_samples + n_fft // 2) centre-padded waveforms -> (batch, num_frames, num_mel_bins)
-        normalised log-mel spectrograms.
+    def _log_mel(self, padded: torch.Tensor) -> torch.Tensor:
+        """(batch, n_fft // 2 + num_samples + n_fft // 2) centre-padded waveforms -> (batch, num_frames,
+        num_mel_bins) log-mel spectrograms in the recipe's scale.
 
-        Frames are cut as strided views and transformed with one real FFT per frame, in the (frames, freq) layout
-        the output needs: the same numbers as `torch.stft(center=True, pad_mode="constant")`, without its separate
-        padding copy and final transpose (the transform step: 0.13 against 0.21 ms per clip on a 2-core CPU).
-        With a `workspace`, the intermediate tensors are written into buffers reused from chunk to chunk, and the
-        result is a view of one of them (valid until the workspace's next use).
+        Frames are strided views transformed with one real FFT each, in the (frames, freq) layout of the output: the
+        numbers of `torch.stft(center=True)` without its padding copy and final transpose.
         """
         window, mel_filters = self._spectrogram_constants(padded.device, padded.dtype)
-        workspace = workspace if workspace is not None else _Workspace()
-        batch, num_frames, freq = padded.shape[0], self.num_frames, self.n_fft // 2 + 1
-        # (The whisper recipe's dropped last frame is simply never cut: unfold stops at `num_frames` views.)
-        frames = workspace.buffer("frames", (batch, num_frames, self.n_fft), padded.dtype, padded.device)
-        torch.mul(padded.unfold(-1, self.n_fft, self.hop_length)[:, :num_frames], window, out=frames)
-        complex_dtype = torch.complex128 if padded.dtype == torch.float64 else torch.complex64
-        spectrum = workspace.buffer("spectrum", (batch, num_frames, freq), complex_dtype, padded.device)
-        torch.fft.rfft(frames, dim=-1, out=spectrum)  # (batch, frames, freq)
-        power = workspace.buffer("power", (batch, num_frames, freq), padded.dtype, padded.device)
-        torch.square(spectrum.real, out=power).addcmul_(spectrum.imag, spectrum.imag)
-        log_mel = workspace.buffer("mel", (batch, num_frames, self.num_mel_bins), padded.dtype, padded.device)
-        torch.matmul(power, mel_filters.T, out=log_mel)  # (batch, frames, mel)
+        # (The whisper recipe's dropped last frame is simply never cut: `num_frames` already excludes it.)
+        batch, freq = padded.shape[0], self.n_fft // 2 + 1
+        if padded.device.type == "cpu":
+            empty = _CPU_BUFFERS.empty
+        else:
+            empty = lambda name, shape, dtype: torch.empty(shape, dtype=dtype, device=padded.device)  # noqa: E731
+        frames = empty("frames", (batch, self.num_frames, self.n_fft), padded.dtype)
+        torch.mul(padded.unfold(-1, self.n_fft, self.hop_length)[:, : self.num_frames], window, out=frames)
+        spectrum = torch.fft.rfft(frames)
+        power = torch.square(spectrum.real, out=empty("power", (batch, self.num_frames, freq), padded.dtype))
+        power.addcmul_(spectrum.imag, spectrum.imag)
+        del spectrum  # freed before the matmul allocates
+        log_mel = torch.matmul(power, mel_filters.T).clamp_(min=self.amin).log10_()
         if self.spectrogram_recipe == "whisper":
-            # WhisperFeatureExtractor: log10 of the power, at most 8 (80 dB) below the clip's maximum, then scaled.
-            log_mel = log_mel.clamp_(min=self.amin).log10_()
-            log_mel = torch.maximum(log_mel, log_mel.amax(dim=(1, 2), keepdim=True) - 8.0, out=log_mel)
+            # WhisperFeatureExtractor: at most 8 (80 dB) below the clip's maximum, then (x + 4) / 4.
+            log_mel = torch.maximum(log_mel, log_mel.amax(dim=(1, 2), keepdim=True) - 8.0)
             return log_mel.add_(4.0).div_(4.0)
-        log_mel = log_mel.clamp_(min=self.amin).log10_().mul_(10.0)
-        # power_to_db(ref=np.max): relative to the clip's maximum, so the clip's maximum becomes 0 dB.
-        log_mel = log_mel.sub_(log_mel.amax(dim=(1, 2), keepdim=True))
+        # power_to_db(ref=np.max, top_db): dB relative to the clip's maximum, then min-max to [0, 1].
+        db = log_mel.mul_(10.0)
+        db = db.sub_(db.amax(dim=(1, 2), keepdim=True))
         if self.top_db is not None:
-            log_mel = log_mel.clamp_(min=-float(self.top_db))
-        # After referencing the maximum is 0, so the min-max range is -min.
-        low = log_mel.amin(dim=(1, 2), keepdim=True)
-        value_range = -low
-        # A constant clip (silence) has no range (every value is `low`): dividing its zeros by 1 keeps it all zeros
-        # rather than 0 / 0 = NaN.
-        return log_mel.sub_(low).div_(torch.where(value_range > 0, value_range, 1.0))
+            db = db.clamp_(min=-float(self.top_db))
+        low = db.amin(dim=(1, 2), keepdim=True)
+        # The maximum is 0, so the range is -low; a constant clip (silence) has none and stays all zeros.
+        return db.sub_(low).div_(torch.where(low < 0, -low, 1.0))
 
-    def _segments(
-        self, waveforms: list[np.ndarray], sliding: bool, window: int, hop: int
-    ) -> Iterator[tuple[int, np.ndarray]]:
-        """Yields `(recording index, segment)`; segments are views of at most `num_samples` samples."""
-        for index, waveform in enumerate(waveforms):
-            if not sliding:
-                yield index, waveform[: self.num_samples]
-                continue
-            num_windows = 1 if waveform.size <= window else 1 + math.ceil((waveform.size - window) / hop)
-            for position in range(num_windows):
-                yield index, waveform[position * hop : position * hop + window]
-
-    def _features_in_chunks(
-        self, segments: Iterator[tuple[int, np.ndarray]], device: torch.device
-    ) -> tuple[torch.Tensor, list[int]]:
-        """Zero-pads segments to `num_samples` and runs at most `max_windows_per_chunk` of them per STFT call."""
-        segments = list(segments)  # views: cheap, and the output is allocated once at its full size
-        recording_index, chunk = [index for index, _ in segments], []
+    def _extract_fbank_features(self, segments: list[np.ndarray], device: torch.device) -> torch.Tensor:
+        """Pads every segment to `num_samples` and computes their spectrograms, at most `max_windows_per_chunk`
+        per FFT call, into one (num_segments, num_frames, num_mel_bins) float32 tensor on `device`."""
         dtype = getattr(torch, self.compute_dtype)
         if dtype == torch.float64 and device.type == "mps":
             logger.warning_once("MPS has no float64: computing the spectrogram in float32.")
             dtype = torch.float32
-
-        centre = self.n_fft // 2
-        padding_value = float(self.padding_value)
-        reflect = self.spectrogram_recipe == "whisper"
+        # Padded on the CPU, in float32 when the batch goes to an accelerator (half the bytes to copy).
         staging_dtype = dtype if device.type == "cpu" else torch.float32
-
-        # Every chunk's buffers are reused for the next one (on the CPU also from call to call), and each chunk is
-        # written into its rows of one output tensor.
-        workspace = self._cpu_workspace() if device.type == "cpu" else _Workspace()
+        chunk_size = self.max_windows_per_chunk or (8 if device.type == "cpu" else 256)
         output = torch.empty((len(segments), self.num_frames, self.num_mel_bins), dtype=torch.float32, device=device)
-        written = 0
+        for start in range(0, len(segments), chunk_size):
+            chunk = segments[start : start + chunk_size]
+            padded = self._padded_batch(chunk, staging_dtype).to(device=device, dtype=dtype)
+            output[start : start + len(chunk)] = self._log_mel(padded)
+        return output
 
-        def flush() -> None:
-            nonlocal written
-            # Centre padding (zeros, as librosa >= 0.10) and end padding (`padding_value`) written in one buffer.
-            # Built on the CPU (in float32 when it is sent to an accelerator: half the bytes to copy).
-            # Every sample is written once (no zero-fill of the whole buffer first).
-            batch = workspace.buffer("staging", (len(chunk), centre + self.num_samples + centre), staging_dtype,
-                                     torch.device("cpu"))
+    def _padded_batch(self, segments: list[np.ndarray], dtype: torch.dtype) -> torch.Tensor:
+        """(len(segments), n_fft // 2 + num_samples + n_fft // 2) CPU tensor: each segment, then `padding_value` up
+        to `num_samples`, centred with zeros (as librosa >= 0.10) or, in the whisper recipe, by reflection of the
+        padded window (as Whisper's `torch.stft(center=True)`). Every sample is written once: a fill followed by a
+        copy, or `torch.nn.functional.pad`, costs 10% of the featurisation time on a CPU."""
+        centre = self.n_fft // 2
+        batch = torch.empty((len(segments), centre + self.num_samples + centre), dtype=dtype)
+        body = batch[:, centre : centre + self.num_samples]
+        for row, segment in enumerate(segments):
+            body[row, : segment.size] = torch.from_numpy(segment)
+            body[row, segment.size :] = float(self.padding_value)
+        if self.spectrogram_recipe == "whisper":
+            batch[:, :centre] = body[:, 1 : centre + 1].flip(-1)
+            batch[:, centre + self.num_samples :] = body[:, -centre - 1 : -1].flip(-1)
+        else:
             batch[:, :centre] = 0.0
             batch[:, centre + self.num_samples :] = 0.0
-            for row, segment in enumerate(chunk):
-                batch[row, centre : centre + segment.size] = torch.from_numpy(segment)
-                batch[row, centre + segment.size : centre + self.num_samples] = padding_value
-                if reflect:  # torch.stft(center=True)'s reflect padding of the padded window, as Whisper computes it
-                    body = batch[row, centre : centre + self.num_samples]
-                    batch[row, :centre] = body[1 : centre + 1].flip(0)
-                    batch[row, centre + self.num_samples :] = body[-centre - 1 : -1].flip(0)
-            output[written : written + len(chunk)].copy_(self._log_mel(batch.to(device=device, dtype=dtype), workspace))
-            written += len(chunk)
-            chunk.clear()
-
-        chunk_size = self.max_windows_per_chunk or (8 if device.type == "cpu" else 256)
-        for _, segment in segments:
-            chunk.append(segment)
-            if len(chunk) == chunk_size:
-                flush()
-        if chunk:
-            flush()
-        return output, recording_index
+        return batch
 
     # ------------------------------------------------------------------ public API
+
 
     def __call__(
         self,
@@ -636,21 +577,20 @@ class AculaFeatureExtractor(SequenceFeatureExtractor):
             sliding_window = window_seconds is not None or hop_seconds is not None
         window, hop = self._window_and_hop_samples(window_seconds, hop_seconds) if sliding_window else (0, 0)
 
-        items = self._split_batch(raw_audio)
-        rates = self._rates_per_item(sampling_rate, len(items))
-        waveforms = [
-            self._resample(self._to_mono_float(item, index), rate, index)
-            for index, (item, rate) in enumerate(zip(items, rates))
-        ]
+        waveforms = self._waveforms(raw_audio, sampling_rate)
+        if sliding_window:
+            windows = [cut_windows(waveform, window, hop) for waveform in waveforms]
+            segments = [segment for recording in windows for segment in recording]
+        else:
+            segments = [waveform[: self.num_samples] for waveform in waveforms]
 
         device = torch.device("cpu") if device is None else torch.device(device)
-        if device.type == "cuda" and device.index is None:  # "cuda" means the current device: name it, so that
-            device = torch.device("cuda", torch.cuda.current_device())  # buffers on it are recognised and reused
-        features, recording_index = self._features_in_chunks(
-            self._segments(waveforms, sliding_window, window, hop), device
-        )
+        if device.type == "cuda" and device.index is None:  # name the current device: the filters are cached per device
+            device = torch.device("cuda", torch.cuda.current_device())
+        features = self._extract_fbank_features(segments, device)
         data: dict[str, Any] = {"input_values": features.unsqueeze(1)}
         if sliding_window:
+            recording_index = [index for index, recording in enumerate(windows) for _ in recording]
             data["recording_index"] = torch.tensor(recording_index, dtype=torch.long, device=device)
         if return_tensors == "np":
             data = {key: value.cpu().numpy() for key, value in data.items()}

@@ -242,35 +242,6 @@ def symmetric_info_nce(a: torch.Tensor, t: torch.Tensor, logit_scale: torch.Tens
     return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
 
 
-class _AllGatherWithGrad(torch.autograd.Function):
-    """
-    All-gather along dim 0 whose backward sums the gradients of every process for the local slice.
-
-    Every process computes the same global loss from the gathered batch, so each holds a full copy of
-    `dL/d(slice)` for every slice. Summing these copies (instead of keeping only the local one) makes the
-    parameter gradients, once DDP averages them over the `W` processes, equal to the single-process gradient
-    of the global batch. `all_reduce` is used because gloo has no reduce-scatter; the cost is negligible for
-    `(batch, dim)` embeddings.
-    """
-
-    @staticmethod
-    def forward(ctx, tensor: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
-        ctx.group = group
-        ctx.rank = dist.get_rank(group=group)
-        ctx.local_size = tensor.shape[0]
-        tensor = tensor.contiguous()
-        gathered = [torch.empty_like(tensor) for _ in range(dist.get_world_size(group=group))]
-        dist.all_gather(gathered, tensor, group=group)
-        return torch.cat(gathered, dim=0)
-
-    @staticmethod
-    def backward(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor, None]:
-        grad = grad_output.clone(memory_format=torch.contiguous_format)
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
-        start = ctx.rank * ctx.local_size
-        return grad[start : start + ctx.local_size], None
-
-
 def _check_equal_shapes(x: torch.Tensor, group: dist.ProcessGroup | None, world_size: int) -> None:
     # Every process gets all shapes, so a mismatch raises on all of them (no process is left hanging).
     shape = torch.tensor(x.shape, dtype=torch.long, device=x.device)
@@ -289,9 +260,9 @@ def gather_with_grad(x: torch.Tensor, group: dist.ProcessGroup | None = None) ->
     Concatenate the embeddings of all processes along dim 0, keeping gradients; identity without distribution.
 
     Use it before a batch-level loss, so that the loss is computed on the global batch. Each process must then
-    compute the loss on the same gathered tensors; the backward sums the gradients for the local slice over
-    all processes, so that after DDP's gradient averaging the parameter gradients equal those of a single
-    process on the global batch. Works with gloo (CPU) and NCCL.
+    compute the loss on the same gathered tensors; the backward of torch's differentiable `all_gather` sums the
+    gradients for the local slice over all processes (a reduce-scatter), so that after DDP's gradient averaging
+    the parameter gradients equal those of a single process on the global batch. Works with gloo (CPU) and NCCL.
 
     Args:
         x (`torch.Tensor` of shape `(n_local, ...)`):
@@ -309,7 +280,10 @@ def gather_with_grad(x: torch.Tensor, group: dist.ProcessGroup | None = None) ->
     if world_size == 1:
         return x
     _check_equal_shapes(x, group, world_size)
-    return _AllGatherWithGrad.apply(x, group)
+    # Imported here: it needs a torch build with torch.distributed, which the library does not otherwise.
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x, group=dist.group.WORLD if group is None else group), dim=0)
 
 
 class AlignmentLoss(nn.Module):

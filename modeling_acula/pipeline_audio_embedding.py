@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from transformers.pipelines.base import ChunkPipeline
 
+from .audio_utils import decode_audio
+
 
 class AudioEmbeddingPipeline(ChunkPipeline):
     """Embeds recordings with an acula encoder.
@@ -48,7 +50,9 @@ class AudioEmbeddingPipeline(ChunkPipeline):
     def preprocess(self, inputs: Any, sliding_window: bool = True) -> Iterator[dict[str, Any]]:
         extractor = self.feature_extractor
         if isinstance(inputs, str):
-            waveform, sampling_rate = extractor.load_audio(inputs)
+            # A file is read as everywhere in acula: at the extractor's rate and resampling quality.
+            waveform = decode_audio(inputs, extractor.sampling_rate, extractor.resample_quality)
+            sampling_rate = extractor.sampling_rate
         elif isinstance(inputs, dict):
             if "sampling_rate" not in inputs:
                 raise ValueError("An input dict needs a 'sampling_rate' key beside 'array' (or 'raw').")

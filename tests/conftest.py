@@ -21,7 +21,6 @@ import pytest  # noqa: E402
 
 from modeling_acula.file_utils import DEV_PACK_ENV, default_dev_pack  # noqa: E402
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 DEV_PACK = default_dev_pack()
 # Set by CI (.ci/run): a missing dev pack then fails the session instead of skipping the tests that read it.
 REQUIRE_DEV_PACK_ENV = "ACULA_REQUIRE_DEV_PACK"

@@ -13,7 +13,7 @@ from modeling_acula import AculaFeatureExtractor, AculaForAudioClassification, A
 from acula_train.manifest import load_manifest
 from modeling_acula.audio_utils import decode_audio
 
-from tests.modeling_acula.test_modeling import tiny_config
+from tests.testing_utils import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 MINI = REPO / "data" / "auscultation-mini" / "metadata.csv"

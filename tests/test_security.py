@@ -19,7 +19,7 @@ from safetensors import safe_open
 
 import modeling_acula
 from modeling_acula.convert_opera_checkpoint import convert_opera_checkpoint, load_checkpoint_state_dict
-from tests.acula_train.test_train_acula import run_in_process, tiny_args
+from tests.testing_utils import run_in_process, tiny_args
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCE_ROOTS = ["modeling_acula", "train_acula.py", "eval_acula.py", "benchmarks", "scripts"]

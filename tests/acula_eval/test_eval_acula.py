@@ -19,8 +19,6 @@ from transformers import (
 
 import eval_acula
 import modeling_acula  # noqa: F401
-from modeling_acula import AculaFeatureExtractor, AculaForPreTraining, AculaModel
-from acula_train.readout import AlignmentReadout
 from acula_eval.embeddings import AudioEmbedder, model_fingerprint
 from acula_eval.leakage_check import check_leakage, training_manifest
 from acula_eval.retrieval import (
@@ -31,10 +29,11 @@ from acula_eval.retrieval import (
     zero_shot_scores,
 )
 from acula_eval.tasks import load_task, make_splits, restrict_to_splits
-from modeling_acula.audio_utils import decode_audio
+from acula_train.readout import AlignmentReadout
 from acula_train.teacher import default_teacher_path
-
-from tests.modeling_acula.test_modeling import tiny_config
+from modeling_acula import AculaFeatureExtractor, AculaForPreTraining, AculaModel
+from modeling_acula.audio_utils import decode_audio
+from tests.testing_utils import tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -183,9 +182,9 @@ def test_recall_leaves_out_cut_offs_that_cannot_miss_and_needs_two_reports():
 
 
 def test_retrieval_table_marks_missing_values():
-    from acula_eval.runner import _retrieval_markdown
+    from acula_eval.report import retrieval_markdown
 
-    table = _retrieval_markdown([{"task": "t", "model": "m", "retrieval": {"audio_to_report": {"R@1": 0.5},
+    table = retrieval_markdown([{"task": "t", "model": "m", "retrieval": {"audio_to_report": {"R@1": 0.5},
                                   "report_to_audio": {}}, "zero_shot": {}}])
     assert "| t | m | 0.50/–/– | –/–/– | – | – |" in table and "nan" not in table
 
@@ -279,8 +278,8 @@ def test_cli_lists_tasks_and_rejects_unknown_ones(capsys):
 def test_cli_update_model_cards_writes_the_scores_into_an_output_folders_card(tiny_model, dev_pack, tmp_path):
     import shutil
 
-    from modeling_acula import AculaConfig
     from acula_train.model_card import render_model_card
+    from modeling_acula import AculaConfig
 
     carded = tmp_path / "carded"
     shutil.copytree(tiny_model, carded)

@@ -22,7 +22,7 @@ from modeling_acula.feature_extraction_acula import AculaFeatureExtractor
 from acula_train.manifest import load_manifest
 from modeling_acula.audio_utils import decode_audio
 from acula_train.reports import build_reports
-from tests.acula_train.test_train_acula import run_in_process, tiny_args
+from tests.testing_utils import run_in_process, tiny_args
 
 REPO = Path(__file__).resolve().parents[2]
 MINI_PACK = REPO / "data" / "auscultation-mini" / "metadata.csv"

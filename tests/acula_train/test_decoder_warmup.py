@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.acula_train.test_train_acula import run_in_process, tiny_args, tiny_start
+from tests.testing_utils import run_in_process, tiny_args, tiny_start
 
 
 @pytest.mark.parametrize("full_finetune", [True, False], ids=["full", "lora"])

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from modeling_acula import AculaConfig, AculaFeatureExtractor, AculaForPreTraining, AculaModel
-from tests.acula_train.test_train_acula import TINY, read_log, run_in_process, tiny_args
+from tests.testing_utils import TINY, read_log, run_in_process, tiny_args
 
 
 def _config() -> AculaConfig:

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from modeling_acula import AculaConfig, AculaForPreTraining
 from acula_train.gradient_cache import backward_over_window
 
-from tests.acula_train.test_train_acula import REPO, TINY, read_log, run_in_process, run_script, tiny_args
+from tests.testing_utils import REPO, TINY, read_log, run_in_process, run_script, tiny_args
 
 TINY_CONFIG = json.loads(TINY)
 

@@ -143,7 +143,7 @@ def moved_run(manifest, dev_pack, tmp_path_factory):
     dev pack the evaluator reads. Returns `(output folder, pascal_murmur task, its test indices, the ten)`."""
     from acula_eval.tasks import load_task, make_splits
 
-    from tests.acula_train.test_train_acula import run_in_process, tiny_args
+    from tests.testing_utils import run_in_process, tiny_args
 
     root = tmp_path_factory.mktemp("moved")
     murmur = load_task("pascal_murmur", dev_pack=dev_pack)

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from modeling_acula import AculaForPreTraining
 from acula_train.checkpoints import list_checkpoints
-from tests.acula_train.test_train_acula import read_log, run_in_process, tiny_args
+from tests.testing_utils import read_log, run_in_process, tiny_args
 
 
 def _poison_forward(monkeypatch, bad_calls: set[int]) -> list[int]:

@@ -5,7 +5,7 @@ import torch
 from modeling_acula import AculaForPreTraining, apply_lora
 from acula_train.optimization import decay_parameter_names, weight_decay_parameter_groups
 
-from tests.modeling_acula.test_modeling import tiny_config
+from tests.testing_utils import tiny_config
 
 
 def _group_names(model: torch.nn.Module, groups: list[dict]) -> tuple[set[str], set[str]]:

@@ -20,10 +20,9 @@ from acula_train.readout import (
 )
 from acula_train.readout import main as readout_cli
 from acula_eval.retrieval import NOT_VALID_NO_READOUT, AlignedSpace, recall_at_k, resolve_readout
-from acula_eval.runner import _retrieval_markdown
+from acula_eval.report import retrieval_markdown
 
-from tests.modeling_acula.test_modeling import tiny_config
-from tests.acula_train.test_train_acula import run_in_process, tiny_args
+from tests.testing_utils import run_in_process, tiny_args, tiny_config
 
 
 def rotated_shifted_pairs(n: int, dim: int = 16, noise: float = 0.01, seed: int = 0):
@@ -151,7 +150,7 @@ def test_evaluator_uses_cosine_for_infonce_and_refuses_cka_heads_without_a_reado
         projected = space.text_projection(space.teacher.encode(["a heart murmur"]))
     expected = F.normalize(readout.text(projected), dim=-1).numpy()
     np.testing.assert_allclose(space.project_text(["a heart murmur"]), expected, atol=1e-6)
-    table = _retrieval_markdown([{"task": "t", "model": "old", "readout": {"valid": False, "kind": None,
+    table = retrieval_markdown([{"task": "t", "model": "old", "readout": {"valid": False, "kind": None,
                                                                           "alignment_loss": "cka"}}])
     assert f"| t | old | {NOT_VALID_NO_READOUT} |" in table and "none (cka heads)" in table
 
@@ -202,3 +201,31 @@ def test_infonce_training_records_cosine(tmp_path):
     assert json.loads((output / "alignment" / READOUT_JSON).read_text())["kind"] == "cosine"
     assert not (output / "alignment" / READOUT_WEIGHTS).exists()
     assert AlignedSpace(output).readout_record["kind"] == "cosine"
+
+
+def test_the_training_app_never_imports_the_evaluation_app():
+    # acula_eval imports acula_train (the readout, the teacher): an import back would be a cycle. Checked in the
+    # source (lazy imports inside functions included) and in a fresh interpreter.
+    import ast
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import acula_eval.retrieval
+    import acula_train.readout
+    import acula_train.teacher
+
+    root = Path(acula_train.readout.__file__).parent
+    for path in sorted(root.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(name.split(".")[0] in ("acula_eval", "eval_acula") for name in names), path.name
+    modules = ", ".join(f"acula_train.{path.stem}" for path in sorted(root.glob("*.py")) if path.stem != "__init__")
+    loaded = subprocess.run([sys.executable, "-c", f"import sys, {modules}; print(sorted(m for m in sys.modules "
+                             "if m.startswith(('acula_eval', 'eval_acula'))))"], capture_output=True, text=True,
+                            cwd=root.parent, check=True).stdout.strip()
+    assert loaded == "[]"
+    # the evaluator uses the very functions the training app defines
+    assert acula_eval.retrieval.recall_at_k is acula_train.readout.recall_at_k
+    assert acula_eval.retrieval.load_teacher is acula_train.teacher.load_teacher

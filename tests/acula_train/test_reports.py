@@ -408,3 +408,113 @@ def test_report_column_refuses_placeholders(manifest, placeholder):
     rows[1]["report"] = "Normal heart sounds."
     reports, stats = build_reports(with_column, report_column="report")
     assert reports == ["Normal heart sounds."] * 3 and stats["source"] == "column"
+
+
+# The vocabulary files: one per source dataset, read from the package, and the rule that reads them.
+
+
+def _copy_vocabulary(tmp_path, monkeypatch):
+    """A copy of the shipped vocabulary files that the code reads from now on (as a user's edited copy would be)."""
+    from acula_train import report_validation
+
+    folder = tmp_path / "vocab"
+    folder.mkdir()
+    for entry in report_validation.VOCAB_DIR.iterdir():
+        if entry.name.endswith(".json"):
+            (folder / entry.name).write_text(entry.read_text(encoding="utf-8"), encoding="utf-8")
+    monkeypatch.setattr(report_validation, "VOCAB_DIR", folder)
+    return folder
+
+
+def test_every_dev_pack_source_has_a_vocabulary_file(manifest):
+    import json
+    from importlib.resources import files
+
+    from acula_train.report_validation import vocabulary
+
+    shipped = files("acula_train") / "vocab"
+    names = {entry.name for entry in shipped.iterdir() if entry.name.endswith(".json")}
+    assert "shared.json" in names
+    vocab = vocabulary()
+    for source in sorted({row["source_dataset"] for row in manifest.rows}):
+        assert f"{source}.json" in names, source
+        assert json.loads((shipped / f"{source}.json").read_text(encoding="utf-8"))["source_dataset"] == source
+        assert write_report({"source_dataset": source}).endswith(vocab.provenance[source])
+        # Every label / diagnosis / condition code the source writes is listed in its file.
+        codes = vocab.codes[source]
+        for row in manifest.rows:
+            if row["source_dataset"] != source:
+                continue
+            for column in ("label", "diagnosis", "conditions"):
+                for code in filter(None, re.split(r"[+;,/]", row.get(column) or "")):
+                    assert code.lower() in map(str.lower, codes.get(column, ())), (source, column, code)
+
+
+def test_clinical_terms_are_the_vocabularies_terms():
+    from acula_train.reports import clinical_terms
+
+    terms = clinical_terms()
+    # Shared terms first, then the finding words of every source's codes; qualifiers are checked as qualifiers.
+    assert terms[:3] == ("murmur", "wheez", "crackl")
+    for term in ("extra heart sound", "pleural friction rub", "early systolic murmur", "lung fibrosis", "BRON",
+                 "exposed", "recovered", "deep breathing", "noisy"):
+        assert term in terms, term
+    assert "normal" not in terms and "healthy" not in terms
+    assert "wheezing" not in terms  # "wheez" already matches it
+    assert mentions("Known BRON.", "BRON") and not mentions("bronchial breath sounds", "BRON")
+
+
+def test_source_terms_are_checked(manifest):
+    clean = next(row for row in manifest.rows if row["label"] == "murmur" and not row.get("sublabel"))
+    assert validate_report("Heart sound recording. Finding: murmur in a noisy recording.", clean) == (
+        "invented finding: 'noisy'"
+    )
+    healthy = _first(manifest, source_dataset="Coswara_20200413", covid_status="resp_illness_not_identified")
+    text = write_report(healthy).replace("not identified as COVID-19", "not identified as COVID-19, exposed to it")
+    assert validate_report(text, healthy) == "invented finding: 'exposed'"
+    bron = _first(manifest, source_dataset="KAUH_lung_sounds", diagnosis="BRON")
+    assert validate_report(write_report(bron).replace("BRON", "bronchial"), bron) == "missing finding: 'BRON'"
+
+
+def test_a_term_added_to_a_vocabulary_file_is_recognised(manifest, tmp_path, monkeypatch):
+    import json
+
+    row = _first(manifest, source_dataset="KAUH_lung_sounds", label="normal", diagnosis="normal")
+    symptom = "Normal lung sounds with normal breath sounds; diagnosis: normal. Patient followed for hemoptysis."
+    code = "Normal lung sounds with normal breath sounds; diagnosis: normal. Patient followed for ILD."
+    assert validate_report(symptom, row) is None and validate_report(code, row) is None
+
+    folder = _copy_vocabulary(tmp_path, monkeypatch)
+    shared = json.loads((folder / "shared.json").read_text())
+    shared["finding_terms"].append("hemoptysis")
+    (folder / "shared.json").write_text(json.dumps(shared))
+    kauh = json.loads((folder / "KAUH_lung_sounds.json").read_text())
+    kauh["codes"]["diagnosis"].append("ild")
+    kauh["words"]["ild"] = "interstitial lung disease (ILD)"
+    kauh["finding_words"]["ild"] = ["ILD"]
+    (folder / "KAUH_lung_sounds.json").write_text(json.dumps(kauh))
+
+    assert validate_report(symptom, row) == "invented finding: 'hemoptysis'"
+    assert validate_report(code, row) == "invented finding: 'ILD'"
+    # The new code is rendered and required too.
+    ild = dict(row, label="abnormal", diagnosis="ild")
+    assert "diagnosis: interstitial lung disease (ILD)." in write_report(ild) and "ILD" in findings(ild)
+    assert write_meta_report(ild).split("Diagnosis: ")[1].startswith("Interstitial lung disease (ILD),")
+
+
+def test_a_code_with_two_meanings_is_refused(tmp_path, monkeypatch):
+    import json
+
+    from acula_train.report_validation import vocabulary
+
+    folder = _copy_vocabulary(tmp_path, monkeypatch)
+    pascal = json.loads((folder / "PASCAL_CHSC2011.json").read_text())
+    pascal["words"]["copd"] = "chronic obstructive pulmonary disease"  # KAUH_lung_sounds.json says "... (COPD)"
+    (folder / "PASCAL_CHSC2011.json").write_text(json.dumps(pascal))
+    with pytest.raises(ValueError, match=r"words\['copd'\]"):
+        vocabulary()
+    pascal["words"].pop("copd")
+    pascal["source_dataset"] = "Yaseen2018"
+    (folder / "PASCAL_CHSC2011.json").write_text(json.dumps(pascal))
+    with pytest.raises(ValueError, match="a second vocabulary file for source 'Yaseen2018'"):
+        vocabulary()

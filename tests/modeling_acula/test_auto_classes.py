@@ -29,7 +29,7 @@ from modeling_acula import (
     AculaProcessor,
 )
 
-from tests.modeling_acula.test_modeling import tiny_config
+from tests.testing_utils import tiny_config
 
 
 def _waveforms(n: int = 2, seconds: float = 3.0, rate: int = 16000) -> list[np.ndarray]:
@@ -63,7 +63,7 @@ def test_save_pretrained_writes_safe_files_and_code(saved_model):
     _, _, folder = saved_model
     files = {p.name for p in folder.iterdir()}
     assert {"config.json", "model.safetensors", "preprocessor_config.json"} <= files
-    assert {"configuration_acula.py", "modeling_acula.py", "losses.py", "feature_extraction_acula.py"} <= files
+    assert {"configuration_acula.py", "modeling_acula.py", "losses.py", "feature_extraction_acula.py", "audio_utils.py"} <= files
     assert not any(name.endswith((".bin", ".pt", ".pkl", ".ckpt")) for name in files)
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == "acula"

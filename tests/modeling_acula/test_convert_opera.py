@@ -19,15 +19,10 @@ from modeling_acula.convert_opera_checkpoint import (
 )
 from modeling_acula.modeling_acula import AculaModel
 
+from tests.testing_utils import spectrograms, tiny_opera_config
+
 PREFIX = "model.encoder."
 HAS_FEATURE_EXTRACTOR = importlib.util.find_spec("modeling_acula.feature_extraction_acula") is not None
-
-
-def tiny_config(**overrides) -> AculaConfig:
-    return AculaConfig.from_preset(
-        "opera-gt",
-        **{"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "patch_size": [16, 16], **overrides},
-    )
 
 
 def decoder_shapes(width: int, num_positions: int, patch_dim: int, decoder_width: int = 16) -> dict[str, tuple]:
@@ -135,10 +130,6 @@ def reference_opera_embedding(
     return layer_norm(h[:, 1:, :].mean(dim=1), "norm").float()
 
 
-def spectrograms(batch: int = 2, seed: int = 1) -> torch.Tensor:
-    return torch.rand(batch, 1, 256, 64, generator=torch.Generator().manual_seed(seed))
-
-
 def converted_model(new_state_dict: dict[str, torch.Tensor], config: AculaConfig) -> AculaModel:
     model = AculaModel(config).eval()
     model.load_state_dict(new_state_dict, strict=True)
@@ -150,13 +141,13 @@ def converted_model(new_state_dict: dict[str, torch.Tensor], config: AculaConfig
 
 @pytest.mark.parametrize("prefix", [PREFIX, ""])
 def test_converted_model_matches_independent_opera_forward(prefix):
-    config = tiny_config()
+    config = tiny_opera_config()
     state_dict = opera_state_dict(prefix=prefix)
     new_state_dict, report = convert_opera_gt_state_dict(state_dict, config)
     assert report.source_prefix == prefix
     assert report.missing_keys == [] and report.unknown_encoder_keys == []
 
-    inputs = spectrograms()
+    inputs = spectrograms(batch=2, seed=1)
     with torch.no_grad():
         pooled = converted_model(new_state_dict, config)(inputs).pooler_output
     expected = reference_opera_embedding(state_dict, inputs, config.num_attention_heads, prefix=prefix)
@@ -167,7 +158,7 @@ def test_converted_model_matches_independent_opera_forward(prefix):
 
 
 def test_report_lists_exactly_the_decoder_keys_and_counts():
-    config = tiny_config()
+    config = tiny_opera_config()
     state_dict = opera_state_dict()
     new_state_dict, report = convert_opera_gt_state_dict(state_dict, config)
 
@@ -191,7 +182,7 @@ def test_report_lists_exactly_the_decoder_keys_and_counts():
 
 
 def test_qkv_is_split_in_query_key_value_order_and_pos_table_copied():
-    config = tiny_config()
+    config = tiny_opera_config()
     state_dict = opera_state_dict()
     new_state_dict, _ = convert_opera_gt_state_dict(state_dict, config)
     qkv = state_dict[PREFIX + "blocks.1.attn.qkv.weight"]
@@ -214,12 +205,12 @@ def test_shape_mismatch_gives_clear_error(mutate, message):
     state_dict = opera_state_dict()
     mutate(state_dict)
     with pytest.raises(ValueError, match=message):
-        convert_opera_gt_state_dict(state_dict, tiny_config())
+        convert_opera_gt_state_dict(state_dict, tiny_opera_config())
 
 
 def test_not_a_vit_state_dict_is_refused():
     with pytest.raises(ValueError, match="patch_embed.proj.weight"):
-        convert_opera_gt_state_dict({"encoder.conv.weight": torch.zeros(3)}, tiny_config())
+        convert_opera_gt_state_dict({"encoder.conv.weight": torch.zeros(3)}, tiny_opera_config())
 
 
 def test_missing_and_unknown_encoder_keys_fail_strict_and_are_reported_otherwise(tmp_path):
@@ -231,10 +222,10 @@ def test_missing_and_unknown_encoder_keys_fail_strict_and_are_reported_otherwise
     torch.save(state_dict, path)
 
     with pytest.raises(ValueError, match="encoder.layer.1.layernorm_after.bias") as error:
-        convert_opera_checkpoint(path, tmp_path / "strict", config=tiny_config())
+        convert_opera_checkpoint(path, tmp_path / "strict", config=tiny_opera_config())
     assert "blocks.0.ls1.gamma" in str(error.value) and not (tmp_path / "strict").exists()
 
-    report = convert_opera_checkpoint(path, tmp_path / "lenient", config=tiny_config(), strict=False)
+    report = convert_opera_checkpoint(path, tmp_path / "lenient", config=tiny_opera_config(), strict=False)
     assert report.missing_keys == ["encoder.layer.1.layernorm_after.bias"]
     assert report.unknown_encoder_keys == [PREFIX + "blocks.0.ls1.gamma"]
     assert "head.weight" in report.unmapped_keys and "head.weight" not in report.unknown_encoder_keys
@@ -282,7 +273,7 @@ def test_bad_checkpoint_contents_are_refused(tmp_path):
 
 
 def test_output_folder_is_safetensors_and_json_and_reloads_identically(tmp_path):
-    config = tiny_config()
+    config = tiny_opera_config()
     state_dict = opera_state_dict()
     save_file(state_dict, tmp_path / "opera.safetensors")
     report = convert_opera_checkpoint(tmp_path / "opera.safetensors", tmp_path / "out", config=config)
@@ -297,7 +288,7 @@ def test_output_folder_is_safetensors_and_json_and_reloads_identically(tmp_path)
 
     reloaded = AculaModel.from_pretrained(tmp_path / "out").eval()
     in_memory = converted_model(convert_opera_gt_state_dict(state_dict, config)[0], config)
-    inputs = spectrograms()
+    inputs = spectrograms(batch=2, seed=1)
     with torch.no_grad():
         assert torch.equal(reloaded(inputs).pooler_output, in_memory(inputs).pooler_output)
     torch.testing.assert_close(
@@ -337,7 +328,7 @@ def test_cli_help_and_config_file(tmp_path, capsys):
     help_text = capsys.readouterr().out
     assert "--allow-unsafe-pickle" in help_text and "--preset" in help_text and "OPERA-GT" in help_text
 
-    tiny_config().save_pretrained(tmp_path / "tiny")
+    tiny_opera_config().save_pretrained(tmp_path / "tiny")
     torch.save(opera_state_dict(), tmp_path / "tiny.pt")
     assert main([str(tmp_path / "tiny.pt"), str(tmp_path / "out"), "--config", str(tmp_path / "tiny")]) == 0
     assert AculaModel.from_pretrained(tmp_path / "out").config.hidden_size == 32

@@ -12,6 +12,7 @@ import pytest
 import soundfile
 import torch
 
+from modeling_acula.audio_utils import cut_windows, decode_audio
 from modeling_acula.feature_extraction_acula import AculaFeatureExtractor
 
 SR = 16000
@@ -287,6 +288,10 @@ def test_windows_equal_crop_pad_of_their_slice():
     np.testing.assert_allclose(output["input_values"].numpy(), expected, atol=1e-6)
     # The last window of recording 0 is partial (1.2 s) and zero-padded like any short clip.
     assert slices[2].size < window
+    # The windows are those of `audio_utils.cut_windows`, the one window cutter (also used by the evaluation).
+    cut = cut_windows(recordings[0], window, hop) + cut_windows(recordings[1], window, hop)
+    assert [len(piece) for piece in cut] == [len(piece) for piece in slices]
+    np.testing.assert_array_equal(output["input_values"].numpy(), _features(windowed, cut, sliding_window=False))
 
 
 def test_sliding_window_per_call_and_default_window():
@@ -375,11 +380,19 @@ def test_invalid_settings(kwargs, message):
 
 
 def test_constants_are_cached_per_device():
+    from modeling_acula.feature_extraction_acula import _window_and_filters
+
+    _window_and_filters.cache_clear()
     extractor = AculaFeatureExtractor()
     first = extractor._spectrogram_constants(torch.device("cpu"), torch.float32)
     extractor(np.ones(SR, np.float32), sampling_rate=SR)
     assert extractor._spectrogram_constants(torch.device("cpu"), torch.float32)[1] is first[1]
-    assert len([key for key in extractor._spectrogram_constants_cache if isinstance(key, tuple)]) == 1
+    assert _window_and_filters.cache_info().currsize == 1
+    # A setting changed after construction gets its own filters, never the stale ones.
+    extractor.f_max = 4000.0
+    assert not torch.equal(extractor._spectrogram_constants(torch.device("cpu"), torch.float32)[1], first[1])
+    # Nothing cached is part of the saved settings.
+    assert set(extractor.to_dict()) == set(AculaFeatureExtractor().to_dict())
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -398,10 +411,17 @@ def test_load_audio(dev_pack, tmp_path, extractor):
     np.testing.assert_array_equal(waveform, expected)
 
     stereo = np.stack([np.full(800, 0.5), np.full(800, -0.25)], axis=1)
-    soundfile.write(tmp_path / "stereo.wav", stereo, 8000, subtype="FLOAT")
+    soundfile.write(tmp_path / "stereo.wav", stereo, SR, subtype="FLOAT")
     mono, rate = extractor.load_audio(tmp_path / "stereo.wav")
-    assert rate == 8000 and mono.shape == (800,)
+    assert rate == SR and mono.shape == (800,)
     np.testing.assert_allclose(mono, 0.125)
+
+    # Another rate is resampled as the extractor resamples a waveform: one audio path, the same features.
+    soundfile.write(tmp_path / "stereo-8k.wav", stereo, 8000, subtype="FLOAT")
+    mono, rate = extractor.load_audio(tmp_path / "stereo-8k.wav")
+    assert rate == SR and mono.shape == (1600,) and mono.dtype == np.float32
+    np.testing.assert_array_equal(mono, decode_audio(tmp_path / "stereo-8k.wav", SR, extractor.resample_quality))
+    np.testing.assert_array_equal(_features(extractor, mono), _features(extractor, [stereo], sampling_rate=8000))
 
     garbage = tmp_path / "not-audio.flac"
     garbage.write_bytes(b"definitely not a flac file")
@@ -428,18 +448,18 @@ def test_padding_value_fills_the_end_but_not_the_centre_padding():
     assert np.abs(output - _features(AculaFeatureExtractor(compute_dtype="float64"), waveform)[0, 0]).max() > 1e-2
 
 
-def test_reused_buffers_never_leak_into_earlier_results_or_other_threads():
-    """The CPU workspace is kept from call to call (and per thread): results stay independent."""
+def test_results_stay_independent_across_calls_and_threads():
+    """No state of one call (or thread) leaks into another's result, and a pickled extractor computes the same."""
     import pickle
     from concurrent.futures import ThreadPoolExecutor
 
     extractor = AculaFeatureExtractor()
     rng = np.random.default_rng(0)
     first_audio = [rng.standard_normal(n).astype(np.float32) * 0.1 for n in (131000, 50000, 200000)]
-    with torch.inference_mode():  # buffers made under inference mode must stay writable outside it
+    with torch.inference_mode():  # a first call under inference mode must not break later calls outside it
         first = extractor(first_audio, sampling_rate=16000, sliding_window=True)["input_values"].clone()
     kept = extractor(first_audio, sampling_rate=16000, sliding_window=True)["input_values"]
-    extractor([rng.standard_normal(9000).astype(np.float32)] * 11, sampling_rate=16000)  # other sizes, same buffers
+    extractor([rng.standard_normal(9000).astype(np.float32)] * 11, sampling_rate=16000)  # other sizes
     torch.testing.assert_close(kept, first, rtol=0, atol=0)
     fresh = AculaFeatureExtractor()(first_audio, sampling_rate=16000, sliding_window=True)["input_values"]
     torch.testing.assert_close(fresh, first, rtol=0, atol=0)
@@ -450,6 +470,6 @@ def test_reused_buffers_never_leak_into_earlier_results_or_other_threads():
             got = list(pool.map(lambda b: extractor(b, sampling_rate=16000)["input_values"], batches))
             for result, reference in zip(got, expected):
                 torch.testing.assert_close(result, reference, rtol=0, atol=0)
-    restored = pickle.loads(pickle.dumps(extractor))  # the buffers (and their thread-locals) are not pickled
+    restored = pickle.loads(pickle.dumps(extractor))  # the cached filter bank is not pickled
     torch.testing.assert_close(restored(first_audio, sampling_rate=16000, sliding_window=True)["input_values"],
                                first, rtol=0, atol=0)

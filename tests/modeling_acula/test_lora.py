@@ -10,7 +10,7 @@ from peft import PeftModel
 from modeling_acula import AculaForAudioClassification, AculaForPreTraining, AculaModel, apply_lora
 from modeling_acula.lora import encoder_target_modules
 
-from tests.modeling_acula.test_modeling import spectrograms, tiny_config
+from tests.testing_utils import spectrograms, tiny_config
 
 
 def _randomise_adapters(model: torch.nn.Module) -> None:

