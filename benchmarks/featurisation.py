@@ -27,7 +27,7 @@ def _batched(extractor: AculaFeatureExtractor, waveforms: list[np.ndarray], rate
 
 
 def _batched_from_files(extractor: AculaFeatureExtractor, paths: list, device: Device) -> np.ndarray:
-    """Decode (and resample) each file, featurise in batches: what `train_acula.prepare_spectrograms` does."""
+    """Decode (and resample) each file, featurise in batches: what `acula_train.trainer.prepare_spectrograms` does."""
     outputs = []
     for start in range(0, len(paths), BATCH):
         waveforms = [decode_audio(path, extractor.sampling_rate) for path in paths[start : start + BATCH]]

@@ -40,7 +40,7 @@ def _epoch(loader: DataLoader) -> int:
 def fill_cache(manifest: Manifest, extractor: AculaFeatureExtractor, cache: TensorCache, device: Device,
                batch_size: int = 32) -> None:
     """Decode every recording not cached yet and featurise it in batches on `device`, writing the cache: the work of
-    `train_acula.prepare_spectrograms` (one process), with the features computed on the benchmark's device."""
+    `acula_train.trainer.prepare_spectrograms` (one process), with the features computed on the benchmark's device."""
     todo = [index for index in range(len(manifest)) if cache.get(manifest.audio_paths[index]) is None]
     batches = decoded_batches([manifest.audio_paths[index] for index in todo], extractor.sampling_rate, batch_size,
                               resample_quality=extractor.resample_quality)
@@ -100,7 +100,7 @@ def run(results: Results, size: dict[str, int], repeats: int, device: Device, wo
     first = timings["first"]
     results.rows.append(Row(SECTION, "first epoch: decode (2 threads, one batch ahead) + batched featurise + cache "
                             "write + DataLoader", first.wall, count / first.wall, ratio=reference.wall / first.wall,
-                            note=f"as `train_acula.prepare_spectrograms`; CPU {first.cpu:.1f} s"))
+                            note=f"as `acula_train.trainer.prepare_spectrograms`; CPU {first.cpu:.1f} s"))
     results.rows.append(Row(SECTION, "cached epoch: DataLoader over AudioSpectrogramDataset + TensorCache",
                             cached.wall, count / cached.wall, ratio=reference.wall / cached.wall,
                             note=f"CPU {cached.cpu:.1f} s"))

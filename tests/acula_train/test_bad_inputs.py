@@ -89,11 +89,10 @@ def test_bad_audio_file_is_a_value_error_naming_the_file(tmp_path, extractor, ca
     with pytest.raises(ValueError, match=problem) as raised:
         decode_audio(path)
     assert str(path) in str(raised.value)
-    if case not in ("one-sample-192k", "truncated-flac", "truncated-wav"):  # libsndfile reads those partially
-        with pytest.raises(ValueError, match="contains no samples|NaN or Inf|Could not read") as raised:
-            mono, rate = extractor.load_audio(path)
-            extractor(mono, sampling_rate=rate)
-        assert str(path) in str(raised.value) or "item 0" in str(raised.value)
+    # The extractor's file reader is the same audio path: the same refusal, naming the file.
+    with pytest.raises(ValueError, match=problem) as raised:
+        extractor.load_audio(path)
+    assert str(path) in str(raised.value)
 
 
 def test_one_sample_is_zero_padded_not_refused(tmp_path, extractor):

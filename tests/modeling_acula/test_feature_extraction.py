@@ -449,10 +449,14 @@ def test_padding_value_fills_the_end_but_not_the_centre_padding():
 
 
 def test_results_stay_independent_across_calls_and_threads():
-    """No state of one call (or thread) leaks into another's result, and a pickled extractor computes the same."""
+    """The CPU buffers are kept from call to call (per thread, shared by instances): no call's or thread's state leaks
+    into another's result, and a pickled extractor computes the same."""
     import pickle
     from concurrent.futures import ThreadPoolExecutor
 
+    from modeling_acula.feature_extraction_acula import _CPU_BUFFERS
+
+    _CPU_BUFFERS.buffers.clear()  # so that the first call below makes them, under inference mode
     extractor = AculaFeatureExtractor()
     rng = np.random.default_rng(0)
     first_audio = [rng.standard_normal(n).astype(np.float32) * 0.1 for n in (131000, 50000, 200000)]
