@@ -19,10 +19,9 @@ from safetensors import safe_open
 
 import modeling_acula
 from modeling_acula.convert_opera_checkpoint import convert_opera_checkpoint, load_checkpoint_state_dict
-from tests.testing_utils import run_in_process, tiny_args
+from tests.testing_utils import REPO, run_in_process, tiny_args
 
-REPO = Path(__file__).resolve().parents[1]
-SOURCE_ROOTS = ["modeling_acula", "train_acula.py", "eval_acula.py", "benchmarks", "scripts"]
+SOURCE_ROOTS = ["modeling_acula", "acula_train", "acula_eval", "train_acula.py", "eval_acula.py", "benchmarks", "scripts"]
 # The only call allowed to unpickle arbitrary objects: the explicit `allow_unsafe_pickle=True` opt-in of the
 # OPERA converter (its refusal without the opt-in is tested below).
 ALLOWED_UNSAFE_TORCH_LOAD = {("modeling_acula/convert_opera_checkpoint.py", "load_checkpoint_state_dict")}

@@ -157,6 +157,21 @@ def test_audio_embedding_pipeline_matches_the_model(saved_model, tmp_path):
                                atol=1e-5)
 
 
+def test_audio_embedding_pipeline_reads_a_file_as_the_array_it_holds(saved_model, tmp_path):
+    """A path goes through the one audio path (decode + resample): a 44.1 kHz file embeds exactly as its samples
+    passed with their rate, and differently from a file with other samples."""
+    import soundfile
+
+    _, _, folder = saved_model
+    embed = pipeline("audio-embedding", model=str(folder))
+    waveform = _waveforms(1, rate=44100)[0]
+    soundfile.write(tmp_path / "clip.wav", waveform, 44100, subtype="FLOAT")
+    from_file = embed(str(tmp_path / "clip.wav"))
+    np.testing.assert_array_equal(from_file, embed({"array": waveform, "sampling_rate": 44100}))
+    soundfile.write(tmp_path / "other.wav", waveform[::-1].copy(), 44100, subtype="FLOAT")
+    assert not np.allclose(from_file, embed(str(tmp_path / "other.wav")), atol=1e-4)
+
+
 def test_audio_embedding_pipeline_batches_per_recording(saved_model):
     _, _, folder = saved_model
     embed = pipeline("audio-embedding", model=str(folder))
