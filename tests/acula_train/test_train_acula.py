@@ -16,7 +16,6 @@ import train_acula
 from modeling_acula import AculaForPreTraining, AculaModel
 from acula_train import output_folder
 from acula_train.arguments import DEFAULT_WHISPER_WINDOW_SECONDS, DataArguments
-from acula_train.checkpoints import list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
 from acula_train.teacher import AculaTeacher
 from acula_train.trainer import AlignmentTrainer
 
@@ -264,46 +263,6 @@ def test_fresh_start_into_a_folder_with_checkpoints_is_refused(trained, tmp_path
     assert not (finished / "checkpoints").exists() and [r["step"] for r in read_log(finished)] == [1]
 
 
-def _tiny_optimisation():
-    model = torch.nn.Linear(3, 2)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    model(torch.ones(1, 3)).sum().backward()
-    optimizer.step()
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    return model, optimizer, scheduler
-
-
-def test_pruning_never_deletes_the_checkpoint_just_written(tmp_path):
-    model, optimizer, scheduler = _tiny_optimisation()
-    folder = tmp_path / "checkpoints"
-    for step in (4, 6):  # left by an earlier timeline
-        save_checkpoint(folder, step, model.state_dict(), optimizer, scheduler, {}, total_limit=2)
-    written = save_checkpoint(folder, 2, model.state_dict(), optimizer, scheduler, {}, total_limit=2)
-    assert written.is_dir() and resolve_checkpoint(folder, "latest") == written
-    assert [p.name for p in list_checkpoints(folder)] == ["step-00000002"]
-    for step in (4, 6, 8):  # the limit still applies to the run's own checkpoints
-        save_checkpoint(folder, step, model.state_dict(), optimizer, scheduler, {}, total_limit=2)
-    assert [p.name for p in list_checkpoints(folder)] == ["step-00000006", "step-00000008"]
-
-
-@pytest.mark.parametrize(("damaged", "words"), [
-    ("optimizer.safetensors", "not valid safetensors"),
-    ("model.safetensors", "not valid safetensors"),
-    ("trainer_state.json", "not valid JSON"),
-])
-def test_damaged_checkpoint_file_is_a_value_error_naming_it(tmp_path, damaged, words):
-    model, optimizer, scheduler = _tiny_optimisation()
-    path = save_checkpoint(tmp_path, 2, model.state_dict(), optimizer, scheduler, {"epoch": 0})
-    with open(path / damaged, "r+b") as handle:
-        handle.truncate(100)
-    weights = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(ValueError, match=words) as error:
-        load_checkpoint(path, model, optimizer, scheduler)
-    assert str(path / damaged) in str(error.value) and "--resume_from_checkpoint" in str(error.value)
-    for name, value in model.state_dict().items():  # nothing restored from a damaged checkpoint
-        assert torch.equal(value, weights[name])
-
-
 def test_resume_with_other_settings_is_refused_naming_them(trained, tmp_path):
     output, root = trained
     shutil.copytree(output, tmp_path / "out")
@@ -396,20 +355,6 @@ def test_output_folder_is_replaced_whole_never_mixed(trained, tmp_path, monkeypa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging or backup folder left
 
 
-def test_output_dir_with_other_files_is_refused_before_any_work(tmp_path):
-    out = tmp_path / "project"
-    out.mkdir()
-    (out / "notes.txt").write_text("not acula's")
-    with pytest.raises(ValueError, match=r"holds files that train_acula.py does not write \(notes.txt\)"):
-        run_in_process(tiny_args(out, tmp_path / "cache", "--max_steps", "1"))
-    assert (out / "notes.txt").read_text() == "not acula's"
-    assert output_folder.foreign_entries(out) == ["notes.txt"]
-    (out / "notes.txt").unlink()
-    for name in ("config.json", "model.safetensors", "model-00001-of-00002.safetensors", "adapter", "checkpoints"):
-        (out / name).mkdir()
-    assert output_folder.foreign_entries(out) == []
-
-
 def test_output_folder_that_cannot_be_renamed_is_filled_in_place(trained, tmp_path, monkeypatch):
     # A mount point, the working directory or a read-only parent: the files are moved in one by one instead.
     output, root = trained
@@ -424,20 +369,6 @@ def test_output_folder_that_cannot_be_renamed_is_filled_in_place(trained, tmp_pa
     assert not (out / output_folder.IN_FOLDER_STAGING).exists()
     assert json.loads((out / "training_args.json").read_text())["model"]["full_finetune"] is True
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mounted", "unused-checkpoints"]  # nothing beside it
-
-
-def test_cache_inside_the_output_folder_is_refused_before_any_work(tmp_path):
-    with pytest.raises(ValueError, match="is inside --output_dir"):
-        run_in_process(tiny_args(tmp_path / "out", tmp_path / "out" / "cache", "--max_steps", "1"))
-
-
-def test_swap_killed_between_its_two_renames_is_undone_at_the_next_start(tmp_path):
-    out = tmp_path / "out"
-    staging, previous = output_folder._staging_paths(out)
-    (previous / "checkpoints" / "step-00000002").mkdir(parents=True)  # the earlier folder, renamed away
-    (staging / "adapter").mkdir(parents=True)  # the new one, not yet in place
-    output_folder.recover_interrupted_swap(out)
-    assert (out / "checkpoints" / "step-00000002").is_dir() and not staging.exists() and not previous.exists()
 
 
 def install_test_hooks(setattr=setattr, *, kill_at: str | None = None, index_dir: str | os.PathLike | None = None):
@@ -622,16 +553,6 @@ def test_sigkill_and_resume_gives_the_uninterrupted_result(uninterrupted_run, tm
     assert read_log(tmp_path / "run")[-1] == read_log(uninterrupted_run / "reference")[-1], fault
 
 
-@pytest.mark.parametrize(("flag", "value", "message"), [
-    ("--spectrogram_dtype", "float16", "--spectrogram_dtype must be 'float32' or 'float64'"),
-    ("--decode_workers", "-1", "--decode_workers must be >= 0"),
-])
-def test_bad_data_settings_are_refused_before_any_work(flag, value, message, capsys):
-    with pytest.raises(SystemExit):
-        train_acula.parse_args([flag, value])
-    assert message in capsys.readouterr().err
-
-
 # --- the start: native presets, Whisper backbones, the default whisper-base ------------------------------------
 
 
@@ -702,38 +623,6 @@ def test_default_preset_starts_from_the_converted_whisper_base(tmp_path):
 
 
 # --- the arguments: transformers' TrainingArguments, acula's defaults and aliases ---------------------------------
-
-
-def test_training_arguments_are_transformers_training_arguments_with_acula_aliases():
-    from transformers import TrainingArguments
-
-    _, _, args = train_acula.parse_args(["--checkpointing_steps", "0", "--checkpoints_total_limit", "3"])
-    assert isinstance(args, TrainingArguments)
-    assert (args.save_steps, args.save_total_limit, args.checkpointing_steps) == (0, 3, 0)
-    _, _, args = train_acula.parse_args(["--save_steps", "7", "--save_total_limit", "1"])
-    assert (args.checkpointing_steps, args.save_total_limit) == (7, 1)
-    _, _, args = train_acula.parse_args(["--save_strategy", "no"])
-    assert args.checkpointing_steps == 0
-    # acula's defaults; a fractional warm-up is a share of the run, at least one step; an explicit 0 is none
-    _, _, args = train_acula.parse_args([])
-    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps, args.learning_rate) == (24, 2, 1e-4)
-    assert (args.save_steps, args.save_total_limit, args.logging_steps, args.max_steps) == (50, 2, 5, -1)
-    assert [args.get_warmup_steps(n) for n in (4, 50, 100)] == [1, 2, 5]
-    _, _, args = train_acula.parse_args(["--warmup_steps", "0"])
-    assert args.get_warmup_steps(100) == 0
-    assert args.num_train_epochs == 4 and args.to_dict()["hub_token"] == "<HUB_TOKEN>"  # the demo pack's epochs
-
-
-@pytest.mark.parametrize(("flags", "message"), [
-    (["--lr_scheduler_type", "cosine"], "--lr_scheduler_type cosine: train_acula.py runs its own alignment loop"),
-    (["--eval_strategy", "steps", "--eval_steps", "5"], "--eval_strategy steps"),
-    (["--save_steps", "0.5"], "--save_steps must be a whole number"),
-    (["--on_nonfinite_loss", "ignore"], "--on_nonfinite_loss must be 'stop' or 'skip'"),
-])
-def test_training_settings_the_loop_does_not_have_are_refused(flags, message, capsys):
-    with pytest.raises(SystemExit):
-        train_acula.parse_args(flags)
-    assert message in capsys.readouterr().err
 
 
 def test_readout_is_fitted_before_the_folder_is_swapped_in(trained, tmp_path, monkeypatch):
