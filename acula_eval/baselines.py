@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -34,6 +33,8 @@ import numpy as np
 import torch
 
 from acula_train.public_paths import local_display_path
+from modeling_acula.audio_utils import cut_windows
+from modeling_acula.convert_whisper import save_whisper_as_acula
 from modeling_acula.feature_extraction_acula import AculaFeatureExtractor
 from modeling_acula.file_utils import acula_cache_dir
 
@@ -320,13 +321,11 @@ class LogMelStatsEmbedder(FileEmbedder):
         model_key = hashlib.sha256(json.dumps(self.settings, sort_keys=True).encode()).hexdigest()
         self._set_file_settings(batch_size, decode_workers, show_progress, cache_dir, model_key)
 
-    def _valid_frames(self, length: int) -> list[int]:
-        """Frames of real audio in each window of a recording of `length` samples, in the extractor's window order."""
+    def _valid_frames(self, waveform: np.ndarray) -> list[int]:
+        """Frames of real audio in each window of a recording, in the extractor's window order."""
         extractor = self.feature_extractor
-        window = hop = extractor.num_samples
-        count = 1 if length <= window else 1 + math.ceil((length - window) / hop)
-        return [min(extractor.num_frames, 1 + min(window, length - i * hop) // extractor.hop_length)
-                for i in range(count)]
+        windows = cut_windows(waveform, extractor.num_samples, extractor.num_samples)
+        return [min(extractor.num_frames, 1 + window.size // extractor.hop_length) for window in windows]
 
     @torch.inference_mode()
     def embed_waveforms(self, waveforms: Sequence[np.ndarray]) -> np.ndarray:
@@ -339,7 +338,7 @@ class LogMelStatsEmbedder(FileEmbedder):
         vectors = np.zeros((len(waveforms), self.hidden_size), dtype=np.float32)
         for number, waveform in enumerate(waveforms):
             windows = np.flatnonzero(index == number)
-            valid = self._valid_frames(waveform.size)
+            valid = self._valid_frames(waveform)
             if len(valid) != len(windows):  # the extractor cut windows differently from what this class assumes
                 raise RuntimeError(f"logmel-stats: {len(windows)} windows for a recording of {waveform.size} samples, "
                                    f"expected {len(valid)}.")
@@ -372,30 +371,6 @@ def save_random_init(model_dir: str | os.PathLike, target: str | os.PathLike, se
     target = Path(target)
     random_init_model(model_dir, seed).save_pretrained(target)
     AutoFeatureExtractor.from_pretrained(model_dir).save_pretrained(target)
-    return target
-
-
-def save_whisper_as_acula(whisper_dir: str | os.PathLike, target: str | os.PathLike,
-                          window_seconds: float | None = None) -> Path:
-    """
-    Write a bare Whisper folder as the acula encoder a whisper-base run starts from (its encoder wrapped by
-    `AculaModel`, the position table cut to the window, and the matching `AculaFeatureExtractor`), as
-    `scripts/export_start_encoder.py` does: the frozen start, embedded with the windows of the runs made from it.
-
-    Args:
-        whisper_dir (`str` or `os.PathLike`): the Whisper folder.
-        target (`str` or `os.PathLike`): the folder to write.
-        window_seconds (`float`, *optional*): the input window (default: Whisper's 30 s).
-    """
-    from modeling_acula.modeling_acula import AculaForPreTraining
-
-    window = None if window_seconds is None or math.isclose(window_seconds, 30.0) else window_seconds
-    # teacher_hidden_size only sizes the (unsaved) text head of the wrapper
-    encoder = AculaForPreTraining.from_audio_backbone(str(whisper_dir), window_seconds=window,
-                                                      teacher_hidden_size=384).acula
-    target = Path(target)
-    encoder.save_pretrained(target)
-    AculaFeatureExtractor.for_config(encoder.config).save_pretrained(target)
     return target
 
 
@@ -451,5 +426,4 @@ __all__ = [
     "recorded_start",
     "resolve_models",
     "save_random_init",
-    "save_whisper_as_acula",
 ]

@@ -43,6 +43,7 @@ import argparse
 import hashlib
 import importlib.util
 import json
+import math
 import os
 import shutil
 import struct
@@ -60,7 +61,9 @@ from safetensors.torch import save_file
 from transformers import GenerationConfig, WhisperConfig, WhisperFeatureExtractor, WhisperModel
 from transformers.utils import logging
 
+from .feature_extraction_acula import AculaFeatureExtractor
 from .file_utils import file_sha256, write_json_atomic
+from .modeling_acula import AculaForPreTraining
 
 logger = logging.get_logger(__name__)
 
@@ -975,6 +978,28 @@ def ensure_whisper_base(cache_dir: str | os.PathLike, include_decoder: bool = Tr
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+def save_whisper_as_acula(whisper_dir: str | os.PathLike, target: str | os.PathLike,
+                          window_seconds: float | None = None) -> Path:
+    """
+    Write a Whisper folder as the acula encoder a whisper-base run starts from: its encoder wrapped by
+    [`AculaModel`], the position table cut to the window, and the matching [`AculaFeatureExtractor`] (the frozen
+    start that `scripts/export_start_encoder.py` writes and `eval_acula.py --add_baselines` embeds).
+
+    Args:
+        whisper_dir (`str` or `os.PathLike`): the Whisper folder (e.g. from [`ensure_whisper_base`]).
+        target (`str` or `os.PathLike`): the folder to write.
+        window_seconds (`float`, *optional*): the input window (default: Whisper's own 30 s).
+    """
+    window = None if window_seconds is None or math.isclose(window_seconds, 30.0) else window_seconds
+    # teacher_hidden_size only sizes the (unsaved) text head of the wrapper
+    encoder = AculaForPreTraining.from_audio_backbone(str(whisper_dir), window_seconds=window,
+                                                      teacher_hidden_size=384).acula
+    target = Path(target)
+    encoder.save_pretrained(target)
+    AculaFeatureExtractor.for_config(encoder.config).save_pretrained(target)
+    return target
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="acula-convert-whisper",
@@ -1028,6 +1053,7 @@ __all__ = [
     "main",
     "read_ct2_model",
     "read_ct2_variables",
+    "save_whisper_as_acula",
     "verify_converted_whisper",
 ]
 

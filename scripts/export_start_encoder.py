@@ -13,8 +13,7 @@ The folder holds the Whisper encoder wrapped by `AculaModel` (the position table
 import argparse
 from pathlib import Path
 
-from modeling_acula import AculaFeatureExtractor, AculaForPreTraining
-from modeling_acula.convert_whisper import ensure_whisper_base
+from modeling_acula.convert_whisper import ensure_whisper_base, save_whisper_as_acula
 from modeling_acula.file_utils import acula_cache_dir
 
 
@@ -25,12 +24,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--window_seconds", type=float, default=10.0, help="input window (Whisper's own: 30)")
     args = parser.parse_args(argv)
     backbone = args.backbone or str(ensure_whisper_base(acula_cache_dir("pretrained"), include_decoder=False))
-    window = None if args.window_seconds == 30 else args.window_seconds
-    # teacher_hidden_size only sizes the (unsaved) text head of the wrapper
-    encoder = AculaForPreTraining.from_audio_backbone(backbone, window_seconds=window, teacher_hidden_size=384).acula
-    output = Path(args.output_dir)
-    encoder.save_pretrained(output)
-    AculaFeatureExtractor.for_config(encoder.config).save_pretrained(output)
+    output = save_whisper_as_acula(backbone, args.output_dir, args.window_seconds)
     print(f"Wrote {output} (Whisper encoder, {args.window_seconds:g} s window)")
     return output
 

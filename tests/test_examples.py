@@ -13,7 +13,7 @@ from modeling_acula import AculaFeatureExtractor, AculaForAudioClassification, A
 from acula_train.manifest import load_manifest
 from modeling_acula.audio_utils import decode_audio
 
-from tests.testing_utils import tiny_config
+from tests.testing_utils import save_tiny_encoder
 
 REPO = Path(__file__).resolve().parents[1]
 MINI = REPO / "data" / "auscultation-mini" / "metadata.csv"
@@ -25,11 +25,7 @@ import finetune_classifier  # noqa: E402
 
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-acula")
-    torch.manual_seed(0)
-    AculaModel(tiny_config()).save_pretrained(folder)
-    AculaFeatureExtractor().save_pretrained(folder)
-    return folder
+    return save_tiny_encoder(tmp_path_factory.mktemp("tiny-acula"))
 
 
 def test_extract_embeddings_matches_direct_model_call(tiny_folder, tmp_path):

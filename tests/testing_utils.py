@@ -44,6 +44,16 @@ def tiny_config(**overrides) -> AculaConfig:
     return AculaConfig(**settings)
 
 
+def save_tiny_encoder(folder: Path) -> Path:
+    """A tiny native `AculaModel` (seed 0) and the default feature extractor, saved as a Hub-style folder."""
+    from modeling_acula import AculaFeatureExtractor, AculaModel
+
+    torch.manual_seed(0)
+    AculaModel(tiny_config()).save_pretrained(folder)
+    AculaFeatureExtractor().save_pretrained(folder)
+    return folder
+
+
 def tiny_opera_config(**overrides) -> AculaConfig:
     """The opera-gt preset shrunk to a tiny width and depth (the OPERA-GT converter's layout)."""
     settings = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "patch_size": [16, 16]}

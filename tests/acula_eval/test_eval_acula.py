@@ -33,16 +33,12 @@ from acula_train.readout import AlignmentReadout
 from acula_train.teacher import default_teacher_path
 from modeling_acula import AculaFeatureExtractor, AculaForPreTraining, AculaModel
 from modeling_acula.audio_utils import decode_audio
-from tests.testing_utils import tiny_config
+from tests.testing_utils import save_tiny_encoder, tiny_config
 
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-acula")
-    torch.manual_seed(0)
-    AculaModel(tiny_config()).save_pretrained(folder)
-    AculaFeatureExtractor().save_pretrained(folder)
-    return folder
+    return save_tiny_encoder(tmp_path_factory.mktemp("tiny-acula"))
 
 
 @pytest.fixture(scope="module")
