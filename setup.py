@@ -67,6 +67,7 @@ setup(
             "acula-convert-opera=modeling_acula.convert_opera_checkpoint:main",
             "acula-convert-whisper=modeling_acula.convert_whisper:main",
             "acula-readout=acula_train.readout:main",
+            "acula-prepare-dataset=acula_train.layouts.prepare:main",
         ]
     },
     classifiers=[
