@@ -30,6 +30,7 @@ SHARED_FILE = "shared.json"
 _MERGED_TABLES = (
     "words", "finding_words", "sublabels", "covid_status", "covid_findings", "conditions", "quality",
     "filter_modes", "sites", "location_surface", "location_side", "location_level", "sound_phases", "sounds",
+    "age_groups", "murmur_timings", "murmur_shapes", "murmur_pitches", "murmur_qualities",
 )
 
 
@@ -327,7 +328,7 @@ def _unsupported_terms(text: str, template: str, terms: Sequence[str], vocab: Re
     return None
 
 
-def _wrong_age_or_sex(text: str, row: Mapping[str, Any], sex_codes: Mapping[str, str]) -> str | None:
+def _wrong_age_or_sex(text: str, row: Mapping[str, Any], vocab: ReportVocabulary) -> str | None:
     """An age, age word ("elderly", "child") or sex word (male, woman, he, ...) that is not the row's."""
     age = cell_value(row, "age")
     try:
@@ -335,6 +336,11 @@ def _wrong_age_or_sex(text: str, row: Mapping[str, Any], sex_codes: Mapping[str,
     except ValueError:
         age_number = None
     recorded = age if age is not None else "not recorded"
+    # A source that records an age group (CirCor: "Child") bounds the age instead of stating it.
+    group = cell_value(row, "age_group")
+    group_years = vocab.tables["age_groups"].get(group.lower(), {}).get("years") if group else None
+    if age_number is None and group_years:
+        recorded = f"{group} ({group_years[0]:g}-{group_years[1]:g} years)"
     for match in re.finditer(
         r"(\d+(?:\.\d+)?)\s*-?\s*(?:years?|yrs?|y/o|yo)\b(?:[\s-]*old\b)?"
         r"|\bage[ds]?\s*(?:of\s*)?:?\s*(\d+(?:\.\d+)?)",
@@ -349,10 +355,14 @@ def _wrong_age_or_sex(text: str, row: Mapping[str, Any], sex_codes: Mapping[str,
         (m.start(), m.end(), (40, 65)) for m in re.finditer(r"\bmiddle[\s-]aged\b", text, re.IGNORECASE)
     ]
     for start, end, (low, high) in middle_aged + [(s, e, _AGE_WORDS[w]) for w, s, e in words if w in _AGE_WORDS]:
-        if age_number is None or (low is not None and age_number < low) or (high is not None and age_number >= high):
+        if age_number is None and group_years:  # the word's ages must overlap the group's
+            fits = (low is None or low < group_years[1]) and (high is None or high > group_years[0])
+        else:
+            fits = age_number is not None and (low is None or age_number >= low) and (high is None or age_number < high)
+        if not fits:
             return f"wrong age: {text[start:end]!r} but the row's age is {recorded}"
     sex = cell_value(row, "sex")
-    sex = sex_codes.get(sex.lower(), sex.lower()) if sex else None
+    sex = vocab.tables["sex"].get(sex.lower(), sex.lower()) if sex else None
     for word, start, end in words:
         if word in _SEX_OF and _SEX_OF[word] != sex:
             return f"wrong sex: {text[start:end]!r} but the row's sex is {sex or 'not recorded'}"
@@ -398,7 +408,7 @@ def check_report(
         if not mentions(text, term):
             return f"missing finding: {term!r}"
     vocab = vocabulary() if vocab is None else vocab
-    reason = _unsupported_terms(text, template, terms, vocab) or _wrong_age_or_sex(text, row, vocab.tables["sex"])
+    reason = _unsupported_terms(text, template, terms, vocab) or _wrong_age_or_sex(text, row, vocab)
     if reason:
         return reason
     # Every other number (grades such as IV/VI, counts, durations) must be one of the template's.

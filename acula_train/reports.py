@@ -37,6 +37,12 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+# A murmur labelled per patient with its sites and descriptors (CirCor), in the order the meta report lists them.
+MURMUR_FIELDS = (
+    "murmur_at_site", "murmur_locations", "most_audible_location",
+    *(f"{phase}_murmur_{field}" for phase in ("systolic", "diastolic")
+      for field in ("timing", "shape", "grading", "pitch", "quality")),
+)
 # Fields that carry clinical or acquisition meaning, in the order the meta report lists them.
 REPORT_FIELDS = (
     "source_dataset",
@@ -49,10 +55,13 @@ REPORT_FIELDS = (
     "filter_mode",
     "device",
     "age",
+    "age_group",
     "sex",
+    "pregnancy",
     "covid_status",
     "conditions",
     "quality",
+    *MURMUR_FIELDS,
 )
 
 # A whole cell that only stands for a missing value ("nan", "None", "null", "N/A", ...), as CSV exports write it.
@@ -156,6 +165,13 @@ def _sound_type_terms(code: str) -> list[str]:
 def _subject(row: Mapping[str, Any]) -> str:
     age, sex = _value(row, "age"), _value(row, "sex")
     sex = _table("sex").get(sex.lower(), sex.lower()) if sex else None
+    if (_value(row, "pregnancy") or "").lower() == "true":
+        return "a pregnant patient"
+    group = _value(row, "age_group")
+    if age is None and group:  # an age group instead of an age (CirCor): "a female child"
+        words = _table("age_groups").get(group.lower(), {}).get("words", group.lower())
+        phrase = f"{sex} {words}" if sex else words
+        return f"{'an' if phrase[0] in 'aeiou' else 'a'} {phrase}"
     manikin = "manikin" in (_value(row, "source_dataset") or "").lower()
     noun = "manikin" if manikin else ("patient" if _value(row, "modality") in ("heart", "lung") else "participant")
     if age is not None:
@@ -202,6 +218,51 @@ def _findings_sentence(row: Mapping[str, Any]) -> str:
             diagnoses = _join([readable(code) for code in _split_codes(diagnosis)])
         sentence = f"{sentence}; diagnosis: {diagnoses}" if sentence else f"Diagnosis: {diagnoses}"
     return sentence + "." if sentence else ""
+
+
+def _murmur_description(row: Mapping[str, Any], phase: str) -> str:
+    """`holosystolic, plateau-shaped, grade III/VI, high-pitched, harsh murmur` from a row's `<phase>_murmur_*`
+    descriptors ("" when the row has none of them)."""
+    timing, shape, grading, pitch, quality = (
+        _value(row, f"{phase}_murmur_{field}") for field in ("timing", "shape", "grading", "pitch", "quality")
+    )
+    if not any((timing, shape, grading, pitch, quality)):
+        return ""
+    words = [_table("murmur_timings").get(timing.lower(), timing.lower()) if timing else phase]
+    if shape:
+        words.append(_table("murmur_shapes").get(shape.lower(), shape.lower()))
+    if grading:
+        words.append(f"grade {grading}")
+    if pitch:
+        words.append(_table("murmur_pitches").get(pitch.lower(), f"{pitch.lower()}-pitched"))
+    if quality:
+        words.append(_table("murmur_qualities").get(quality.lower(), quality.lower()))
+    return ", ".join(words) + " murmur"
+
+
+def _sites(codes: str) -> str:
+    """`AV+MV` -> "the aortic valve area and the mitral valve area"."""
+    return _join([describe_location(code) for code in _split_codes(codes)])
+
+
+def _murmur_sentence(row: Mapping[str, Any]) -> str:
+    """The murmur at the recording's own site (`murmur_at_site`), with the patient's murmur descriptors."""
+    at_site = (_value(row, "murmur_at_site") or "").lower()
+    if at_site == "absent":
+        return "No murmur heard (murmur absent)."
+    if at_site == "unknown":
+        return "Murmur status not determined: the annotators could not tell whether a murmur is present."
+    murmurs = _join([text for text in (_murmur_description(row, "systolic"), _murmur_description(row, "diastolic"))
+                     if text]) or "murmur"
+    locations, loudest = _value(row, "murmur_locations"), _value(row, "most_audible_location")
+    heard = f" heard at {_sites(locations)}" if locations else ""
+    loudest_part = f"; most audible at {describe_location(loudest)}" if loudest else ""
+    if at_site == "here":
+        return f"Murmur heard at this site: {murmurs}{loudest_part}."
+    if at_site == "elsewhere":
+        article = "an" if murmurs[0] in "aeiou" else "a"
+        return f"No murmur heard at this site; the patient has {article} {murmurs}{heard}{loudest_part}."
+    raise ValueError(f"murmur_at_site must be here, elsewhere, absent or unknown, got {at_site!r}.")
 
 
 def _context_sentence(row: Mapping[str, Any]) -> str:
@@ -265,7 +326,8 @@ def write_report(row: Mapping[str, Any]) -> str:
         mode = _table("filter_modes").get(filter_mode.lower(), f"{readable(filter_mode)} mode")
         first += f" in {mode}" if device else f", stethoscope in {mode}"
     first += "."
-    second = _findings_sentence(row)
+    second = " ".join(filter(None, [_findings_sentence(row),
+                                    _murmur_sentence(row) if _value(row, "murmur_at_site") else ""]))
     # Context (COVID status, conditions, quality) and provenance share the third sentence.
     third = " ".join(filter(None, [_context_sentence(row), _provenance_sentence(row)]))
     return " ".join(filter(None, [first, second, third]))
@@ -290,17 +352,33 @@ def write_meta_report(row: Mapping[str, Any]) -> str:
         "filter_mode": "Stethoscope filter",
         "device": "Device",
         "age": "Age",
+        "age_group": "Age group",
         "sex": "Sex",
+        "pregnancy": "Pregnant",
         "covid_status": "COVID-19 status",
         "conditions": "Conditions",
         "quality": "Audio quality",
+        "murmur_at_site": "Murmur at this site",
+        "murmur_locations": "Murmur locations",
+        "most_audible_location": "Most audible location",
+        **{field: field.replace("_murmur_", " murmur ").replace("_", " ").capitalize() for field in MURMUR_FIELDS[3:]},
     }
+    at_site_words = {"here": "Present", "elsewhere": "Absent (heard at other sites)", "absent": "Absent",
+                     "unknown": "Unknown"}
     items = []
     for field in REPORT_FIELDS:
         value = _value(row, field)
         if value is None:
             continue
-        if field == "location":
+        if field == "pregnancy":
+            if value.lower() != "true":
+                continue
+            value = "yes"
+        if field == "murmur_at_site":
+            value = at_site_words.get(value.lower(), value)
+        elif field in ("murmur_locations", "most_audible_location"):
+            value = " + ".join(re.sub(r"^the ", "", describe_location(code)) for code in _split_codes(value))
+        elif field == "location":
             value = re.sub(r"^the ", "", describe_location(value))
         elif field == "sound_type":
             value = describe_sound_type(value)
@@ -346,6 +424,8 @@ def findings(row: Mapping[str, Any]) -> list[str]:
     sound_type = _value(row, "sound_type")
     if sound_type:
         terms.extend(_sound_type_terms(sound_type))
+    if _value(row, "murmur_at_site"):
+        terms.append("murmur")
     covid = _value(row, "covid_status")
     if covid:
         terms.extend(_table("covid_findings").get(covid.lower(), [readable(covid)]))

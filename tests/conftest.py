@@ -22,6 +22,8 @@ import pytest  # noqa: E402
 from modeling_acula.file_utils import DEV_PACK_ENV, default_dev_pack  # noqa: E402
 
 DEV_PACK = default_dev_pack()
+# CirCor in its official layout (16 patients, 47 recordings), shipped beside the dev pack.
+CIRCOR_SAMPLE = Path(os.environ.get("ACULA_CIRCOR_SAMPLE") or DEV_PACK.parent / "circor-sample").expanduser()
 # Set by CI (.ci/run): a missing dev pack then fails the session instead of skipping the tests that read it.
 REQUIRE_DEV_PACK_ENV = "ACULA_REQUIRE_DEV_PACK"
 
@@ -33,6 +35,9 @@ def dev_pack_is_required() -> bool:
 
 
 def pytest_sessionstart(session):
+    if dev_pack_is_required() and not (CIRCOR_SAMPLE / "training_data.csv").is_file():
+        pytest.exit(f"The CirCor sample is required but {CIRCOR_SAMPLE / 'training_data.csv'} does not exist: point "
+                    "ACULA_CIRCOR_SAMPLE at the circor-sample folder.", returncode=pytest.ExitCode.TESTS_FAILED)
     if dev_pack_is_required() and not (DEV_PACK / "metadata.csv").is_file():
         pytest.exit(
             f"The dev pack is required ({REQUIRE_DEV_PACK_ENV}={os.environ.get(REQUIRE_DEV_PACK_ENV, '')!r}, "
@@ -49,3 +54,12 @@ def dev_pack() -> Path:
     if not (DEV_PACK / "metadata.csv").is_file():
         pytest.skip(f"dev pack not found at {DEV_PACK} (set {DEV_PACK_ENV}; {REQUIRE_DEV_PACK_ENV}=1 makes this fail)")
     return DEV_PACK
+
+
+@pytest.fixture(scope="session")
+def circor_sample() -> Path:
+    """CirCor's official layout with 16 patients ($ACULA_CIRCOR_SAMPLE, else circor-sample beside the dev pack);
+    skipped where absent unless the dev pack is required (CI)."""
+    if not (CIRCOR_SAMPLE / "training_data.csv").is_file():
+        pytest.skip(f"CirCor sample not found at {CIRCOR_SAMPLE} (set ACULA_CIRCOR_SAMPLE)")
+    return CIRCOR_SAMPLE

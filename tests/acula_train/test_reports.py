@@ -518,3 +518,44 @@ def test_a_code_with_two_meanings_is_refused(tmp_path, monkeypatch):
     (folder / "PASCAL_CHSC2011.json").write_text(json.dumps(pascal))
     with pytest.raises(ValueError, match="a second vocabulary file for source 'Yaseen2018'"):
         vocabulary()
+
+
+# ----------------------------------------------------------------------------------------------- CirCor rows
+
+
+@pytest.fixture(scope="module")
+def circor_rows(circor_sample):
+    import warnings
+
+    from acula_train.layouts import load_layout
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return load_layout("circor", circor_sample, read_audio_info=False).rows
+
+
+def test_circor_reports_carry_the_murmur_at_the_site(circor_rows):
+    by_kind = {}
+    for row in circor_rows:
+        report = write_report(row)
+        assert validate_report(report, row) is None, report
+        assert "murmur" in report.lower() and "valve area" in report
+        by_kind.setdefault(row["murmur_at_site"], (row, report))
+    row, report = by_kind["here"]
+    assert report.startswith("Heart sound recording of a ")
+    assert f"grade {row['systolic_murmur_grading']}" in report and "Murmur heard at this site" in report
+    assert "No murmur heard at this site; the patient has a" in by_kind["elsewhere"][1]
+    assert "No murmur heard (murmur absent)." in by_kind["absent"][1]
+    assert "not determined" in by_kind["unknown"][1]
+    meta = write_meta_report(by_kind["here"][0])
+    assert "Murmur at this site: Present" in meta and "Systolic murmur grading: " in meta
+
+
+def test_circor_rewrites_are_checked_against_the_age_group(circor_rows):
+    row = next(r for r in circor_rows if r["age_group"] == "Child" and r["murmur_at_site"] == "absent")
+    template = write_report(row)
+    assert validate_report(template.replace("child", "paediatric patient"), row) is None
+    reason = validate_report(template.replace("child", "elderly adult"), row)
+    assert reason is not None and reason.startswith("wrong age") and "Child" in reason
+    loud = template.replace("No murmur heard (murmur absent).", "A grade IV/VI murmur is heard.")
+    assert validate_report(loud, row) is not None
