@@ -84,6 +84,13 @@ class DataArguments:
     keep_silent_recordings: bool = field(
         default=False, metadata={"help": "Train on recordings that are silent over the model window (skipped by default)."}
     )
+    prefix_cache: bool = field(
+        default=True,
+        metadata={"help": "With LoRA on the top layers of a Whisper encoder, compute the frozen layers below (and the "
+                          "frozen start's embedding, the preservation target) once per window into the cache, so that "
+                          "training runs only the adapted layers (see acula_train/prefix_cache.py). On where it "
+                          "applies; --prefix_cache false runs the whole encoder at every step."},
+    )
 
 
 @dataclass

@@ -78,7 +78,8 @@ def backward_over_window(
             The prepared (possibly DDP-wrapped) [`AculaForPreTraining`], in training mode.
         window (`Sequence[dict[str, torch.Tensor]]`):
             The micro-batches of the step: keyword arguments of the model's forward (`input_values`,
-            `teacher_embeds`, `noise`).
+            `teacher_embeds`, `noise`; or, with the prefix cache, `prefix_hidden_states`, `prefix_layers`,
+            `audio_frame_mask` and `preservation_target` instead of `input_values`).
         accelerator (`accelerate.Accelerator`):
             Created with `gradient_accumulation_steps=1`: this function does the accumulation itself.
         forward_seeds (`Sequence[int]`):
@@ -92,7 +93,7 @@ def backward_over_window(
         raise ValueError(f"backward_over_window: {len(window)} micro-batches but {len(forward_seeds)} seeds.")
     head = accelerator.unwrap_model(model).alignment_head
     weight = accelerator.unwrap_model(model).config.alignment_loss_weight
-    local_size = sum(batch["input_values"].shape[0] for batch in window)
+    local_size = sum(_rows(batch) for batch in window)
     alignment_batch_size = local_size * accelerator.num_processes
     if len(window) == 1:  # the loss already sees the whole (gathered) batch: one pass suffices
         torch.manual_seed(forward_seeds[0])
@@ -173,6 +174,12 @@ def backward_over_window(
                "preservation_loss": config.preservation_loss_weight}
     values["loss"] = sum(weights[name] * value for name, value in values.items())
     return WindowLosses(alignment_batch_size, True, values, {})
+
+
+def _rows(batch: dict[str, torch.Tensor]) -> int:
+    """Recordings in a micro-batch: of its spectrograms, or of its cached prefix states (the prefix cache)."""
+    inputs = batch.get("input_values")
+    return (inputs if inputs is not None else batch["prefix_hidden_states"]).shape[0]
 
 
 def _nonfinite(alignment_batch_size: int, terms: dict) -> WindowLosses:

@@ -1,5 +1,7 @@
-"""An on-disk cache of one tensor per (identity, recording): the spectrograms that training reads (identity = the
-feature extractor's settings) and the embeddings that evaluation reads (identity = the model).
+"""An on-disk cache of one tensor (or a few named tensors) per (identity, recording): the spectrograms that training
+reads (identity = the feature extractor's settings), the frozen encoder prefix's states of the prefix cache (identity
+= the start's weights, the layer, the spectrograms; see `prefix_cache.py`) and the embeddings that evaluation reads
+(identity = the model).
 
 Decoding + resampling + featurizing (or embedding) a recording gives the same tensor every time, so it is done
 once and stored. Layout (one safetensors file per recording, written atomically):
@@ -20,7 +22,7 @@ Choices:
   `os.replace` (atomic on POSIX and Windows): several processes (DDP ranks, DataLoader workers) may
   write the same key at once; readers see either no file or a complete one. Two levels of folders
   keep directories small at 100k recordings.
-- Every entry records its tensor's shape, dtype and CRC-32 in the safetensors metadata; `get` serves
+- Every entry records each tensor's shape, dtype and CRC-32 in the safetensors metadata; `get` serves
   an entry only if the file parses, those match, and the values are finite. Anything else (a damaged
   file, NaN written into it, another tensor, an entry without these records) is logged and treated as
   a miss, so the spectrogram is recomputed and the entry rewritten.
@@ -60,21 +62,37 @@ def _checksum(tensor: torch.Tensor) -> str:
     return f"{zlib.crc32(data) & 0xFFFFFFFF:08x}"
 
 
-def _entry_problem(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], identity_sha256: str) -> str | None:
+def _tensor_records(metadata: Mapping[str, str]) -> dict[str, dict[str, Any]] | None:
+    """The per-tensor records (shape, dtype, CRC-32) an entry's metadata holds, or None if it holds none."""
+    if "tensors" in metadata:  # entries of several tensors (and every entry written since they exist)
+        return json.loads(metadata["tensors"])
+    if "shape" in metadata and "dtype" in metadata and "crc32" in metadata:  # one-tensor entries of version 1
+        return {_TENSOR_NAME: {"shape": json.loads(metadata["shape"]), "dtype": metadata["dtype"],
+                               "crc32": metadata["crc32"]}}
+    return None
+
+
+def _entry_problem(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], identity_sha256: str,
+                   names: tuple[str, ...] = (_TENSOR_NAME,)) -> str | None:
     """Why a parsed entry must not be served, or None if it is sound."""
-    if _TENSOR_NAME not in tensors:
-        return f"no tensor {_TENSOR_NAME!r}"
-    tensor = tensors[_TENSOR_NAME]
+    for name in names:
+        if name not in tensors:
+            return f"no tensor {name!r}"
     if metadata.get("identity_sha256") != identity_sha256:
         return "written for another featurizer identity"
-    if "shape" not in metadata or "dtype" not in metadata or "crc32" not in metadata:
+    records = _tensor_records(metadata)
+    if records is None:
         return "no shape/dtype/checksum record (written by an older version or by something else)"
-    if json.loads(metadata["shape"]) != list(tensor.shape):
-        return f"shape {list(tensor.shape)} != recorded {metadata['shape']}"
-    if str(tensor.dtype) != metadata["dtype"]:
-        return f"dtype {tensor.dtype} != recorded {metadata['dtype']}"
-    if _checksum(tensor) != metadata["crc32"]:
-        return "checksum mismatch (damaged data)"
+    for name in names:
+        tensor, record = tensors[name], records.get(name)
+        if record is None:
+            return f"no shape/dtype/checksum record of {name!r}"
+        if list(record["shape"]) != list(tensor.shape):
+            return f"{name}: shape {list(tensor.shape)} != recorded {record['shape']}"
+        if str(tensor.dtype) != record["dtype"]:
+            return f"{name}: dtype {tensor.dtype} != recorded {record['dtype']}"
+        if _checksum(tensor) != record["crc32"]:
+            return f"{name}: checksum mismatch (damaged data)"
     # No finiteness check here: `put` refuses NaN/Inf, and the checksum says these are the bytes it wrote (the
     # check cost ~50 us of the ~200 us of a read).
     return None
@@ -115,6 +133,8 @@ class TensorCache:
             `feature_extractor.to_dict()` plus the sampling rate. Arrays are hashed by content.
         key_mode (`str`, *optional*, defaults to `"stat"`): `"stat"` keys on path + size + mtime_ns,
             `"content"` on the file's sha256 (see the module docstring).
+        kind (`str`, *optional*, defaults to `"spectrogram"`): what the entries are, for messages (the prefix
+            cache of `acula_train.prefix_cache` stores encoder states with the same layout).
     """
 
     def __init__(
@@ -123,10 +143,12 @@ class TensorCache:
         featurizer_identity: Mapping[str, Any],
         *,
         key_mode: str = "stat",
+        kind: str = "spectrogram",
     ) -> None:
         if key_mode not in KEY_MODES:
             raise ValueError(f"key_mode must be one of {KEY_MODES}, got {key_mode!r}.")
         self.key_mode = key_mode
+        self.kind = kind
         self.identity = dict(featurizer_identity)
         self.identity_hash = identity_hash(featurizer_identity)
         self.root = Path(folder).expanduser().resolve()
@@ -145,7 +167,7 @@ class TensorCache:
                 stored = None
             if stored is not None and stored != self.identity_hash:
                 raise ValueError(
-                    f"spectrogram cache {self.folder} belongs to featurizer identity {stored}, not "
+                    f"{self.kind} cache {self.folder} belongs to featurizer identity {stored}, not "
                     f"{self.identity_hash}; remove the folder or use another cache folder."
                 )
             if stored is not None:
@@ -159,7 +181,7 @@ class TensorCache:
         try:
             stat = path.stat()
         except OSError as error:
-            raise ValueError(f"{path}: cannot stat the audio file for the spectrogram cache ({error}).") from error
+            raise ValueError(f"{path}: cannot stat the audio file for the {self.kind} cache ({error}).") from error
         if self.key_mode == "content":
             parts: dict[str, Any] = {"sha256": file_sha256(path)}
         else:
@@ -177,6 +199,12 @@ class TensorCache:
 
         An entry that cannot be parsed, or whose shape, dtype or checksum differ from what `put` recorded (which
         only writes finite values), counts as a miss (with a warning): it is never served."""
+        tensors = self.get_tensors(path, (_TENSOR_NAME,))
+        return None if tensors is None else tensors[_TENSOR_NAME]
+
+    def get_tensors(self, path: str | os.PathLike, names: tuple[str, ...]) -> dict[str, torch.Tensor] | None:
+        """The cached tensors `names` of `path` (an entry written by [`put_tensors`]), or `None` on a miss (an
+        entry that lacks one of them, or fails the checks of [`get`], is a miss)."""
         entry = self.entry_path(path)
         if not entry.is_file():
             return None
@@ -184,30 +212,40 @@ class TensorCache:
             with safe_open(str(entry), framework="pt") as handle:
                 metadata = handle.metadata() or {}
                 tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-            problem = _entry_problem(tensors, metadata, self.identity_hash)
+            problem = _entry_problem(tensors, metadata, self.identity_hash, tuple(names))
         except (SafetensorError, OSError, KeyError, ValueError, TypeError, RuntimeError) as error:
             problem = f"unreadable: {error}"
         if problem is not None:
-            logger.warning("spectrogram cache entry %s for %s is not usable (%s); recomputing it.", entry, path, problem)
+            logger.warning("%s cache entry %s for %s is not usable (%s); recomputing it.", self.kind, entry, path,
+                           problem)
             return None
-        return tensors[_TENSOR_NAME]
+        return {name: tensors[name] for name in names}
 
     def put(self, path: str | os.PathLike, tensor: torch.Tensor) -> Path:
         """Store the spectrogram of `path` atomically; returns the entry file."""
-        if not isinstance(tensor, torch.Tensor):
-            raise TypeError(f"spectrogram of {path} must be a torch.Tensor, got {type(tensor).__name__}.")
+        return self.put_tensors(path, {_TENSOR_NAME: tensor})
+
+    def put_tensors(self, path: str | os.PathLike, tensors: Mapping[str, torch.Tensor]) -> Path:
+        """Store several named tensors of `path` as one entry, atomically; returns the entry file."""
         entry = self.entry_path(path)
-        stored = tensor.detach().cpu().contiguous()
-        if stored.is_floating_point() and not torch.isfinite(stored).all():
-            raise ValueError(f"spectrogram of {path} holds NaN or Inf values: it is not cached (nor to be trained on).")
-        data = {_TENSOR_NAME: stored}
+        data, records = {}, {}
+        for name, tensor in tensors.items():
+            if not isinstance(tensor, torch.Tensor):
+                raise TypeError(f"{self.kind} {name!r} of {path} must be a torch.Tensor, got {type(tensor).__name__}.")
+            stored = tensor.detach().cpu().contiguous()
+            if stored.is_floating_point() and not torch.isfinite(stored).all():
+                raise ValueError(f"{self.kind} {name!r} of {path} holds NaN or Inf values: it is not cached (nor to "
+                                 "be trained on).")
+            data[name] = stored
+            records[name] = {"shape": list(stored.shape), "dtype": str(stored.dtype), "crc32": _checksum(stored)}
         metadata = {
             "audio_path": str(Path(path).resolve()),
             "identity_sha256": self.identity_hash,
-            "shape": json.dumps(list(stored.shape)),
-            "dtype": str(stored.dtype),
-            "crc32": _checksum(stored),
+            "tensors": json.dumps(records, sort_keys=True),
         }
+        if _TENSOR_NAME in records:  # also the version-1 records, which older readers of the spectrogram cache check
+            metadata.update(shape=json.dumps(records[_TENSOR_NAME]["shape"]), dtype=records[_TENSOR_NAME]["dtype"],
+                            crc32=records[_TENSOR_NAME]["crc32"])
         atomic_write(entry, lambda tmp: save_file(data, tmp, metadata=metadata))
         return entry
 

@@ -34,6 +34,7 @@ from modeling_acula import AculaConfig, AculaFeatureExtractor, AculaForPreTraini
 from modeling_acula.configuration_acula import MINILM_TEACHER
 from modeling_acula.convert_whisper import ensure_whisper_base
 from modeling_acula.file_utils import acula_cache_dir
+from modeling_acula.modeling_acula import is_whisper_config
 
 from . import checkpoints
 from .arguments import DEFAULT_WHISPER_LORA_TOP_LAYERS, AlignmentTrainingArguments, DataArguments, ModelArguments
@@ -43,6 +44,7 @@ from .gradient_cache import WindowLosses, backward_over_window
 from .leakage import apply_leakage_guard
 from .manifest import load_manifest
 from .optimization import weight_decay_parameter_groups
+from .prefix_cache import PrefixStateDataset, frozen_prefix_layers, prefix_cache, prepare_prefix_cache
 from .output_folder import (
     can_swap_output_folder,
     push_output_folder,
@@ -355,7 +357,10 @@ class AlignmentTrainer:
         del teacher  # not needed while training: its vectors are cached
         if self.accelerator.device.type == "cuda":
             torch.cuda.empty_cache()
+        # The pairs of spectrograms and teacher vectors: what the readout is fitted on, and what training reads
+        # unless the prefix cache gives it the frozen encoder prefix's states instead.
         self.dataset = pair_dataset(self.kept, self.extractor, self.spectrograms, self.teacher_vectors)
+        self.train_dataset = self.prepare_prefix_cache() or self.dataset
         self.global_batch = self.args.per_device_train_batch_size * self.accelerator.num_processes
         if len(self.dataset) < self.global_batch:
             raise ValueError(
@@ -364,7 +369,7 @@ class AlignmentTrainer:
                 "--per_device_train_batch_size."
             )
         # drop_last: every process must hold a full, equal shard for the global-batch alignment loss.
-        self.dataloader = DataLoader(self.dataset, batch_size=self.args.per_device_train_batch_size, shuffle=True,
+        self.dataloader = DataLoader(self.train_dataset, batch_size=self.args.per_device_train_batch_size, shuffle=True,
                                      drop_last=True, num_workers=self.args.dataloader_num_workers)
 
     def load_rows(self) -> None:
@@ -438,8 +443,36 @@ class AlignmentTrainer:
         return vectors
 
     def create_model(self, teacher: AculaTeacher) -> AculaForPreTraining:
-        """The alignment model from the start (see [`build_model`])."""
-        return build_model(self.model_args, teacher, self.init_from)
+        """The alignment model from the start (see [`build_model`]); the frozen reference of the preservation term
+        is the start, taken before adapters are added or a checkpoint is resumed."""
+        model = build_model(self.model_args, teacher, self.init_from)
+        self.top_layers = None if self.model_args.full_finetune else lora_top_layers(self.model_args, model.config)
+        return model
+
+    def prepare_prefix_cache(self) -> PrefixStateDataset | None:
+        """With LoRA on the top layers of a Whisper encoder, the layers below (and the frozen start's embedding,
+        the preservation target) are computed once per window into the prefix cache, and training reads them
+        (see `acula_train/prefix_cache.py`); returns that training dataset, or None where it does not apply or
+        --prefix_cache is false (the reference copy of the preservation term is then taken now, from the start)."""
+        model = self.model
+        self.prefix_layers, reason = frozen_prefix_layers(model.config, full_finetune=self.model_args.full_finetune,
+                                                          top_layers=self.top_layers)
+        if self.prefix_layers is not None and not self.data_args.prefix_cache:
+            self.prefix_layers, reason = None, "--prefix_cache false"
+        self.prefix_stats = None
+        if self.prefix_layers is None:
+            if model.config.preservation_loss == "feature_distillation":
+                model.snapshot_reference_encoder()
+            if is_whisper_config(model.config.audio_backbone_config):
+                self.log(f"Prefix cache: off ({reason}).")
+            return None
+        cache = prefix_cache(self.cache_dir, model.acula, self.prefix_layers, self.spectrograms)
+        self.prefix_stats = prepare_prefix_cache(self.kept, model.acula, self.prefix_layers, self.spectrograms, cache,
+                                                 self.accelerator, batch_size=self.args.per_device_train_batch_size)
+        stats = self.prefix_stats
+        self.log(f"Prefix cache: {reason}; training runs the layers above from cached states ({stats.hits} hits, "
+                 f"{stats.computed} computed on this process in {stats.seconds:.1f} s; {cache.folder}).")
+        return PrefixStateDataset(self.kept, cache, teacher_vectors=self.teacher_vectors)
 
     # --- optimisation ----------------------------------------------------------------------------------------------
 
@@ -448,7 +481,6 @@ class AlignmentTrainer:
         args, model_args, accelerator = self.args, self.model_args, self.accelerator
         model = self.model
         self.config = model.config
-        self.top_layers = None if model_args.full_finetune else lora_top_layers(model_args, self.config)
         if not model_args.full_finetune:
             model = apply_lora(model, r=model_args.lora_r, lora_alpha=model_args.lora_alpha,
                                lora_dropout=model_args.lora_dropout, include_mlp=model_args.lora_include_mlp,
@@ -564,8 +596,13 @@ class AlignmentTrainer:
         for offset, batch in enumerate(window):
             noise = (masking_noise(batch["index"], config.num_patches, args.seed, epoch).to(accelerator.device)
                      if config.use_mam else None)
-            micro_batches.append({"input_values": batch["input_values"], "teacher_embeds": batch["teacher_embeds"],
-                                  "noise": noise})
+            if self.prefix_layers is None:
+                inputs = {"input_values": batch["input_values"]}
+            else:  # the frozen prefix's cached states: only the layers above it run
+                inputs = {"prefix_hidden_states": batch["prefix_hidden_states"], "prefix_layers": self.prefix_layers,
+                          "audio_frame_mask": batch["audio_frame_mask"],
+                          "preservation_target": batch["preservation_target"]}
+            micro_batches.append({**inputs, "teacher_embeds": batch["teacher_embeds"], "noise": noise})
             # Dropout draws come from (seed, epoch, micro-batch, process): identical after a resume, and replayed
             # exactly by the second pass of gradient caching.
             seeds.append(hash((args.seed, epoch, micro_step + offset, accelerator.process_index)) % (2**63))
@@ -655,6 +692,10 @@ class AlignmentTrainer:
             "final_losses": self.last_losses,
             "skipped_nonfinite_steps": self.state["skipped_nonfinite"],
             "window_seconds": round(self.extractor.num_samples / self.extractor.sampling_rate, 3),
+            # a speed setting (the same steps up to float rounding), recorded for the benchmarks
+            "prefix_cache": (f"layers 0-{self.prefix_layers - 1} (and the stem) computed once per window"
+                             if self.prefix_layers else "the stem computed once per window"
+                             if self.prefix_layers == 0 else "off"),
         }
 
     def fit_readout(self, folder: Path) -> None:

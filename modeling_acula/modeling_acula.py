@@ -373,6 +373,104 @@ class AculaModel(AculaPreTrainedModel):
             pooled = pool_audio_encoder_output(outputs, attention_mask, self.backbone)
         return outputs.last_hidden_state, pooled, getattr(outputs, "hidden_states", None)
 
+    # --- a Whisper encoder in two parts: a (frozen) prefix, computed once, and the layers above it ---------------
+
+    def _whisper_backbone(self, method: str):
+        backbone_config = self.config.audio_backbone_config
+        if not is_whisper_config(backbone_config):
+            kind = "the native ViT encoder" if backbone_config is None else f"a {backbone_config.model_type} backbone"
+            raise ValueError(f"AculaModel.{method} splits a Whisper backbone only; this model has {kind}.")
+        return self.backbone
+
+    def _check_prefix_layers(self, num_layers: int, method: str) -> None:
+        depth = len(self.backbone.layers)
+        if not isinstance(num_layers, int) or not 0 <= num_layers <= depth:
+            raise ValueError(f"AculaModel.{method}: the layer index must be an int in 0..{depth} for this Whisper "
+                             f"encoder of {depth} layers, got {num_layers!r}.")
+
+    def forward_prefix(self, input_values: torch.Tensor, num_layers: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the bottom of a Whisper backbone: the convolution stem, the positions and the first `num_layers`
+        layers, exactly as [`forward`] runs them (dropout and layer drop included in training mode).
+
+        With adapters on the top layers only (LoRA on the last `k` layers), the output of the first `depth - k`
+        layers is a fixed function of the spectrogram: it can be computed once per window, stored, and continued
+        with [`forward_from_layer`] at every training step.
+
+        Args:
+            input_values (`torch.FloatTensor` of shape `(batch_size, 1, frames, mel_bins)`):
+                Spectrograms from `AculaFeatureExtractor.for_whisper`.
+            num_layers (`int`): how many encoder layers to run (0: the stem and positions only).
+
+        Returns:
+            `(hidden_states, audio_frame_mask)`: `(batch_size, num_frames, d_model)` and the `(batch_size,
+            num_frames)` long mask of the frames that hold audio (what the pooling averages, see
+            [`whisper_audio_frame_mask`]).
+
+        Raises:
+            `ValueError`: for a native or non-Whisper encoder, or a layer index outside `0..encoder_layers`.
+        """
+        backbone = self._whisper_backbone("forward_prefix")
+        self._check_prefix_layers(num_layers, "forward_prefix")
+        features = whisper_input_features(input_values, self.config.audio_backbone_config)
+        # WhisperEncoder.forward, step by step up to layer `num_layers`.
+        hidden = F.gelu(backbone.conv1(features))
+        hidden = F.gelu(backbone.conv2(hidden)).permute(0, 2, 1)
+        positions = torch.arange(backbone.embed_positions.num_embeddings, device=hidden.device)
+        hidden = hidden + backbone.embed_positions(positions)
+        hidden = F.dropout(hidden, p=backbone.dropout, training=backbone.training)
+        hidden = self._run_whisper_layers(hidden, 0, num_layers)
+        return hidden, whisper_audio_frame_mask(features, hidden.shape[1])
+
+    def forward_from_layer(
+        self,
+        hidden_states: torch.Tensor,
+        start_layer: int,
+        audio_frame_mask: torch.Tensor,
+        return_dict: bool | None = None,
+    ) -> BaseModelOutputWithPooling | tuple:
+        """Continue a Whisper backbone from the output of its first `start_layer` layers (what [`forward_prefix`]
+        returns): the remaining layers, the final layer norm and the pooling over the frames that hold audio.
+        `forward_from_layer(*forward_prefix(x, n), start_layer=n)` equals `forward(x)`.
+
+        Args:
+            hidden_states (`torch.FloatTensor` of shape `(batch_size, num_frames, d_model)`):
+                The output of layer `start_layer - 1` (of the stem for 0); cast to the weights' dtype.
+            start_layer (`int`): the first layer to run.
+            audio_frame_mask (`torch.Tensor` of shape `(batch_size, num_frames)`): 1 for frames that hold audio.
+            return_dict (`bool`, *optional*): whether to return a `BaseModelOutputWithPooling`.
+
+        Raises:
+            `ValueError`: for a native or non-Whisper encoder, a layer index outside `0..encoder_layers`, or hidden
+                states / mask of another shape than the encoder's frames and width.
+        """
+        backbone = self._whisper_backbone("forward_from_layer")
+        self._check_prefix_layers(start_layer, "forward_from_layer")
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        expected = (backbone.embed_positions.num_embeddings, backbone.config.d_model)
+        if hidden_states.dim() != 3 or tuple(hidden_states.shape[1:]) != expected:
+            raise ValueError(f"AculaModel.forward_from_layer: hidden_states must have shape (batch, {expected[0]}, "
+                             f"{expected[1]}) for this Whisper encoder, got {tuple(hidden_states.shape)}.")
+        if tuple(audio_frame_mask.shape) != tuple(hidden_states.shape[:2]):
+            raise ValueError(f"AculaModel.forward_from_layer: audio_frame_mask must have shape "
+                             f"{tuple(hidden_states.shape[:2])}, got {tuple(audio_frame_mask.shape)}.")
+        hidden = self._run_whisper_layers(hidden_states.to(backbone.conv1.weight.dtype), start_layer,
+                                          len(backbone.layers))
+        sequence_output = backbone.layer_norm(hidden)
+        pooled = pool_audio_encoder_output(BaseModelOutputWithPooling(last_hidden_state=sequence_output),
+                                           audio_frame_mask)
+        if not return_dict:
+            return sequence_output, pooled
+        return BaseModelOutputWithPooling(last_hidden_state=sequence_output, pooler_output=pooled)
+
+    def _run_whisper_layers(self, hidden: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        backbone = self.backbone
+        for layer in backbone.layers[start:stop]:
+            # Layer drop as in WhisperEncoder.forward (one draw per layer, training mode only).
+            if backbone.training and backbone.layerdrop > 0.0 and torch.rand([]) < backbone.layerdrop:
+                continue
+            hidden = layer(hidden, None)
+        return hidden
+
     def forward_masked(
         self, input_values: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -661,26 +759,43 @@ class AculaForPreTraining(AculaPreTrainedModel):
         model.acula._freeze_position_tables()
         return model
 
-    def _preservation_loss(self, pooled: torch.Tensor, input_values: torch.Tensor, **encoder_kwargs) -> torch.Tensor:
+    def snapshot_reference_encoder(self) -> None:
+        """Take the frozen starting copy of the encoder that `preservation_loss="feature_distillation"` compares
+        with, now (it is otherwise taken at the first training forward). Call it before adapters are added or a
+        checkpoint is loaded, so that the reference is the start and not a resumed state. A second call keeps the
+        first copy."""
         if not self._reference_encoder:
-            reference = copy.deepcopy(self.acula).eval().requires_grad_(False)
-            self._reference_encoder.append(reference)
+            self._reference_encoder.append(copy.deepcopy(self.acula).eval().requires_grad_(False))
+
+    def _preservation_loss(self, pooled: torch.Tensor, input_values: torch.Tensor | None, *,
+                           prefix: tuple[torch.Tensor, int, torch.Tensor] | None = None,
+                           **encoder_kwargs) -> torch.Tensor:
+        self.snapshot_reference_encoder()
         reference = self._reference_encoder[0].to(pooled.device)
         with torch.no_grad():
-            target = pool_audio_encoder_output(
-                reference(input_values, **encoder_kwargs), encoder_kwargs.get("attention_mask"), reference
-            )
+            if prefix is not None:  # the prefix is frozen: the reference continues from the same hidden states
+                hidden_states, start_layer, frame_mask = prefix
+                target = reference.forward_from_layer(hidden_states, start_layer, frame_mask,
+                                                      return_dict=True).pooler_output
+            else:
+                target = pool_audio_encoder_output(
+                    reference(input_values, **encoder_kwargs), encoder_kwargs.get("attention_mask"), reference
+                )
         return F.mse_loss(pooled, target)
 
     def forward(
         self,
-        input_values: torch.Tensor,
+        input_values: torch.Tensor | None = None,
         teacher_embeds: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
         return_loss: bool = True,
         compute_alignment_loss: bool = True,
         return_dict: bool | None = None,
+        prefix_hidden_states: torch.Tensor | None = None,
+        prefix_layers: int | None = None,
+        audio_frame_mask: torch.Tensor | None = None,
+        preservation_target: torch.Tensor | None = None,
         **kwargs,
     ) -> AculaForPreTrainingOutput | tuple:
         r"""
@@ -704,11 +819,34 @@ class AculaForPreTraining(AculaPreTrainedModel):
                 other terms are still computed and `text_embeds` is still returned.
             return_dict (`bool`, *optional*):
                 Whether to return an [`AculaForPreTrainingOutput`].
+            prefix_hidden_states (`torch.FloatTensor` of shape `(batch_size, num_frames, d_model)`, *optional*):
+                Whisper backbones: instead of `input_values`, the output of the encoder's first `prefix_layers`
+                layers ([`AculaModel.forward_prefix`], e.g. read from a cache); only the layers above run. The
+                prefix must be frozen (adapters on the layers above only), which makes it a fixed function of the
+                spectrogram.
+            prefix_layers (`int`, *optional*): the number of layers behind `prefix_hidden_states`.
+            audio_frame_mask (`torch.Tensor` of shape `(batch_size, num_frames)`, *optional*):
+                With `prefix_hidden_states`: the frames that hold audio (the second output of `forward_prefix`).
+            preservation_target (`torch.FloatTensor` of shape `(batch_size, hidden_size)`, *optional*):
+                The frozen starting encoder's `pooler_output` for these inputs (a fixed function of the input, e.g.
+                cached): the feature-distillation target, instead of a forward pass of the reference copy.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         config = self.config
         encoder_kwargs = {"attention_mask": attention_mask} if attention_mask is not None else {}
-        pooled = pool_audio_encoder_output(self.acula(input_values, **encoder_kwargs), attention_mask, self.acula)
+        prefix = None
+        if prefix_hidden_states is not None:
+            if input_values is not None or prefix_layers is None or audio_frame_mask is None:
+                raise ValueError("Pass either input_values, or prefix_hidden_states with prefix_layers and "
+                                 "audio_frame_mask (AculaModel.forward_prefix's outputs), not both.")
+            if self.mam_decoder is not None:
+                raise ValueError("prefix_hidden_states: masked-audio modeling needs the spectrogram (input_values).")
+            prefix = (prefix_hidden_states, prefix_layers, audio_frame_mask)
+            pooled = self.acula.forward_from_layer(*prefix, return_dict=True).pooler_output
+        elif input_values is None:
+            raise ValueError("AculaForPreTraining needs input_values (or prefix_hidden_states).")
+        else:
+            pooled = pool_audio_encoder_output(self.acula(input_values, **encoder_kwargs), attention_mask, self.acula)
         audio_embeds = self.audio_projection(pooled)
 
         losses: dict[str, torch.Tensor] = {}
@@ -732,7 +870,14 @@ class AculaForPreTraining(AculaPreTrainedModel):
             losses["mam_loss"] = (per_patch * mask).sum() / mask.sum()
 
         if config.preservation_loss == "feature_distillation" and self.training and return_loss:
-            losses["preservation_loss"] = self._preservation_loss(pooled, input_values, **encoder_kwargs)
+            if preservation_target is not None:
+                if preservation_target.shape != pooled.shape:
+                    raise ValueError(f"preservation_target must have shape {tuple(pooled.shape)} (the pooled "
+                                     f"embedding), got {tuple(preservation_target.shape)}.")
+                losses["preservation_loss"] = F.mse_loss(pooled, preservation_target.to(pooled.dtype))
+            else:
+                losses["preservation_loss"] = self._preservation_loss(pooled, input_values, prefix=prefix,
+                                                                      **encoder_kwargs)
 
         weights = {
             "alignment_loss": config.alignment_loss_weight,
