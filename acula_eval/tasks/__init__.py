@@ -8,6 +8,9 @@
     `../shared/data/auscultation-dev`), built from its `metadata.csv`;
   - [`transfer`]: cross-dataset abnormal-heart-sound transfer over the dev pack;
   - [`kauh_heldout`]: KAUH diagnoses tested on the dev pack's held-out patients only;
+  - [`circor`]: CirCor DigiScope murmur tasks (per recording, per patient, systolic descriptors) on held-out
+    patients, and normal-vs-abnormal heart sound across CirCor, PASCAL and Yaseen (`--circor`, else
+    `$ACULA_CIRCOR`);
   - [`opera`]: the OPERA benchmark tasks (T1-T19 of `../shared/ACULA.md`) over the public datasets under
     `--data_root`.
 """
@@ -32,6 +35,8 @@ from . import transfer  # noqa: F401
 
 # isort: split
 from . import kauh_heldout  # noqa: F401
+# isort: split
+from . import circor  # noqa: F401
 
 # isort: split
 from . import opera  # noqa: F401

@@ -3,6 +3,7 @@ yields, ready for probing ([`TaskData`])."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -23,12 +24,20 @@ def clean_value(value: Any) -> str | None:
     return text or None
 
 
+def default_circor() -> Path | None:
+    """The CirCor DigiScope folder (holding `training_data.csv`) named by `$ACULA_CIRCOR`, if set."""
+    value = os.environ.get("ACULA_CIRCOR")
+    return Path(value).expanduser() if value else None
+
+
 @dataclass(frozen=True)
 class LoadContext:
-    """Where loaders look for data."""
+    """Where loaders look for data: the dev pack, the OPERA datasets' root and the CirCor DigiScope folder (the
+    official layout, with `training_data.csv`; default `$ACULA_CIRCOR`)."""
 
     dev_pack: Path | None = None
     data_root: Path | None = None
+    circor: Path | None = field(default_factory=default_circor)
 
 
 @dataclass(frozen=True)
@@ -50,7 +59,7 @@ class TaskSpec:
         label_descriptions (`Mapping[str, str]`, *optional*): class -> words for zero-shot prompts.
         split (`SplitPolicy`): default split policy.
         metric (`str`): `"roc_auc"` (classification) or `"mae"` (regression; MAPE is reported beside it).
-        family (`str`): `"dev_pack"` or `"opera"`.
+        family (`str`): `"dev_pack"`, `"circor"` (needs `--circor`) or `"opera"`.
         opera_id (`str`, *optional*): task number in the OPERA benchmark table (e.g. `"T10"`).
         source (`str`): dataset citation and address.
         layout (`str`): the files the loader expects under `--data_root` (OPERA tasks).
@@ -58,6 +67,9 @@ class TaskSpec:
         headroom (`bool`): whether the task can still separate encoders: `False` for tasks that even the log-mel
             statistics baseline (or a random encoder) nearly solves (AUROC >= 0.97 on the dev pack), which are kept
             but left out of the "mean over tasks with headroom" of a results table.
+        pool_by (`str`, *optional*): a row column (e.g. `"patient_id"`): the task's unit is then not a recording
+            but the set of rows sharing that value (a patient), whose embedding is the mean of its recordings'
+            embeddings; the rows of one unit must share the label (and the group). `None`: one recording per unit.
     """
 
     name: str
@@ -75,6 +87,7 @@ class TaskSpec:
     layout: str = ""
     notes: str = ""
     headroom: bool = True
+    pool_by: str | None = None
 
 
 @dataclass
@@ -91,6 +104,10 @@ class TaskData:
         known_groups (`np.ndarray`): whether the group came from the data (False for such per-recording groups).
         rows (`list[dict]`): metadata per recording (for reports).
         split_values (`np.ndarray`, *optional*): the split column, when the task has one.
+        members (`list[tuple[Path, ...]]`, *optional*): for a task whose unit is a patient (`TaskSpec.pool_by`), the
+            recordings of each unit (then `paths[i]` is the first of them and `rows[i]` the values its recordings
+            share); `None` when every unit is one recording. Embed [`recording_paths`] and turn the vectors into unit
+            embeddings with [`unit_embeddings`].
     """
 
     spec: TaskSpec
@@ -101,9 +118,39 @@ class TaskData:
     known_groups: np.ndarray
     rows: list[dict[str, Any]]
     split_values: np.ndarray | None = None
+    members: list[tuple[Path, ...]] | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    @property
+    def pooled(self) -> bool:
+        """Whether a unit is a set of recordings (a patient) rather than one recording."""
+        return self.members is not None
+
+    def recordings_of(self, index: int) -> tuple[Path, ...]:
+        """The recordings of unit `index`."""
+        return self.members[index] if self.members is not None else (self.paths[index],)
+
+    def recording_paths(self) -> list[Path]:
+        """Every recording of the task once, in unit order: the files to embed."""
+        if self.members is None:
+            return list(self.paths)
+        return list(dict.fromkeys(path for members in self.members for path in members))
+
+    def unit_embeddings(self, vectors: np.ndarray) -> np.ndarray:
+        """
+        One embedding per unit from the vectors of [`recording_paths`] (same order): a recording's own vector, or
+        the mean of a pooled unit's recordings' vectors.
+        """
+        if len(vectors) != len(self.recording_paths()):
+            raise ValueError(f"Task {self.spec.name!r}: {len(vectors)} vectors for {len(self.recording_paths())} "
+                             "recordings.")
+        if self.members is None:
+            return vectors
+        position = {path: i for i, path in enumerate(self.recording_paths())}
+        return np.stack([vectors[[position[p] for p in members]].mean(axis=0) for members in self.members]).astype(
+            vectors.dtype)
 
     def select(self, indices: Sequence[int]) -> TaskData:
         indices = np.asarray(indices, dtype=np.int64)
@@ -115,6 +162,7 @@ class TaskData:
             known_groups=self.known_groups[indices],
             rows=[self.rows[i] for i in indices],
             split_values=None if self.split_values is None else self.split_values[indices],
+            members=None if self.members is None else [self.members[i] for i in indices],
         )
 
     def subsample(self, max_recordings: int, seed: int = 0) -> TaskData:
@@ -138,11 +186,11 @@ class TaskData:
         return self.select(sorted(chosen))
 
     def as_manifest(self, indices: Sequence[int] | None = None) -> Manifest:
-        """The recordings (optionally a subset) as a [`Manifest`] with `group_id`, for `leakage.find_overlap`."""
+        """The recordings of the units (optionally a subset; every recording of a pooled unit) as a [`Manifest`] with
+        `group_id`, for `leakage.find_overlap`."""
         indices = range(len(self)) if indices is None else indices
-        rows = [
-            {"file": str(self.paths[i]), "group_id": str(self.groups[i]) if self.known_groups[i] else None}
-            for i in indices
-        ]
+        pairs = [(path, str(self.groups[i]) if self.known_groups[i] else None)
+                 for i in indices for path in self.recordings_of(i)]
+        rows = [{"file": str(path), "group_id": group} for path, group in pairs]
         return Manifest(rows=rows, root=Path("/"), source=Path(f"task:{self.spec.name}"),
-                        audio_paths=[self.paths[i] for i in indices])
+                        audio_paths=[path for path, _ in pairs])

@@ -247,7 +247,10 @@ def _heldout_folds(data: TaskData, held_out: np.ndarray, policy: SplitPolicy, se
                 splitter = GroupKFold(n_splits=n_splits, shuffle=True, random_state=seed + attempt)
             with warnings.catch_warnings():  # "least populated class has fewer members than n_splits"
                 warnings.simplefilter("ignore", UserWarning)
-                folds = [held_out[test] for _, test in splitter.split(held_out, labels, groups)]
+                try:
+                    folds = [held_out[test] for _, test in splitter.split(held_out, labels, groups)]
+                except ValueError:  # every class has fewer members than folds: try fewer folds
+                    break
             if not classification or all(np.array_equal(np.unique(data.labels[f]), every_class) for f in folds):
                 if n_splits < policy.n_splits:
                     warnings.warn(f"Task {name!r}: {n_splits} held-out folds instead of {policy.n_splits}: a class has "
