@@ -15,10 +15,18 @@
     # only the tasks with headroom (the saturated ones are left out)
     python eval_acula.py --models logmel-stats outputs/acula --tasks headroom
 
+    # CirCor DigiScope (held-out patients) and the cross-source heart tasks, beside every baseline row, a supervised
+    # ceiling, few-label probes and the paired differences against the frozen start (aligned - frozen)
+    python eval_acula.py --models outputs/acula ceiling:outputs/supervised --add_baselines --tasks circor \
+        --circor /data/circor --few_shot 8,16,32 --few_shot_draws 20 --max_windows_per_recording 1
+
     python eval_acula.py --list_tasks
 
-Writes results.json, results.md (one row per task, one column per model, mean ± std, best in bold, baselines
-marked, and a last row with each model's mean AUROC over the tasks with headroom), plots/*.png and model_index.yaml.
+Writes results.json, results.md (one row per task, one column per model in the order log-mel statistics, random
+weights, frozen start, models, ceiling: mean ± std with the pooled bootstrap interval, best in bold, baselines and
+ceiling marked, and a last row with each model's mean AUROC over the tasks with headroom; then the paired differences
+against --reference (default: the frozen start) with patient-level paired bootstrap intervals, and the few-label
+table), plots/*.png and model_index.yaml. Each recording is embedded once per model and reused by every task.
 Tasks whose test recordings or patients were used for alignment are refused (see --no_refuse_leakage); recordings
 are matched by the content hashes a model folder lists (aligned_recordings.jsonl), and a model that cannot be checked
 is reported as "not checked" in every output. The work is done by `acula_eval`.

@@ -6,6 +6,8 @@
 - `random:<folder>`: the architecture of the model folder `<folder>` with random weights (`AutoModel.from_config`
   under `torch.manual_seed(0)`) and the folder's own feature extractor: what the architecture and the input
   pipeline give before any training.
+- `ceiling:<folder>`: a model folder evaluated like any other (e.g. an encoder fine-tuned with the task labels), labelled
+  as the supervised ceiling of the comparison; not a baseline.
 - the frozen starting encoder of an acula training run: an ordinary model folder. `--add_baselines` adds the one
   that the first acula output folder's `training_args.json` names as `init_from` (when it can be found here, see
   [`find_recorded_start`]; for the default `whisper-base` preset, the converted Whisper-base encoder in acula's
@@ -42,10 +44,15 @@ from .embeddings import AudioEmbedder, FileEmbedder
 
 LOGMEL_STATS = "logmel-stats"
 RANDOM_PREFIX = "random:"
+CEILING_PREFIX = "ceiling:"
 RANDOM_INIT_SEED = 0
 # Bump when the statistics change, so that old cache entries are not reused.
 LOGMEL_STATS_VERSION = 1
-MODEL_KINDS = ("model", "start", LOGMEL_STATS, "random")
+MODEL_KINDS = ("model", "start", LOGMEL_STATS, "random", "ceiling")
+# Kinds whose column is a real model folder (embedded through AudioEmbedder, leakage-checked, alignment heads used).
+FOLDER_KINDS = ("model", "start", "ceiling")
+# The order of the columns of a results table: the baselines, the aligned models, the ceiling.
+COLUMN_ORDER = (LOGMEL_STATS, "random", "start", "model", "ceiling")
 # The train_acula.py preset whose default start (no --init_from) is the converted Whisper-base encoder.
 WHISPER_BASE_PRESET = "whisper-base"
 
@@ -59,7 +66,8 @@ class ModelSpec:
         spec (`str`): as written on the command line (`outputs/x`, `logmel-stats`, `random:outputs/x`).
         name (`str`): column name.
         kind (`str`): `"model"` (a model folder), `"start"` (a model folder that is the recorded starting encoder of
-            another evaluated acula folder: a baseline), `"logmel-stats"` or `"random"`.
+            another evaluated acula folder: a baseline), `"logmel-stats"`, `"random"` or `"ceiling"` (a model folder
+            named as the supervised ceiling: `ceiling:<folder>`).
         folder (`Path`, *optional*): the model folder (for `"random"`: the folder whose architecture is used).
         window_seconds (`float`, *optional*): for a bare Whisper start folder (the whisper-base preset's converted
             encoder), the input window of the acula folder that started from it, which [`open_embedder`] gives it.
@@ -73,11 +81,13 @@ class ModelSpec:
 
     @property
     def baseline(self) -> bool:
-        return self.kind != "model"
+        return self.kind not in ("model", "ceiling")
 
     @property
     def label(self) -> str:
-        """Column header of results.md: baselines are marked."""
+        """Column header of results.md: baselines and the ceiling are marked."""
+        if self.kind == "ceiling":
+            return f"{self.name} (ceiling)"
         return f"{self.name} (baseline)" if self.baseline else self.name
 
     def to_dict(self) -> dict[str, Any]:
@@ -87,10 +97,22 @@ class ModelSpec:
                 "path": f"{RANDOM_PREFIX}{path}" if self.kind == "random" else (path or self.spec)}
 
 
+def column_order(specs: Sequence[ModelSpec]) -> list[ModelSpec]:
+    """The columns in the order of a results table: logmel-stats, random weights, the frozen start, the models (as
+    listed), the ceiling."""
+    return sorted(specs, key=lambda spec: COLUMN_ORDER.index(spec.kind))
+
+
 def parse_model_spec(spec: str) -> tuple[str, Path | None]:
-    """`(kind, folder)` of one `--models` entry: `logmel-stats`, `random:<folder>` or a model folder."""
+    """`(kind, folder)` of one `--models` entry: `logmel-stats`, `random:<folder>`, `ceiling:<folder>` or a model
+    folder."""
     if spec == LOGMEL_STATS:
         return LOGMEL_STATS, None
+    if spec.startswith(CEILING_PREFIX):
+        folder = spec[len(CEILING_PREFIX):]
+        if not folder:
+            raise ValueError(f"{spec!r}: name the model folder of the supervised ceiling (ceiling:<folder>).")
+        return "ceiling", Path(folder)
     if spec.startswith(RANDOM_PREFIX):
         folder = spec[len(RANDOM_PREFIX):]
         if not folder:
@@ -205,7 +227,8 @@ def resolve_models(models: Sequence[str], names: Sequence[str] = (), add_baselin
     The columns of a comparison, in order.
 
     Args:
-        models (`Sequence[str]`): `--models` entries: model folders, `logmel-stats`, `random:<folder>`.
+        models (`Sequence[str]`): `--models` entries: model folders, `logmel-stats`, `random:<folder>`,
+            `ceiling:<folder>`.
         names (`Sequence[str]`): `--model_names`, one per entry of `models` (default: folder names, `logmel-stats`,
             `random:<folder name>`).
         add_baselines (`bool`): append `logmel-stats`, `random:<first model folder>` and the starting encoder that
@@ -298,6 +321,7 @@ class LogMelStatsEmbedder(FileEmbedder):
         show_progress (`bool`, *optional*, defaults to `True`): show a tqdm bar.
         decode_workers (`int`, *optional*, defaults to 2): threads decoding the next batch.
         device (`str` or `torch.device`, *optional*): where the spectrograms are computed (default: the CPU).
+        max_windows_per_recording (`int`, *optional*): statistics over the first N windows of each recording only.
     """
 
     name = LOGMEL_STATS
@@ -310,6 +334,7 @@ class LogMelStatsEmbedder(FileEmbedder):
         show_progress: bool = True,
         decode_workers: int = 2,
         device: str | torch.device | None = None,
+        max_windows_per_recording: int | None = None,
     ):
         self.feature_extractor = AculaFeatureExtractor()
         self.sampling_rate = int(self.feature_extractor.sampling_rate)
@@ -319,7 +344,12 @@ class LogMelStatsEmbedder(FileEmbedder):
         self.settings = {"baseline": LOGMEL_STATS, "version": LOGMEL_STATS_VERSION,
                          "feature_extractor": json.loads(self.feature_extractor.to_json_string())}
         model_key = hashlib.sha256(json.dumps(self.settings, sort_keys=True).encode()).hexdigest()
-        self._set_file_settings(batch_size, decode_workers, show_progress, cache_dir, model_key)
+        self._set_file_settings(batch_size, decode_workers, show_progress, cache_dir, model_key,
+                                max_windows_per_recording)
+
+    def window_and_hop(self) -> tuple[int, int]:
+        """Non-overlapping windows of the model input (`num_samples`)."""
+        return self.feature_extractor.num_samples, self.feature_extractor.num_samples
 
     def _valid_frames(self, waveform: np.ndarray) -> list[int]:
         """Frames of real audio in each window of a recording, in the extractor's window order."""
@@ -380,17 +410,17 @@ def save_random_init(model_dir: str | os.PathLike, target: str | os.PathLike, se
 @contextlib.contextmanager
 def open_embedder(spec: ModelSpec, **embedder_kwargs: Any) -> Iterator[FileEmbedder]:
     """
-    An embedder for one column, with `embed_files(paths, desc=...)`.
+    An embedder for one column, with `embed_files(paths, desc=...)` (a `ceiling` column is a model folder).
 
     Args:
         spec ([`ModelSpec`]): the column.
         **embedder_kwargs: [`~acula_eval.embeddings.AudioEmbedder`] arguments (`device`, `batch_size`,
-            `window_seconds`, `hop_seconds`, `cache_dir`, `show_progress`, `decode_workers`, `autocast_dtype`);
-            `logmel-stats` uses `device`, `batch_size`, `cache_dir`, `show_progress` and `decode_workers` and
-            always its reference windows.
+            `window_seconds`, `hop_seconds`, `cache_dir`, `show_progress`, `decode_workers`, `autocast_dtype`,
+            `max_windows_per_recording`); `logmel-stats` uses `device`, `batch_size`, `cache_dir`, `show_progress`,
+            `decode_workers` and `max_windows_per_recording` and always its reference windows.
     """
     if spec.kind == LOGMEL_STATS:
-        keep = ("batch_size", "cache_dir", "show_progress", "decode_workers", "device")
+        keep = ("batch_size", "cache_dir", "show_progress", "decode_workers", "device", "max_windows_per_recording")
         yield LogMelStatsEmbedder(**{k: v for k, v in embedder_kwargs.items() if k in keep})
     elif spec.kind == "random":
         folder = Path(tempfile.mkdtemp(prefix="acula-random-init-"))
@@ -416,9 +446,13 @@ def open_embedder(spec: ModelSpec, **embedder_kwargs: Any) -> Iterator[FileEmbed
 
 __all__ = [
     "LOGMEL_STATS",
+    "CEILING_PREFIX",
+    "COLUMN_ORDER",
+    "FOLDER_KINDS",
     "RANDOM_PREFIX",
     "LogMelStatsEmbedder",
     "ModelSpec",
+    "column_order",
     "find_recorded_start",
     "open_embedder",
     "parse_model_spec",

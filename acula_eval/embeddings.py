@@ -2,8 +2,11 @@
 
 acula encoders get acula's own sliding windows (`AculaFeatureExtractor(sliding_window=True)`); other transformers
 audio encoders (AST, wav2vec2, ...) get their own feature extractor on fixed-length windows cut here. Either way
-the window embeddings of one recording are averaged into one vector. Vectors are cached as safetensors, one file
-per (model identity, extraction settings, recording path + size + mtime), so a second run reads them back.
+the window embeddings of one recording are averaged into one vector (optionally of its first windows only:
+`max_windows_per_recording`). Vectors are cached as safetensors, one file per (model identity, extraction settings,
+recording path + size + mtime), so a second run reads them back; within one embedder every recording is also kept
+in memory, so that the tasks of a run that share recordings (and both sides of their probes) embed each recording
+once, also without a disk cache.
 """
 
 from __future__ import annotations
@@ -94,19 +97,41 @@ class FileEmbedder:
 
     name: str = "embedder"
     resample_quality: str = "HQ"
+    max_windows_per_recording: int | None = None
 
     def _set_file_settings(self, batch_size: int, decode_workers: int, show_progress: bool,
-                           cache_dir: str | os.PathLike | bool | None, model_key: str) -> None:
+                           cache_dir: str | os.PathLike | bool | None, model_key: str,
+                           max_windows_per_recording: int | None = None) -> None:
         """Check and keep the settings of the file loop, and open the cache of `model_key` (`cache_dir=False`: none;
-        `None`: [`default_cache_dir`])."""
+        `None`: [`default_cache_dir`]). With `max_windows_per_recording`, the key also holds that limit."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
         if decode_workers < 0:
             raise ValueError(f"decode_workers must be >= 0, got {decode_workers}.")
+        if max_windows_per_recording is not None:
+            if max_windows_per_recording < 1:
+                raise ValueError(f"max_windows_per_recording must be >= 1, got {max_windows_per_recording}.")
+            # Fewer windows are other numbers: they live under their own cache key.
+            model_key = hashlib.sha256(f"{model_key}\0max_windows={max_windows_per_recording}".encode()).hexdigest()
+        self.max_windows_per_recording = max_windows_per_recording
         self.batch_size, self.decode_workers, self.show_progress = batch_size, decode_workers, show_progress
         self.model_key = model_key
         self.cache = None if cache_dir is False else EmbeddingCache(
             default_cache_dir() if cache_dir in (None, True) else cache_dir, model_key)
+        self._memory: dict[str, np.ndarray] = {}
+        self.embedded_count = 0  # recordings run through the model (not read from memory or the cache)
+
+    def window_and_hop(self) -> tuple[int, int]:
+        """`(window, hop)` in samples at `sampling_rate`: how this embedder cuts a recording into windows."""
+        raise NotImplementedError
+
+    def limit_windows(self, waveform: np.ndarray) -> np.ndarray:
+        """The part of a waveform that `max_windows_per_recording` windows cover (all of it without a limit): its
+        first `window + (max_windows - 1) * hop` samples, cut into windows exactly as the whole recording would be."""
+        if self.max_windows_per_recording is None:
+            return waveform
+        window, hop = self.window_and_hop()
+        return waveform[: window + (self.max_windows_per_recording - 1) * hop]
 
     def embed_waveforms(self, waveforms: Sequence[np.ndarray]) -> np.ndarray:
         raise NotImplementedError
@@ -123,20 +148,34 @@ class FileEmbedder:
             `np.ndarray` of shape `(len(paths), hidden_size)`, float32, in input order.
         """
         paths = [Path(p) for p in paths]
-        vectors: list[np.ndarray | None] = [self.cache.get(p) if self.cache else None for p in paths]
-        todo = [i for i, vector in enumerate(vectors) if vector is None]
+        memory = getattr(self, "_memory", None)
+        if memory is None:
+            memory = self._memory = {}
+        keys = [os.path.realpath(p) for p in paths]
+        vectors: list[np.ndarray | None] = [memory.get(key) for key in keys]
+        if self.cache is not None:
+            vectors = [self.cache.get(p) if vector is None else vector for p, vector in zip(paths, vectors)]
+        todo, queued = [], set()  # a recording listed twice is embedded once
+        for i, (key, vector) in enumerate(zip(keys, vectors)):
+            if vector is None and key not in queued:
+                queued.add(key)
+                todo.append(i)
         bar = tqdm(total=len(paths), initial=len(paths) - len(todo), desc=desc or f"embedding ({self.name})",
                    unit="rec", disable=not self.show_progress)
         batches = decoded_batches([paths[i] for i in todo], self.sampling_rate, self.batch_size, self.decode_workers,
                                   resample_quality=self.resample_quality)
         for start, waveforms in zip(range(0, len(todo), self.batch_size), batches):
             chunk = todo[start : start + self.batch_size]
-            for i, vector in zip(chunk, self.embed_waveforms(waveforms)):
-                vectors[i] = vector
+            for i, vector in zip(chunk, self.embed_waveforms([self.limit_windows(w) for w in waveforms])):
+                memory[keys[i]] = vector
                 if self.cache is not None:
                     self.cache.put(paths[i], vector)
+            self.embedded_count = getattr(self, "embedded_count", 0) + len(chunk)
             bar.update(len(chunk))
         bar.close()
+        vectors = [memory[key] if vector is None else vector for key, vector in zip(keys, vectors)]
+        for key, vector in zip(keys, vectors):
+            memory.setdefault(key, vector)
         if not paths:
             return np.zeros((0, self.hidden_size), dtype=np.float32)
         return np.stack(vectors).astype(np.float32)
@@ -163,6 +202,8 @@ class AudioEmbedder(FileEmbedder):
             (`"bfloat16"` or `"float16"`). `None` (the default) keeps float32. bf16 pays off on GPUs and on CPUs with
             AMX / AVX-512 BF16 when batches are large; embeddings then differ from float32 by ~1e-2 (see
             `benchmarks/`).
+        max_windows_per_recording (`int`, *optional*): embed only the first N windows of each recording (the
+            recording's embedding is then the mean of those); `None` (the default) uses every window.
     """
 
     def __init__(
@@ -177,6 +218,7 @@ class AudioEmbedder(FileEmbedder):
         show_progress: bool = True,
         decode_workers: int = 2,
         autocast_dtype: str | torch.dtype | None = None,
+        max_windows_per_recording: int | None = None,
     ):
         if isinstance(autocast_dtype, str):
             if autocast_dtype not in ("bfloat16", "float16"):
@@ -210,8 +252,21 @@ class AudioEmbedder(FileEmbedder):
             self.settings["autocast_dtype"] = str(autocast_dtype)
         model_key = hashlib.sha256((fingerprint + json.dumps(self.settings, sort_keys=True)).encode()).hexdigest()
         self.fingerprint = fingerprint
-        self._set_file_settings(batch_size, decode_workers, show_progress, cache_dir, model_key)
+        self._set_file_settings(batch_size, decode_workers, show_progress, cache_dir, model_key,
+                                max_windows_per_recording)
         self._forward_params = set(inspect.signature(self.model.forward).parameters)
+
+    def window_and_hop(self) -> tuple[int, int]:
+        """`(window, hop)` in samples: the acula feature extractor's sliding windows (this embedder's
+        `window_seconds` / `hop_seconds`, else the extractor's own, else its input length), or the fixed windows
+        cut for another encoder."""
+        if self.is_acula:
+            extractor = self.feature_extractor
+            return extractor._window_and_hop_samples(
+                extractor.window_seconds if self.window_seconds is None else self.window_seconds,
+                extractor.hop_seconds if self.hop_seconds is None else self.hop_seconds)
+        window = round(self.window_seconds * self.sampling_rate)
+        return window, window if self.hop_seconds is None else round(self.hop_seconds * self.sampling_rate)
 
     @property
     def hidden_size(self) -> int:

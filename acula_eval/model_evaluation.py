@@ -9,10 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from .baselines import ModelSpec
+from .baselines import FOLDER_KINDS, ModelSpec
 from .embeddings import FileEmbedder
 from .leakage_check import check_leakage, load_trained_recordings, not_applicable
-from .probes import run_probe, score_predictions
+from .probes import run_few_shot, run_probe, score_predictions
 from .report import METRIC_LABELS
 from .retrieval import (
     NOT_VALID_NO_READOUT,
@@ -34,6 +34,8 @@ class ProbeSettings:
         bootstrap_samples (`int`), confidence_level (`float`): the pooled confidence interval.
         refuse_leakage (`bool`): skip the tasks whose test recordings or patients the model was aligned on.
         retrieval (`bool`): retrieval and zero-shot for folders with alignment heads.
+        few_shot (`Sequence[int]`): labelled units per class of the few-label probes (binary classification tasks;
+            empty: none), `few_shot_draws` (`int`) draws of each.
     """
 
     grid: Sequence[float] | None = None
@@ -41,6 +43,8 @@ class ProbeSettings:
     confidence_level: float = 0.95
     refuse_leakage: bool = True
     retrieval: bool = True
+    few_shot: Sequence[int] = ()
+    few_shot_draws: int = 20
 
 
 @dataclass
@@ -51,8 +55,11 @@ class ModelEvaluation:
     Args:
         results (`list[dict]`): one record per task (probe scores, or the refusal, with the leakage check).
         retrieval (`list[dict]`): retrieval and zero-shot records (classification tasks of folders with heads).
-        embeddings (`dict[str, np.ndarray]`): task -> recording embeddings (for the plots).
+        embeddings (`dict[str, np.ndarray]`): task -> unit embeddings (recordings, or patients of a pooled task; for
+            the plots).
         pooled_predictions (`dict[str, tuple]`): classification task -> (labels, pooled class probabilities).
+        test_predictions (`dict[str, tuple]`): classification task -> (test unit indices, pooled class
+            probabilities), for the paired differences between columns.
         leakage_warnings (`list[str]`): one line per task the model was aligned on.
     """
 
@@ -60,6 +67,7 @@ class ModelEvaluation:
     retrieval: list[dict[str, Any]] = field(default_factory=list)
     embeddings: dict[str, np.ndarray] = field(default_factory=dict)
     pooled_predictions: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    test_predictions: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     leakage_warnings: list[str] = field(default_factory=list)
 
 
@@ -85,7 +93,7 @@ def evaluate_model(
     evaluation = ModelEvaluation()
     model_name = spec.name
     # Only a real model folder can have been aligned on anything (and have alignment heads).
-    model_dir = spec.folder if spec.kind in ("model", "start") else None
+    model_dir = spec.folder if spec.kind in FOLDER_KINDS else None
     trained = load_trained_recordings(model_dir) if model_dir is not None else None
     space = (AlignedSpace(model_dir, device=embedder.device)
              if model_dir is not None and settings.retrieval and has_alignment_heads(model_dir) else None)
@@ -107,14 +115,22 @@ def evaluate_model(
                 record["status"] = "refused (leakage)"
                 evaluation.results.append(record)
                 continue
-        features = embedder.embed_files(data.paths, desc=f"{model_name} / {task_name}")
+        # Every recording once (the embedder keeps what earlier tasks embedded); a pooled task's unit is the mean of
+        # its recordings' vectors.
+        features = data.unit_embeddings(embedder.embed_files(data.recording_paths(), desc=f"{model_name} / {task_name}"))
         evaluation.embeddings[task_name] = features
         probe = run_probe(features, data, splits[task_name], model_name=model_name, grid=settings.grid,
                           bootstrap_samples=settings.bootstrap_samples, confidence_level=settings.confidence_level)
         record.update(probe.to_dict())
+        if data.pooled:
+            record["unit"] = data.spec.pool_by
+        if settings.few_shot and data.spec.kind == "classification" and len(data.classes) == 2:
+            record["few_shot"] = run_few_shot(features, data, splits[task_name], settings.few_shot,
+                                              draws=settings.few_shot_draws, grid=settings.grid)
         evaluation.results.append(record)
         if data.spec.kind == "classification":
             evaluation.pooled_predictions[task_name] = (data.labels[probe.test_indices], probe.test_scores)
+            evaluation.test_predictions[task_name] = (probe.test_indices, probe.test_scores)
         say(f"{model_name:>24s} | {task_name:24s} {METRIC_LABELS.get(probe.metric)} {probe.mean:.3f} ± {probe.std:.3f}"
             f"  (pooled {probe.pooled[probe.metric]:.3f}, CI {probe.pooled.get(probe.metric + '_ci_low', float('nan')):.3f}"
             f"–{probe.pooled.get(probe.metric + '_ci_high', float('nan')):.3f})")

@@ -306,12 +306,129 @@ def run_probe(
     )
 
 
+# ---------------------------------------------------------------------------------------------------- few labels
+
+FEW_SHOT_SEED = 20_22
+
+
+def distinct_splits(splits: Sequence[Split]) -> list[tuple[int, Split]]:
+    """The splits with distinct (train, test) sides, with their position (a column or transfer policy repeats one
+    split per seed; only the probe seed differs)."""
+    seen, distinct = set(), []
+    for number, split in enumerate(splits):
+        key = (np.asarray(split.train).tobytes(), np.asarray(split.test).tobytes())
+        if key not in seen:
+            seen.add(key)
+            distinct.append((number, split))
+    return distinct
+
+
+def draw_few_shot(labels: np.ndarray, groups: np.ndarray, candidates: np.ndarray, per_class: int,
+                  rng: np.random.Generator) -> tuple[np.ndarray, bool] | None:
+    """
+    `per_class` training units of every class, drawn from `candidates`, patient-aware: `per_class` different
+    patients of each class, one unit of each (chosen at random); where a class has fewer patients than that, units
+    are taken round-robin over its patients (every patient once before any twice).
+
+    Returns:
+        `(indices, patient_aware)`: the drawn indices and whether every class had enough patients; `None` when a
+        class has fewer than `per_class` units.
+    """
+    chosen, patient_aware = [], True
+    for label in np.unique(labels[candidates]):
+        units = candidates[labels[candidates] == label]
+        if len(units) < per_class:
+            return None
+        by_patient: dict[str, list[int]] = {}
+        for unit in units.tolist():
+            by_patient.setdefault(str(groups[unit]), []).append(unit)
+        patients = sorted(by_patient)
+        order = [patients[i] for i in rng.permutation(len(patients))]
+        queues = {patient: [by_patient[patient][i] for i in rng.permutation(len(by_patient[patient]))]
+                  for patient in order}
+        if len(patients) < per_class:
+            patient_aware = False
+        picked: list[int] = []
+        while len(picked) < per_class:
+            for patient in order:
+                if queues[patient] and len(picked) < per_class:
+                    picked.append(queues[patient].pop())
+        chosen += picked
+    return np.sort(np.array(chosen, dtype=np.int64)), patient_aware
+
+
+def run_few_shot(
+    features: np.ndarray,
+    data: TaskData,
+    splits: Sequence[Split],
+    sizes: Sequence[int],
+    *,
+    draws: int = 20,
+    grid: Sequence[float] | None = None,
+    seed: int = FEW_SHOT_SEED,
+) -> dict[str, dict[str, Any]]:
+    """
+    Probes fitted on a few labelled units per class (binary classification tasks): for every size `k` and draw,
+    `k` units of each class are drawn from each distinct split's training side ([`draw_few_shot`], patient-aware),
+    a probe is fitted on them (the same regularisation search as the full probe, on grouped inner folds where the
+    draw allows) and applied to that split's test side; the draw's AUROC is over its pooled test predictions (each
+    test unit once for K-fold policies). The draws depend only on the task, its splits and `seed`, never on the
+    embeddings, so every encoder is fitted on the same units.
+
+    Returns:
+        `{str(k): {"per_class", "draws", "scores", "mean", "std", "low", "high", "patient_aware"}}`, or for a size
+        a class cannot fill `{"per_class", "skipped": why}`; `low` / `high` are the 2.5th / 97.5th percentiles over
+        the draws.
+    """
+    if data.spec.kind != "classification" or len(data.classes) != 2:
+        raise ValueError(f"Task {data.spec.name!r}: few-label probes are for binary classification tasks.")
+    results: dict[str, dict[str, Any]] = {}
+    for size in sizes:
+        scores, patient_aware, skipped = [], True, None
+        for draw in range(draws):
+            sums, counts = np.zeros(len(data)), np.zeros(len(data))
+            for number, split in distinct_splits(splits):
+                rng = np.random.default_rng([seed, int(size), draw, number])
+                drawn = draw_few_shot(data.labels, data.groups, np.asarray(split.train), int(size), rng)
+                if drawn is None:
+                    skipped = (f"a class has fewer than {size} units on the probe-training side of split "
+                               f"{split.name}")
+                    break
+                train, aware = drawn
+                patient_aware &= aware
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", ConvergenceWarning)
+                    model, _ = fit_probe(features[train], data.labels[train], data.groups[train],
+                                         classification=True, seed=draw, grid=grid)
+                probabilities = np.zeros((len(split.test), 2))
+                probabilities[:, model.classes_] = model.predict_proba(features[split.test])
+                sums[split.test] += probabilities[:, 1]
+                counts[split.test] += 1
+            if skipped:
+                break
+            tested = np.flatnonzero(counts)
+            scores.append(_compute("roc_auc", "binary", references=data.labels[tested].tolist(),
+                                   prediction_scores=(sums[tested] / counts[tested]).tolist())["roc_auc"])
+        if skipped:
+            results[str(size)] = {"per_class": int(size), "skipped": skipped}
+            continue
+        low, high = np.quantile(scores, [0.025, 0.975])
+        results[str(size)] = {"per_class": int(size), "draws": draws, "scores": [float(x) for x in scores],
+                              "mean": float(np.mean(scores)), "std": float(np.std(scores)), "low": float(low),
+                              "high": float(high), "patient_aware": patient_aware}
+    return results
+
+
 __all__ = [
     "DEFAULT_ALPHA_GRID",
     "DEFAULT_C_GRID",
+    "FEW_SHOT_SEED",
     "ProbeResult",
+    "distinct_splits",
+    "draw_few_shot",
     "fit_probe",
     "inner_folds",
+    "run_few_shot",
     "run_probe",
     "score_predictions",
     "search_regularisation",

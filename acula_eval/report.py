@@ -30,6 +30,23 @@ def _fmt(mean: float, std: float) -> str:
     return f"{mean:.3f} ± {std:.3f}"
 
 
+def _ci(record: Mapping[str, Any]) -> str:
+    """A cell's pooled bootstrap interval, ` [low, high]`, or "" where there is none."""
+    metric, pooled = record.get("metric"), record.get("pooled") or {}
+    low, high = pooled.get(f"{metric}_ci_low"), pooled.get(f"{metric}_ci_high")
+    if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
+        return ""
+    return f" [{low:.3f}, {high:.3f}]"
+
+
+def _count(task: Mapping[str, Any]) -> str:
+    """The `n` cell: recordings, or units (patients) and their recordings for a pooled task."""
+    unit = task.get("unit", "recording")
+    if unit == "recording" or task.get("num_units") is None:
+        return str(task.get("num_recordings", ""))
+    return f"{task['num_units']} {unit.replace('_id', '')}s ({task.get('num_recordings', '?')} rec.)"
+
+
 def _headroom_task(task: Mapping[str, Any]) -> bool:
     return bool(task.get("headroom", True)) and task.get("kind", "classification") == "classification" \
         and task["metric"] == "roc_auc"
@@ -112,8 +129,9 @@ def _leakage_cell(summary: Mapping[str, Any] | None) -> str:
 def markdown_table(results: Sequence[Mapping[str, Any]], models: Sequence[str], tasks: Sequence[Mapping[str, Any]],
                    labels: Mapping[str, str] | None = None) -> str:
     """
-    One row per task, one column per model: mean ± std over seeds/folds, the best model of each row in bold
-    (highest AUROC, lowest MAE); refused or failed cells say why. A `headroom` column says which tasks count in the
+    One row per task, one column per model: mean ± std over seeds/folds and, in brackets, the bootstrap interval of
+    the pooled score (test patients resampled), the best model of each row in bold (highest AUROC, lowest MAE);
+    refused or failed cells say why. A `headroom` column says which tasks count in the
     last row, the mean AUROC over the tasks with headroom that every model scored ([`headroom_summary`]). Where the
     results carry leakage checks, a `leakage check` row before it says for each model whether its test recordings
     were checked against its aligned recordings, and a note under the table says why a check was impossible.
@@ -140,7 +158,7 @@ def markdown_table(results: Sequence[Mapping[str, Any]], models: Sequence[str], 
             elif cell.get("status", "ok") != "ok":
                 texts.append(str(cell["status"]))
             else:
-                text = _fmt(cell["mean"], cell["std"])
+                text = _fmt(cell["mean"], cell["std"]) + _ci(cell)
                 scored_splits, num_splits = cell.get("scored_splits"), cell.get("num_splits")
                 if scored_splits == 0:  # no split could be scored on its own (e.g. one patient per fold)
                     text += " (pooled)"
@@ -152,7 +170,7 @@ def markdown_table(results: Sequence[Mapping[str, Any]], models: Sequence[str], 
                     text += " ⚠ leakage"
                 texts.append(text)
         headroom = "yes" if _headroom_task(task) else ("no" if task["metric"] == "roc_auc" else "–")
-        lines.append(f"| {name} | {METRIC_LABELS.get(metric, metric)} | {task.get('num_recordings', '')} | "
+        lines.append(f"| {name} | {METRIC_LABELS.get(metric, metric)} | {_count(task)} | "
                      f"{headroom} | " + " | ".join(texts) + " |")
     leakage = {model: leakage_summary(results, model) for model in models}
     notes = []
@@ -275,6 +293,7 @@ BASELINE_DESCRIPTIONS = {
     "logmel-stats": "per-mel-bin mean and std of the reference log-mel spectrogram (no network)",
     "random": "the same architecture with random weights (seed 0)",
     "start": "the starting encoder the aligned model was trained from, frozen",
+    "ceiling": "the supervised ceiling: a model folder trained with labels (marked \"(ceiling)\")",
 }
 RETRIEVAL_NOTE = (
     "Audio and text projections are compared by cosine through each folder's readout (`readout` column): `cosine` "
@@ -313,30 +332,110 @@ def retrieval_markdown(records: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _signed(value: float | None) -> str:
+    return "–" if value is None or not math.isfinite(value) else f"{value:+.3f}"
+
+
+def few_shot_markdown(results: Sequence[Mapping[str, Any]], models: Sequence[str], tasks: Sequence[Mapping[str, Any]],
+                      labels: Mapping[str, str] | None = None) -> str:
+    """
+    The few-label table: for every binary task with few-label probes, one row per labelled-units-per-class size
+    (mean ± std of the AUROC over the draws) and a last row with the full probe (mean ± std over seeds/folds).
+    """
+    labels = labels or {}
+    by_cell = {(r["task"], r["model"]): r for r in results}
+    lines = ["| task | labels per class | " + " | ".join(labels.get(m, m) for m in models) + " |",
+             "|" + "---|" * (2 + len(models))]
+    rows = 0
+    for task in tasks:
+        cells = [by_cell.get((task["name"], model)) for model in models]
+        sizes = list(dict.fromkeys(size for cell in cells if cell and cell.get("few_shot") for size in cell["few_shot"]))
+        if not sizes:
+            continue
+        for size in sizes:
+            texts = []
+            for cell in cells:
+                entry = (cell or {}).get("few_shot", {}).get(size)
+                if entry is None:
+                    texts.append("–")
+                elif "skipped" in entry:
+                    texts.append("too few")
+                else:
+                    texts.append(_fmt(entry["mean"], entry["std"]))
+            lines.append(f"| {task['name']} | {size} | " + " | ".join(texts) + " |")
+            rows += 1
+        full = [_fmt(c["mean"], c["std"]) if c and c.get("status", "ok") == "ok" else "–" for c in cells]
+        lines.append(f"| {task['name']} | all | " + " | ".join(full) + " |")
+    return "\n".join(lines) + "\n" if rows else ""
+
+
+def paired_markdown(paired: Mapping[str, Any], models: Sequence[str], tasks: Sequence[Mapping[str, Any]],
+                    labels: Mapping[str, str] | None = None) -> str:
+    """
+    The paired differences: one row per task, one column per model other than the reference, each cell the AUROC
+    difference model - reference on the same test units with its paired bootstrap interval (test patients
+    resampled, the same resample for both); a last row with the mean over the tasks with headroom.
+    """
+    labels = labels or {}
+    reference = paired["reference"]
+    compared = [m for m in models if m != reference]
+    by_cell = {(r["task"], r["model"]): r for r in paired["tasks"]}
+    settings = paired.get("settings", {})
+    lines = [f"## aligned − frozen: paired differences against {labels.get(reference, reference)}", "",
+             f"AUROC(column) − AUROC({reference}) on the same test units, with a "
+             f"{settings.get('confidence_level', 0.95):.0%} paired bootstrap interval: "
+             f"{settings.get('bootstrap_samples', '?')} resamples of the test patients (seed "
+             f"{settings.get('seed', 0)}), the same resample for both models, both AUROCs recomputed on it. An "
+             "interval above 0 means the column is better on these test patients. The mean row resamples the "
+             "patients of all its tasks jointly.", "",
+             "| task | " + " | ".join(labels.get(m, m) for m in compared) + " |", "|" + "---|" * (1 + len(compared))]
+    for task in tasks:
+        cells = [by_cell.get((task["name"], model)) for model in compared]
+        if not any(cells):
+            continue
+        texts = ["–" if c is None else f"{_signed(c['difference'])} [{_signed(c['ci_low'])}, {_signed(c['ci_high'])}]"
+                 + (" **↑**" if c["ci_low"] > 0 else " **↓**" if c["ci_high"] < 0 else "") for c in cells]
+        lines.append(f"| {task['name']} | " + " | ".join(texts) + " |")
+    means = paired.get("mean_over_tasks_with_headroom") or {}
+    if means:
+        count = len(next(iter(means.values()))["tasks"])
+        texts = [f"{_signed(means[m]['mean_difference'])} [{_signed(means[m]['ci_low'])}, {_signed(means[m]['ci_high'])}]"
+                 if m in means else "–" for m in compared]
+        lines.append(f"| mean over {count} tasks with headroom | " + " | ".join(texts) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def results_markdown(table: str, retrieval: Sequence[Mapping[str, Any]], baselines: Sequence[tuple[str, str]],
-                     leakage_warnings: Sequence[str]) -> str:
+                     leakage_warnings: Sequence[str], few_shot: str = "", paired: str = "") -> str:
     """
     The text of `results.md`.
 
     Args:
         table (`str`): the comparison table ([`markdown_table`]).
         retrieval (`Sequence[Mapping]`): retrieval and zero-shot records ([`retrieval_markdown`]).
-        baselines (`Sequence[tuple[str, str]]`): `(column name, kind)` of each baseline column.
+        baselines (`Sequence[tuple[str, str]]`): `(column name, kind)` of each baseline (and ceiling) column.
         leakage_warnings (`Sequence[str]`): one line per leaked (model, task).
+        few_shot (`str`): the few-label table ([`few_shot_markdown`]), if any.
+        paired (`str`): the paired-differences section ([`paired_markdown`]), if any.
     """
-    baseline_text = ("Baselines (marked \"(baseline)\"): " + "; ".join(
+    baseline_text = ("Baselines (marked \"(baseline)\") and ceiling: " + "; ".join(
         f"{name}: {BASELINE_DESCRIPTIONS[kind]}" for name, kind in baselines) + ".\n\n") if baselines else ""
     retrieval_table = retrieval_markdown(retrieval)
     return (
-        "# Linear-probe comparison\n\nMean ± std over seeds/folds (patient-grouped splits); best per row in bold. "
-        "Pooled scores with bootstrap CIs are in results.json. The last row averages each model's AUROC over the "
+        "# Linear-probe comparison\n\nMean ± std over seeds/folds (patient-grouped splits) and, in brackets, the "
+        "95% bootstrap interval of the pooled score (test patients resampled; more in results.json); best per row "
+        "in bold. The last row averages each model's AUROC over the "
         "classification tasks with headroom (`headroom` yes) that every model was scored on.\n\n"
         + baseline_text + table
+        + ("\n" + paired if paired else "")
+        + (("\n## Few labels\n\nProbes fitted on a few labelled units (recordings, or patients of a per-patient "
+            "task) per class, drawn patient-aware from each split's probe-training side; AUROC mean ± std over the "
+            "draws (the same draws for every model), beside the full probe.\n\n" + few_shot) if few_shot else "")
         + (("\n## Retrieval and zero-shot\n\n" + RETRIEVAL_NOTE + retrieval_table) if retrieval_table else "")
         + ("\n## Leakage warnings\n\n" + "\n".join(f"- {w}" for w in leakage_warnings) + "\n"
            if leakage_warnings else "")
     )
 
 
-__all__ = ["eval_results", "headroom_summary", "leakage_summary", "markdown_table", "model_index", "results_markdown",
+__all__ = ["eval_results", "few_shot_markdown", "headroom_summary", "paired_markdown", "leakage_summary", "markdown_table", "model_index", "results_markdown",
            "retrieval_markdown", "update_model_card", "write_json", "write_model_index"]

@@ -251,10 +251,15 @@ def test_cli_baseline_rows_and_headroom_mean(aligned_model, start_model, dev_pac
             (by_cell[("pascal_murmur", name)] + by_cell[("heart_transfer_from_yaseen", name)]) / 2)
     table = (output / "results.md").read_text()
     header = next(line for line in table.splitlines() if line.startswith("| task |"))
-    assert header.endswith(f"| {aligned_model.name} | logmel-stats (baseline) | random:{aligned_model.name} (baseline) "
-                           f"| {start_model.name} (baseline) |")
-    last = [line for line in table.splitlines() if line.startswith("|")][-1]
+    # Columns in the order of every results table: log-mel statistics, random weights, the frozen start, the models.
+    assert header.endswith(f"| logmel-stats (baseline) | random:{aligned_model.name} (baseline) "
+                           f"| {start_model.name} (baseline) | {aligned_model.name} |")
+    comparison = table.split("\n## ")[0]  # the comparison table (paired differences follow it)
+    last = [line for line in comparison.splitlines() if line.startswith("|")][-1]
     assert last.startswith("| mean over tasks with headroom | AUROC | 2 of 2 tasks |")
+    # --add_baselines adds the frozen start: every other column is compared with it.
+    assert payload["paired_differences"]["reference"] == start_model.name
+    assert "## aligned − frozen" in table
     assert f"{summary['mean_auroc']['logmel-stats']:.3f}" in last
     assert re.search(r"^\| heart_transfer_to_yaseen \| AUROC \| \d+ \| no \|", table, re.MULTILINE)
     assert re.search(r"^\| heart_transfer_from_yaseen \| AUROC \| \d+ \| yes \|", table, re.MULTILINE)

@@ -288,3 +288,101 @@ def test_cli_update_model_cards_writes_the_scores_into_an_output_folders_card(ti
     metadata = yaml.safe_load(card.split("---")[1])
     assert metadata["model-index"][0]["results"][0]["dataset"]["name"] == "yaseen_valve"
     assert "logmel-stats (baseline)" in card.split("## Evaluation")[1]
+
+
+# --- cost: every recording embedded once per model; first windows only ------------------------------------------
+
+
+def test_each_recording_is_embedded_once_per_embedder_also_without_a_cache(tiny_model, dev_pack):
+    paths = load_task("pascal_murmur", dev_pack=dev_pack).paths[:5]
+    embedder = AudioEmbedder(tiny_model, cache_dir=False, show_progress=False, batch_size=2)
+    first = embedder.embed_files(paths[:3])
+    assert embedder.embedded_count == 3
+    # A second task sharing recordings (and listing one twice) embeds only the new ones.
+    second = embedder.embed_files([paths[2], paths[3], paths[1], paths[3], paths[4]])
+    assert embedder.embedded_count == 5
+    np.testing.assert_array_equal(second[0], first[2])
+    np.testing.assert_array_equal(second[1], second[3])
+
+
+def test_max_windows_per_recording_embeds_the_first_windows_only(tiny_model, dev_pack, tmp_path):
+    import soundfile as sf
+
+    from acula_eval.baselines import LogMelStatsEmbedder
+
+    waveform = decode_audio(load_task("pascal_murmur", dev_pack=dev_pack).paths[0], 16000)
+    sf.write(tmp_path / "long.wav", np.concatenate([waveform] * 6)[: 16000 * 20], 16000)  # 3 windows of 8.19 s
+    long = decode_audio(tmp_path / "long.wav", 16000)
+    full = AudioEmbedder(tiny_model, cache_dir=tmp_path / "cache", show_progress=False)
+    window = full.feature_extractor.num_samples
+    for limit in (1, 2):
+        limited = AudioEmbedder(tiny_model, cache_dir=tmp_path / "cache", show_progress=False,
+                                max_windows_per_recording=limit)
+        assert limited.model_key != full.model_key  # other numbers, another cache entry
+        np.testing.assert_allclose(limited.embed_files([tmp_path / "long.wav"])[0],
+                                   full.embed_waveforms([long[: limit * window]])[0], atol=1e-6)
+    assert not np.allclose(full.embed_files([tmp_path / "long.wav"])[0],
+                           full.embed_waveforms([long[:window]])[0], atol=1e-4)
+    logmel = LogMelStatsEmbedder(cache_dir=False, show_progress=False, max_windows_per_recording=1)
+    np.testing.assert_allclose(logmel.embed_files([tmp_path / "long.wav"])[0],
+                               logmel.embed_waveforms([long[:window]])[0], atol=1e-6)
+    with pytest.raises(ValueError, match="max_windows_per_recording"):
+        AudioEmbedder(tiny_model, cache_dir=False, max_windows_per_recording=0)
+
+
+# --- CirCor comparison: baselines, ceiling, paired differences, few labels ----------------------------------------
+
+
+def test_cli_circor_comparison_with_baselines_ceiling_paired_differences_and_few_labels(circor_sample, tmp_path):
+    from acula_eval.baselines import save_random_init
+
+    start = save_tiny_encoder(tmp_path / "start")
+    aligned = save_random_init(start, tmp_path / "aligned", seed=1)  # "aligned" weights: other than the start's
+    (aligned / "training_args.json").write_text(json.dumps({"data": {}, "model": {"init_from": str(start)},
+                                                            "training": {}}))
+    ceiling = save_random_init(start, tmp_path / "supervised", seed=2)
+    output = tmp_path / "eval"
+    common = ["--tasks", "circor_murmur", "circor_murmur_patient", "--circor", str(circor_sample),
+              "--few_shot", "2,3", "--few_shot_draws", "3", "--bootstrap_samples", "200",
+              "--max_windows_per_recording", "1", "--cache_dir", str(tmp_path / "cache"), "--quiet"]
+    payload = eval_acula.main(["--models", str(aligned), f"ceiling:{ceiling}", "--add_baselines",
+                               "--output_dir", str(output), *common])
+    kinds = {m["name"]: m["kind"] for m in payload["models"]}
+    assert kinds == {"aligned": "model", "supervised": "ceiling", "logmel-stats": "logmel-stats",
+                     "random:aligned": "random", "start": "start"}
+    patient_task = next(t for t in payload["tasks"] if t["name"] == "circor_murmur_patient")
+    assert patient_task["unit"] == "patient_id" and patient_task["num_units"] == 14
+    assert patient_task["num_recordings"] == 44
+
+    # Paired differences against the frozen start, for every other column and both tasks.
+    paired = payload["paired_differences"]
+    assert paired["reference"] == "start"
+    assert {(r["task"], r["model"]) for r in paired["tasks"]} == {
+        (task, model) for task in ("circor_murmur", "circor_murmur_patient")
+        for model in ("aligned", "supervised", "logmel-stats", "random:aligned")}
+    for record in paired["tasks"]:
+        assert record["ci_low"] <= record["difference"] <= record["ci_high"]
+        by_cell = {(r["task"], r["model"]): r for r in payload["results"]}
+        assert record["difference"] == pytest.approx(by_cell[(record["task"], record["model"])]["pooled"]["roc_auc"]
+                                                     - by_cell[(record["task"], "start")]["pooled"]["roc_auc"])
+    assert set(paired["mean_over_tasks_with_headroom"]) == {"aligned", "supervised", "logmel-stats", "random:aligned"}
+
+    # Few-label probes beside the full probe, for every model (the same draws: the start scores like itself).
+    for record in payload["results"]:
+        assert set(record["few_shot"]) == {"2", "3"} and len(record["few_shot"]["2"]["scores"]) == 3
+    table = (output / "results.md").read_text()
+    header = next(line for line in table.splitlines() if line.startswith("| task | metric |"))
+    assert header.endswith("| logmel-stats (baseline) | random:aligned (baseline) | start (baseline) | aligned "
+                           "| supervised (ceiling) |")
+    assert "## aligned − frozen: paired differences against start (baseline)" in table
+    assert "## Few labels" in table and "| circor_murmur_patient | all |" in table
+    assert "14 patients (44 rec.)" in table
+    assert (output / "plots" / "roc_circor_murmur_patient.png").is_file()
+
+    # Another reference, by name; an unknown one is refused before anything is embedded.
+    other = eval_acula.main(["--models", str(aligned), "logmel-stats", "--reference", "logmel-stats", "--no_plots",
+                             "--output_dir", str(tmp_path / "other"), *common])
+    assert {r["model"] for r in other["paired_differences"]["tasks"]} == {"aligned"}
+    with pytest.raises(ValueError, match="--reference"):
+        eval_acula.main(["--models", str(aligned), "--reference", "nobody", "--output_dir", str(tmp_path / "x"),
+                         *common])
