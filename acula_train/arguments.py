@@ -84,6 +84,25 @@ class DataArguments:
     keep_silent_recordings: bool = field(
         default=False, metadata={"help": "Train on recordings that are silent over the model window (skipped by default)."}
     )
+    supervised_label_column: str | None = field(
+        default=None,
+        metadata={"help": "Train a supervised ceiling instead of aligning: cross-entropy of a linear classifier on the "
+                          "pooled embedding against this manifest column, with the alignment recipe's trainable "
+                          "parameters (LoRA on the top layers) and no teacher. The folder's top level is the merged "
+                          "encoder (loaded like an aligned one); classifier/ holds encoder + head "
+                          "(AutoModelForAudioClassification). See acula_train/supervised.py."},
+    )
+    supervised_label_values: str | None = field(
+        default=None,
+        metadata={"help": "Comma-separated classes of --supervised_label_column, in class-index order (e.g. "
+                          "absent,here; default: every non-empty value of the column, sorted)."},
+    )
+    supervised_drop_other_labels: bool = field(
+        default=False,
+        metadata={"help": "Drop rows whose label is empty or not among the classes (counted by value in the log, "
+                          "data_summary.json and the card, and listed in skipped_rows.jsonl); without it such rows "
+                          "are refused."},
+    )
     prefix_cache: bool = field(
         default=True,
         metadata={"help": "With LoRA on the top layers of a Whisper encoder, compute the frozen layers below (and the "
@@ -127,6 +146,12 @@ class ModelArguments:
     teacher_trust_remote_code: bool = field(default=False, metadata={"help": "Run the teacher repository's code."})
     alignment_loss: str | None = field(
         default=None, metadata={"help": "cka, debiased_cka, released_covariance_cka or infonce (default: the preset's)."}
+    )
+    preservation_loss: str | None = field(
+        default=None,
+        metadata={"help": "The preservation term of a Whisper / transformers backbone: feature_distillation (MSE to the "
+                          "frozen start's embedding) or none (default: the start's, feature_distillation for a "
+                          "backbone that is not an acula folder)."},
     )
     full_finetune: bool = field(
         default=False, metadata={"help": "Train the whole encoder instead of LoRA adapters (the reference trains it "
@@ -217,6 +242,16 @@ def argument_errors(data_args: DataArguments, model_args: ModelArguments,
         errors.append(f"--spectrogram_dtype must be 'float32' or 'float64', got {data_args.spectrogram_dtype!r}.")
     if data_args.decode_workers < 0:
         errors.append(f"--decode_workers must be >= 0, got {data_args.decode_workers}.")
+    if model_args.preservation_loss not in (None, "feature_distillation", "none"):
+        errors.append(f"--preservation_loss must be 'feature_distillation' or 'none', got "
+                      f"{model_args.preservation_loss!r}.")
+    if data_args.supervised_label_column is None:
+        for name in ("supervised_label_values", "supervised_drop_other_labels"):
+            if getattr(data_args, name):
+                errors.append(f"--{name} applies with --supervised_label_column only.")
+    elif data_args.report_column or data_args.rewrite_model or data_args.lowercase_reports:
+        errors.append("--supervised_label_column trains without a teacher: --report_column, --rewrite_model and "
+                      "--lowercase_reports do not apply.")
     if train_args.overwrite_output_dir and train_args.resume_from_checkpoint:
         errors.append("--overwrite_output_dir deletes the checkpoints that --resume_from_checkpoint resumes from: "
                       "pass one of them.")

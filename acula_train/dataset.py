@@ -33,8 +33,11 @@ class AudioSpectrogramDataset(Dataset):
         sampling_rate (`int`, *optional*, defaults to 16000): rate the waveform is decoded at.
         resample_quality (`str`, *optional*, defaults to `"HQ"`): soxr quality for files at another rate (the feature
             extractor's `resample_quality`).
+        labels (`torch.Tensor`, *optional*): one class index per manifest row, shape `(len(manifest),)` (the
+            supervised objective); returned as `labels`.
 
-    Items are dicts `{"input_values": (1, T, F) tensor, "index": row index, "teacher_embeds": (D,)}`.
+    Items are dicts `{"input_values": (1, T, F) tensor, "index": row index, "teacher_embeds": (D,)}` (and
+    `"labels"` when given).
     """
 
     def __init__(
@@ -46,6 +49,7 @@ class AudioSpectrogramDataset(Dataset):
         *,
         sampling_rate: int = DEFAULT_SAMPLING_RATE,
         resample_quality: str = "HQ",
+        labels: torch.Tensor | None = None,
     ) -> None:
         if not callable(featurize):
             raise TypeError(f"featurize must be callable, got {type(featurize).__name__}.")
@@ -66,6 +70,10 @@ class AudioSpectrogramDataset(Dataset):
                     f"got {tuple(vectors.shape)}."
                 )
             self.teacher_vectors = vectors
+        if labels is not None and tuple(labels.shape) != (len(manifest),):
+            raise ValueError(f"labels must have shape ({len(manifest)},), one per row of {manifest.source}; got "
+                             f"{tuple(labels.shape)}.")
+        self.labels = labels
 
     def __len__(self) -> int:
         return len(self.manifest)
@@ -96,6 +104,8 @@ class AudioSpectrogramDataset(Dataset):
         item: dict[str, Any] = {"input_values": features, "index": index}
         if self.teacher_vectors is not None:
             item["teacher_embeds"] = self.teacher_vectors[index]
+        if self.labels is not None:
+            item["labels"] = self.labels[index]
         return item
 
 
@@ -107,7 +117,7 @@ def spectrogram_cache(cache_dir: Path, extractor: AculaFeatureExtractor) -> Tens
 
 
 def pair_dataset(manifest, extractor: AculaFeatureExtractor, cache: TensorCache,
-                 teacher_vectors: torch.Tensor) -> AudioSpectrogramDataset:
+                 teacher_vectors: torch.Tensor | None, labels: torch.Tensor | None = None) -> AudioSpectrogramDataset:
     """The alignment pairs (spectrogram, teacher vector) of `manifest`'s rows: what training iterates, and what the
     readout is fitted on (also when `python -m acula_train.readout fit` rebuilds them for an existing folder).
 
@@ -115,10 +125,13 @@ def pair_dataset(manifest, extractor: AculaFeatureExtractor, cache: TensorCache,
         manifest ([`~acula_train.manifest.Manifest`]): the rows used, in order.
         extractor ([`AculaFeatureExtractor`]): the run's feature extractor (spectrograms missing from `cache`).
         cache ([`TensorCache`]): see [`spectrogram_cache`].
-        teacher_vectors (`torch.Tensor`): `(len(manifest), teacher width)`, the teacher vector of each row's report.
+        teacher_vectors (`torch.Tensor`): `(len(manifest), teacher width)`, the teacher vector of each row's report
+            (`None` for the supervised objective, which has no teacher).
+        labels (`torch.Tensor`, *optional*): the class index of each row (the supervised objective).
     """
     def featurize(waveform, rate):
         return extractor(waveform, sampling_rate=rate, return_tensors="pt")["input_values"][0]
 
     return AudioSpectrogramDataset(manifest, featurize, cache=cache, teacher_vectors=teacher_vectors,
-                                   sampling_rate=extractor.sampling_rate, resample_quality=extractor.resample_quality)
+                                   sampling_rate=extractor.sampling_rate, resample_quality=extractor.resample_quality,
+                                   labels=labels)

@@ -176,6 +176,51 @@ def backward_over_window(
     return WindowLosses(alignment_batch_size, True, values, {})
 
 
+def backward_per_micro_batch(
+    model: torch.nn.Module,
+    window: Sequence[dict[str, torch.Tensor]],
+    accelerator: Accelerator,
+    forward_seeds: Sequence[int],
+) -> WindowLosses:
+    """
+    Accumulate into `.grad` the gradient of a loss that is a mean over recordings (the supervised objective of
+    `acula_train.supervised`): each micro-batch's loss divided by the number of micro-batches, all-reduced during
+    the last micro-batch's backward only. A per-recording loss needs no gradient caching: one pass per micro-batch.
+
+    Args:
+        model (`torch.nn.Module`): the prepared module; its forward takes a micro-batch and returns a dict with
+            `loss` and the terms to log (`supervised_loss`, `preservation_loss`, ...; `None` when absent).
+        window, accelerator, forward_seeds: as in [`backward_over_window`].
+
+    Returns:
+        [`WindowLosses`]; `alignment_batch_size` is the number of recordings of the step (all processes).
+    """
+    if len(forward_seeds) != len(window):
+        raise ValueError(f"backward_per_micro_batch: {len(window)} micro-batches but {len(forward_seeds)} seeds.")
+    batch_size = sum(_rows(batch) for batch in window) * accelerator.num_processes
+    sums: dict[str, float] = {}
+    finite, nonfinite = True, {}
+    last = len(window) - 1
+    for i, (batch, seed) in enumerate(zip(window, forward_seeds)):
+        torch.manual_seed(seed)
+        with contextlib.nullcontext() if i == last else accelerator.no_sync(model):
+            outputs = model(**batch)
+            loss = outputs["loss"]
+            if _all_finite(accelerator, loss):
+                accelerator.backward(loss / len(window))
+            else:  # keep the backward (every process must join the all-reduce); the step is dropped
+                finite = False
+                nonfinite = nonfinite or {name: value.item() for name, value in outputs.items()
+                                          if name.endswith("loss") and value is not None}
+                accelerator.backward(loss.nan_to_num(0.0, 0.0, 0.0) * 0.0)
+        for name, value in outputs.items():
+            if name.endswith("loss") and value is not None:
+                sums[name] = sums.get(name, 0.0) + _mean_over_processes(accelerator, value) / len(window)
+    if not finite:
+        return WindowLosses(batch_size, False, {}, nonfinite)
+    return WindowLosses(batch_size, True, sums, {})
+
+
 def _rows(batch: dict[str, torch.Tensor]) -> int:
     """Recordings in a micro-batch: of its spectrograms, or of its cached prefix states (the prefix cache)."""
     inputs = batch.get("input_values")
@@ -188,4 +233,4 @@ def _nonfinite(alignment_batch_size: int, terms: dict) -> WindowLosses:
     return WindowLosses(alignment_batch_size, False, {}, named)
 
 
-__all__ = ["WindowLosses", "backward_over_window"]
+__all__ = ["WindowLosses", "backward_over_window", "backward_per_micro_batch"]

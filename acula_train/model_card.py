@@ -10,6 +10,8 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 DEFAULT_TEMPLATE = Path(__file__).resolve().parent / "templates" / "model_card.md"
+# The card of a supervised-ceiling run (`acula_train.supervised`): the same encoder folder, another objective.
+SUPERVISED_TEMPLATE = Path(__file__).resolve().parent / "templates" / "supervised_model_card.md"
 
 
 def _data_table(sources: Mapping[str, Mapping[str, Any]]) -> str:
@@ -91,7 +93,9 @@ def render_model_card(
             card's `model-index` as well as to its table.
         template_path (`str` or `os.PathLike`, *optional*): a Jinja template; defaults to the package's.
     """
-    template_path = Path(template_path or DEFAULT_TEMPLATE)
+    objective = dict(run.get("objective") or {})
+    supervised = objective.get("kind") == "supervised"
+    template_path = Path(template_path or (SUPERVISED_TEMPLATE if supervised else DEFAULT_TEMPLATE))
     if not template_path.is_file():
         raise FileNotFoundError(f"Model card template not found: {template_path}")
     eval_results = [
@@ -154,7 +158,19 @@ def render_model_card(
         leakage_description=", ".join(f"{rule}: {count} rows removed" for rule, count in leakage.get("removed", {}).items())
         or "no rule removed any row.",
         evaluation_section=_evaluation_section(evaluation),
+        objective_description=_objective_description(objective),
     )
+
+
+def _objective_description(objective: Mapping[str, Any]) -> str:
+    """The objective in words (the supervised ceiling's label column, classes and dropped rows)."""
+    if objective.get("kind") != "supervised":
+        return "alignment with the text teacher"
+    dropped = objective.get("dropped_rows") or {}
+    return (f"cross-entropy of a linear classifier on the pooled embedding against the manifest column "
+            f"`{objective.get('label_column')}`, classes {', '.join(f'`{c}`' for c in objective.get('classes', []))}"
+            + (f" (rows with other labels dropped: {', '.join(f'`{v}` {n}' for v, n in dropped.items())})"
+               if dropped else ""))
 
 
 __all__ = ["describe_encoder", "describe_starting_encoder", "hub_id_or_none", "render_model_card"]

@@ -35,7 +35,7 @@ UPLOAD_IGNORE_PATTERNS = ["checkpoints/*", "checkpoints/**", "logs/*", "logs/**"
 IN_FOLDER_STAGING = ".acula-staging"
 # What a run writes into --output_dir (the folder is replaced whole at the end of a run, so nothing else may be there).
 OUTPUT_NAMES = frozenset({
-    "adapter", "alignment", "checkpoints", "logs", "config.json", "preprocessor_config.json", "training_args.json",
+    "adapter", "alignment", "classifier", "checkpoints", "logs", "config.json", "preprocessor_config.json", "training_args.json",
     "teacher.json", "data_summary.json", "reports.jsonl", "skipped_rows.jsonl", "README.md", ".gitattributes",
     ALIGNED_RECORDINGS_FILE, LOCAL_RECORD_FILE, IN_FOLDER_STAGING,
     # save_pretrained copies the model code beside the weights (auto_map, for trust_remote_code users)
@@ -156,7 +156,8 @@ def _link_tree(source: Path, target: Path) -> None:
 
 def save_output_folder(model, extractor, output_dir: Path, *, full_finetune: bool, reports, kept, summary,
                        teacher_identity, args, run_facts, skipped_rows=(), repo_id: str | None = None,
-                       swap_whole: bool = True, fit_readout: Callable[[Path], Any] | None = None) -> None:
+                       swap_whole: bool = True, fit_readout: Callable[[Path], Any] | None = None,
+                       write_alignment: bool = True, write_extra: Callable[[Path, Any], Any] | None = None) -> None:
     """Write the complete output folder as a hidden sibling and swap it in: the output folder is always either
     the previous one, whole, or this run's, whole (never a mix of two runs, never stale files of an earlier run).
 
@@ -172,6 +173,12 @@ def save_output_folder(model, extractor, output_dir: Path, *, full_finetune: boo
         fit_readout (`Callable[[Path], Any]`, *optional*): fits the zero-shot / retrieval readout into the staged
             folder's `alignment/` (see [`~acula_train.readout.write_training_readout`]), before the swap. If it
             fails, the folder is still swapped in, and the error is raised after, naming the refit command.
+        write_alignment (`bool`, *optional*, defaults to `True`): write `alignment/` (encoder + projection heads);
+            a supervised run (`acula_train.supervised`), whose heads never trained, does not.
+        write_extra (`Callable[[Path, model], Any]`, *optional*): writes further files into the staged folder,
+            given the merged model (the supervised run's `classifier/`).
+
+    `reports` may be `None` (a run without reports: no `reports.jsonl`).
     """
     recover_interrupted_swap(output_dir)
     staging, previous = _staging_paths(output_dir) if swap_whole else (output_dir / IN_FOLDER_STAGING, None)
@@ -183,16 +190,20 @@ def save_output_folder(model, extractor, output_dir: Path, *, full_finetune: boo
         model.save_pretrained(staging / "adapter")  # the LoRA adapter + trained heads (peft format, safetensors)
         write_adapter_card(staging / "adapter", run_facts.get("init_from"))
         model = model.merge_and_unload()
-    model.save_pretrained(staging / "alignment")  # encoder + heads + decoder, for retrieval or more alignment
+    if write_alignment:
+        model.save_pretrained(staging / "alignment")  # encoder + heads + decoder, for retrieval or more alignment
     model.acula.save_pretrained(staging)  # the merged encoder: what AutoModel loads
+    if write_extra is not None:
+        write_extra(staging, model)
     extractor.save_pretrained(staging)
     write_json_atomic(staging / "training_args.json", public_training_args(args, output_dir))
     write_json_atomic(staging / "teacher.json", public_teacher_identity(teacher_identity))
     write_json_atomic(staging / "data_summary.json", summary)
-    with open(staging / "reports.jsonl", "w", encoding="utf-8") as handle:
-        for path, text in zip(kept.audio_paths, reports):
-            relative = manifest_relative_path(path, kept.root)  # relative to the manifest's folder
-            handle.write(json.dumps({"file": relative, "path": relative, "report": text}) + "\n")
+    if reports is not None:
+        with open(staging / "reports.jsonl", "w", encoding="utf-8") as handle:
+            for path, text in zip(kept.audio_paths, reports):
+                relative = manifest_relative_path(path, kept.root)  # relative to the manifest's folder
+                handle.write(json.dumps({"file": relative, "path": relative, "report": text}) + "\n")
     # Content hash of every aligned recording: the evaluator's leakage check, wherever the data lives then.
     write_aligned_recordings(staging / ALIGNED_RECORDINGS_FILE, kept)
     write_local_record(staging, kept)  # hidden, never uploaded: where the data was on this machine

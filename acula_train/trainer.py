@@ -40,11 +40,10 @@ from . import checkpoints
 from .arguments import DEFAULT_WHISPER_LORA_TOP_LAYERS, AlignmentTrainingArguments, DataArguments, ModelArguments
 from .audio_batches import decoded_batches
 from .dataset import pair_dataset, spectrogram_cache
-from .gradient_cache import WindowLosses, backward_over_window
+from .gradient_cache import WindowLosses, backward_over_window, backward_per_micro_batch
 from .leakage import apply_leakage_guard
 from .manifest import load_manifest
 from .optimization import weight_decay_parameter_groups
-from .prefix_cache import PrefixStateDataset, frozen_prefix_layers, prefix_cache, prepare_prefix_cache
 from .output_folder import (
     can_swap_output_folder,
     push_output_folder,
@@ -54,15 +53,19 @@ from .output_folder import (
     save_output_folder,
     summarise_data,
 )
+from .prefix_cache import PrefixStateDataset, frozen_prefix_layers, prefix_cache, prepare_prefix_cache
 from .public_paths import manifest_relative_path, public_row_label
 from .readout import write_training_readout
 from .reports import LLMReportRewriter, build_reports
+from .supervised import SupervisedCeiling, save_classifier, select_labelled_rows
 from .teacher import AculaTeacher, default_teacher_path
 from .teacher_cache import TeacherEmbeddingCache
 from .tensor_cache import TensorCache
 
 # What the whisper-base preset's converted weights are (converted offline from an MIT-licensed CTranslate2 copy).
 WHISPER_BASE_HUB_ID = "openai/whisper-base"
+# The default teacher's width: the (unused) text head of a supervised run keeps it.
+MINILM_HIDDEN_SIZE = 384
 
 
 # ----------------------------------------------------------------------------------------------- the start
@@ -106,21 +109,25 @@ def lora_top_layers(model_args: ModelArguments, config: AculaConfig) -> int | No
     return top or None
 
 
-def build_model(model_args: ModelArguments, teacher: AculaTeacher, init_from: str | None = None) -> AculaForPreTraining:
+def build_model(model_args: ModelArguments, teacher: AculaTeacher | None, init_from: str | None = None,
+                ) -> AculaForPreTraining:
     """A fresh model from the preset, an acula model, or a pretrained transformers backbone (Whisper: cut to
     --window_seconds) with new heads; the text head's input size always comes from the loaded teacher's own
-    config."""
+    config (without a teacher, for the supervised objective, the text head keeps the MiniLM's size and is never
+    used)."""
     overrides = json.loads(model_args.config_overrides) if model_args.config_overrides else {}
     teacher_fields = {
         "teacher_name_or_path": model_args.teacher or MINILM_TEACHER,
         "teacher_revision": model_args.teacher_revision,
         "teacher_layer": model_args.teacher_layer,
         "teacher_pooling": model_args.teacher_pooling,
-        "teacher_hidden_size": teacher.hidden_size,
+        "teacher_hidden_size": teacher.hidden_size if teacher is not None else MINILM_HIDDEN_SIZE,
         "teacher_max_length": model_args.teacher_max_length,
     }
     if model_args.alignment_loss:
         overrides["alignment_loss"] = model_args.alignment_loss
+    if model_args.preservation_loss:
+        overrides["preservation_loss"] = model_args.preservation_loss
     start_type = AutoConfig.from_pretrained(init_from).model_type if init_from else None
     if start_type == AculaConfig.model_type:
         return AculaForPreTraining.from_pretrained(init_from, **teacher_fields, **overrides)
@@ -246,6 +253,10 @@ def run_config(data_args: DataArguments, model_args: ModelArguments, train_args:
         "total_steps (--max_steps / --num_train_epochs)": total_steps,
         "max_grad_norm": train_args.max_grad_norm,
         "decoder_warmup_steps": train_args.decoder_warmup_steps,
+        "preservation_loss": model_args.preservation_loss,
+        "supervised_label_column": data_args.supervised_label_column,
+        "supervised_label_values": data_args.supervised_label_values,
+        "supervised_drop_other_labels": data_args.supervised_drop_other_labels,
     }
     lora = not model_args.full_finetune  # LoRA settings mean nothing for a full fine-tune
     settings.update(lora_r=model_args.lora_r if lora else None, lora_alpha=model_args.lora_alpha if lora else None,
@@ -349,17 +360,26 @@ class AlignmentTrainer:
         """Rows (guarded), spectrograms (cached), reports, teacher vectors (cached), the model and the dataloader."""
         self.load_rows()
         self.prepare_features()
-        self.make_reports()
-        teacher = self.load_teacher()
-        self.teacher_vectors = self.embed_reports(teacher)
-        self.model = self.create_model(teacher)
-        self.model.config.check_teacher_hidden_size(teacher.hidden_size)
-        del teacher  # not needed while training: its vectors are cached
+        if self.labels is not None:  # the supervised objective: labels instead of reports and a teacher
+            self.reports, self.teacher_vectors, teacher = None, None, None
+            self.report_stats = {"source": "none (supervised objective: no reports, no teacher)"}
+            self.teacher_identity = {"name": None, "objective": "supervised: no teacher"}
+            self.label_ids = self.labels.label_ids(self.kept)
+            self.model = self.create_model(None)
+        else:
+            self.make_reports()
+            teacher = self.load_teacher()
+            self.teacher_vectors = self.embed_reports(teacher)
+            self.label_ids = None
+            self.model = self.create_model(teacher)
+            self.model.config.check_teacher_hidden_size(teacher.hidden_size)
+            del teacher  # not needed while training: its vectors are cached
         if self.accelerator.device.type == "cuda":
             torch.cuda.empty_cache()
-        # The pairs of spectrograms and teacher vectors: what the readout is fitted on, and what training reads
-        # unless the prefix cache gives it the frozen encoder prefix's states instead.
-        self.dataset = pair_dataset(self.kept, self.extractor, self.spectrograms, self.teacher_vectors)
+        # The pairs of spectrograms and teacher vectors (or labels): what the readout is fitted on, and what training
+        # reads unless the prefix cache gives it the frozen encoder prefix's states instead.
+        self.dataset = pair_dataset(self.kept, self.extractor, self.spectrograms, self.teacher_vectors,
+                                    labels=self.label_ids)
         self.train_dataset = self.prepare_prefix_cache() or self.dataset
         self.global_batch = self.args.per_device_train_batch_size * self.accelerator.num_processes
         if len(self.dataset) < self.global_batch:
@@ -382,6 +402,23 @@ class AlignmentTrainer:
             exclude_manifests=data_args.exclude, allow_leakage=data_args.allow_leakage,
         )
         self.log(self.guard_report.summary())
+        self.labels, self.label_skipped = None, []
+        if data_args.supervised_label_column:
+            guarded = self.kept
+            self.kept, self.labels = select_labelled_rows(
+                guarded, data_args.supervised_label_column, data_args.supervised_label_values,
+                drop_others=data_args.supervised_drop_other_labels)
+            column = self.labels.column
+            self.label_skipped = [{"row": public_row_label(guarded, i),
+                                   "file": manifest_relative_path(guarded.audio_paths[i], guarded.root),
+                                   "reason": f"{column} {guarded.rows[i].get(column) or ''!r} is not a class "
+                                             "(--supervised_drop_other_labels)"}
+                                  for i in self.labels.dropped_rows]
+            dropped = sum(self.labels.dropped.values())
+            self.log(f"Supervised objective: cross-entropy on {self.labels.column!r} over the classes "
+                     f"{self.labels.classes}" + (f"; dropped {dropped} rows with another or an empty label "
+                                                 f"({self.labels.dropped}, --supervised_drop_other_labels)"
+                                                 if dropped else "") + ".")
         if data_args.max_train_samples is not None:
             self.kept = self.kept.select(range(min(data_args.max_train_samples, len(self.kept))))
         if len(self.kept) == 0:
@@ -395,10 +432,10 @@ class AlignmentTrainer:
         self.spectrograms = spectrogram_cache(self.cache_dir, self.extractor)
         silent = prepare_spectrograms(self.kept, self.extractor, self.spectrograms, self.accelerator,
                                       decode_workers=self.data_args.decode_workers)
-        self.skipped_rows = []
+        self.skipped_rows = list(self.label_skipped)
         if silent and not self.data_args.keep_silent_recordings:
             kept = self.kept
-            self.skipped_rows = [{"row": public_row_label(kept, i),
+            self.skipped_rows += [{"row": public_row_label(kept, i),
                                   "file": manifest_relative_path(kept.audio_paths[i], kept.root),
                                   "reason": "digitally silent over the model window (constant spectrogram)"}
                                  for i in silent]
@@ -442,7 +479,7 @@ class AlignmentTrainer:
         self.log(f"Teacher vectors: {cache.last_stats}")
         return vectors
 
-    def create_model(self, teacher: AculaTeacher) -> AculaForPreTraining:
+    def create_model(self, teacher: AculaTeacher | None) -> AculaForPreTraining:
         """The alignment model from the start (see [`build_model`]); the frozen reference of the preservation term
         is the start, taken before adapters are added or a checkpoint is resumed."""
         model = build_model(self.model_args, teacher, self.init_from)
@@ -472,7 +509,7 @@ class AlignmentTrainer:
         stats = self.prefix_stats
         self.log(f"Prefix cache: {reason}; training runs the layers above from cached states ({stats.hits} hits, "
                  f"{stats.computed} computed on this process in {stats.seconds:.1f} s; {cache.folder}).")
-        return PrefixStateDataset(self.kept, cache, teacher_vectors=self.teacher_vectors)
+        return PrefixStateDataset(self.kept, cache, teacher_vectors=self.teacher_vectors, labels=self.label_ids)
 
     # --- optimisation ----------------------------------------------------------------------------------------------
 
@@ -489,8 +526,12 @@ class AlignmentTrainer:
             # not checkpoint, and without the hook autograd skips the backward pass through the frozen layers below
             # the first adapter.
             model.get_base_model().disable_input_require_grads()
+        alignment_model = model
+        if self.labels is not None:  # the alignment heads stay frozen; a linear classifier trains
+            model = SupervisedCeiling(model, len(self.labels.classes))
         self.trainable = [p for p in model.parameters() if p.requires_grad]
-        encoder = model.get_base_model().acula if hasattr(model, "get_base_model") else model.acula
+        encoder = (alignment_model.get_base_model().acula if hasattr(alignment_model, "get_base_model")
+                   else alignment_model.acula)
         self.encoder_trainable = [p for p in encoder.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(weight_decay_parameter_groups(model, args.weight_decay), lr=args.learning_rate)
         batches_per_epoch = len(self.dataset) // self.global_batch
@@ -602,11 +643,17 @@ class AlignmentTrainer:
                 inputs = {"prefix_hidden_states": batch["prefix_hidden_states"], "prefix_layers": self.prefix_layers,
                           "audio_frame_mask": batch["audio_frame_mask"],
                           "preservation_target": batch["preservation_target"]}
-            micro_batches.append({**inputs, "teacher_embeds": batch["teacher_embeds"], "noise": noise})
+            if self.labels is not None:
+                micro_batches.append({**inputs, "labels": batch["labels"], "noise": noise})
+            else:
+                micro_batches.append({**inputs, "teacher_embeds": batch["teacher_embeds"], "noise": noise})
             # Dropout draws come from (seed, epoch, micro-batch, process): identical after a resume, and replayed
             # exactly by the second pass of gradient caching.
             seeds.append(hash((args.seed, epoch, micro_step + offset, accelerator.process_index)) % (2**63))
-        result = backward_over_window(self.model, micro_batches, accelerator, seeds)
+        if self.labels is not None:  # cross-entropy is a mean over recordings: no gradient caching needed
+            result = backward_per_micro_batch(self.model, micro_batches, accelerator, seeds)
+        else:
+            result = backward_over_window(self.model, micro_batches, accelerator, seeds)
         if not result.finite:
             message = (f"Non-finite loss at step {self.state['global_step'] + 1} (epoch {epoch}, batches "
                        f"{micro_step}-{micro_step + len(window) - 1}): {result.nonfinite_terms}.")
@@ -642,7 +689,7 @@ class AlignmentTrainer:
             return
         # The batch the alignment loss really saw: every micro-batch of the step, on every process.
         record = {"step": step, "epoch": epoch, "lr": self.scheduler.get_last_lr()[0], **self.last_losses,
-                  "alignment_batch_size": result.alignment_batch_size}
+                  ("batch_size" if self.labels is not None else "alignment_batch_size"): result.alignment_batch_size}
         self.accelerator.log(record, step=step)
         if self.accelerator.is_main_process:
             with open(self.log_dir / "train_log.jsonl", "a", encoding="utf-8") as handle:
@@ -677,7 +724,9 @@ class AlignmentTrainer:
                 f"LoRA r={model_args.lora_r}, alpha={model_args.lora_alpha} on encoder attention"
                 + (" and MLP" if model_args.lora_include_mlp else "")
                 + (f" of the last {self.top_layers} layers" if self.top_layers else "")
-                + "; heads" + (" and decoder" if self.config.use_mam else "") + " trained in full"),
+                + ("; a linear classifier on the pooled embedding trained in full (the alignment heads unused)"
+                   if self.labels is not None else
+                   "; heads" + (" and decoder" if self.config.use_mam else "") + " trained in full")),
             "optimisation": (f"AdamW lr {args.learning_rate}, weight decay {args.weight_decay} "
                              "(none on biases, norms and logit_scale), "
                              f"{self.warmup} warm-up steps then linear decay, clip {args.max_grad_norm}, "
@@ -692,11 +741,22 @@ class AlignmentTrainer:
             "final_losses": self.last_losses,
             "skipped_nonfinite_steps": self.state["skipped_nonfinite"],
             "window_seconds": round(self.extractor.num_samples / self.extractor.sampling_rate, 3),
+            "objective": self.objective(),
             # a speed setting (the same steps up to float rounding), recorded for the benchmarks
             "prefix_cache": (f"layers 0-{self.prefix_layers - 1} (and the stem) computed once per window"
                              if self.prefix_layers else "the stem computed once per window"
                              if self.prefix_layers == 0 else "off"),
         }
+
+    def objective(self) -> dict[str, Any]:
+        """What the run optimised: the alignment loss with the teacher, or the supervised cross-entropy (with the
+        label column, classes and dropped rows); and the preservation term."""
+        config = self.config
+        preservation = ("masked-audio modeling" if config.use_mam else config.preservation_loss)
+        if self.labels is not None:
+            return {**self.labels.describe(), "preservation": preservation,
+                    "preservation_weight": config.preservation_loss_weight}
+        return {"kind": "alignment", "alignment_loss": config.alignment_loss, "preservation": preservation}
 
     def fit_readout(self, folder: Path) -> None:
         """The zero-shot / retrieval readout of the saved heads, fitted on this run's training pairs (CKA leaves the
@@ -712,19 +772,33 @@ class AlignmentTrainer:
             return
         args = self.args
         summary = summarise_data(self.manifest, self.kept, self.guard_report, self.report_stats)
-        summary["skipped"] = {"silent": len(self.skipped_rows)}
+        summary["skipped"] = {"silent": len(self.skipped_rows) - len(self.label_skipped)}
+        model = self.accelerator.unwrap_model(self.model)
+        write_extra = None
+        if self.labels is not None:  # the supervised ceiling: no alignment heads, no readout; the classifier
+            summary["objective"] = self.objective()
+            summary["skipped"]["label_not_a_class"] = len(self.label_skipped)
+            labels, classifier = self.labels, model.classifier
+
+            def write_extra(folder, merged):
+                save_classifier(folder, merged, classifier, labels)
+
+            model = model.model
         repo_id = args.hub_model_id or self.output_dir.name
-        save_output_folder(self.accelerator.unwrap_model(self.model), self.extractor, self.output_dir,
+        save_output_folder(model, self.extractor, self.output_dir,
                            full_finetune=self.model_args.full_finetune, reports=self.reports, kept=self.kept,
                            summary=summary, teacher_identity=self.teacher_identity,
                            args={"data": asdict(self.data_args), "model": asdict(self.model_args),
                                  "training": args.to_dict()},
                            run_facts=self.run_facts(), skipped_rows=self.skipped_rows, repo_id=repo_id,
-                           swap_whole=self.swap_whole, fit_readout=self.fit_readout)
+                           swap_whole=self.swap_whole,
+                           fit_readout=self.fit_readout if self.labels is None else None,
+                           write_alignment=self.labels is None, write_extra=write_extra)
         if args.push_to_hub:
             push_output_folder(self.output_dir, repo_id, bool(args.hub_private_repo))
         losses = ", ".join(f"{k} {v:.4f}" for k, v in self.last_losses.items())
-        print(f"\nAligned encoder written to {self.output_dir} ({self.state['global_step']} steps, "
+        what = "Supervised-ceiling encoder" if self.labels is not None else "Aligned encoder"
+        print(f"\n{what} written to {self.output_dir} ({self.state['global_step']} steps, "
               f"{time.time() - self.started:.0f} s; final losses: {losses}).\nLoad it with:\n\n"
               f"    import modeling_acula; from transformers import AutoModel\n"
               f"    model = AutoModel.from_pretrained({str(self.output_dir)!r})\n")
