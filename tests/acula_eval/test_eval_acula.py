@@ -267,6 +267,9 @@ def test_cli_lists_tasks_and_rejects_unknown_ones(capsys):
     assert eval_acula.main(["--list_tasks"]) is None
     listing = capsys.readouterr().out
     assert "T10 kauh_obstructive_opera" in listing and "pascal_murmur" in listing
+    assert "circor tasks: (--circor" in listing and "heart_pascal_to_circor" in listing
+    assert "circor_murmur_patient" in listing and "[one unit per patient_id]" in listing
+    assert "Oliveira et al." in listing and "ODC-By 1.0" in listing
     with pytest.raises(ValueError, match="Unknown task"):
         eval_acula.main(["--models", "x", "--tasks", "no_such_task"])
 
@@ -386,3 +389,20 @@ def test_cli_circor_comparison_with_baselines_ceiling_paired_differences_and_few
     with pytest.raises(ValueError, match="--reference"):
         eval_acula.main(["--models", str(aligned), "--reference", "nobody", "--output_dir", str(tmp_path / "x"),
                          *common])
+
+
+def test_zero_shot_and_retrieval_run_on_the_circor_tasks(aligned_model, circor_sample, tmp_path):
+    payload = eval_acula.main(["--models", str(aligned_model), "--model_names", "aligned", "--tasks", "circor_murmur",
+                               "circor_murmur_patient", "--circor", str(circor_sample), "--cache_dir",
+                               str(tmp_path / "cache"), "--bootstrap_samples", "50", "--quiet", "--no_plots",
+                               "--output_dir", str(tmp_path / "eval")])
+    extra = {record["task"]: record for record in payload["retrieval_zero_shot"]}
+    assert set(extra) == {"circor_murmur", "circor_murmur_patient"}
+    for record in extra.values():
+        assert 0.0 <= record["zero_shot"]["roc_auc"] <= 1.0 and "R@1" in record["retrieval"]["audio_to_report"]
+    # A patient's report is written from what its recordings share (no auscultation site).
+    from acula_train.reports import write_report
+
+    patients = load_task("circor_murmur_patient", circor=circor_sample)
+    assert "recording" in write_report(patients.rows[0]).lower()
+    assert "## Retrieval and zero-shot" in (tmp_path / "eval" / "results.md").read_text()
