@@ -124,6 +124,11 @@ def main(argv: list[str] | None = None) -> dict:
         disk = stats.disk_bytes()
         entries = len(list(stats.folder.glob("??/*.safetensors")))
         batch, accumulation = on.args.per_device_train_batch_size, on.args.gradient_accumulation_steps
+        depth = on.config.audio_backbone_config.encoder_layers
+        recipe = (f"{'the default recipe' if not args.extra else 'train_acula.py ' + ' '.join(args.extra)} "
+                  f"({on.init_from and Path(on.init_from).name}, {on.extractor.num_samples / on.extractor.sampling_rate:g} s window, LoRA "
+                  f"on the top {depth - on.prefix_layers} of {depth} layers, preservation "
+                  f"{on.config.preservation_loss})")
         steps_per_epoch = math.ceil((train_rows // batch) / accumulation)
         timed = args.steps or math.ceil((used_rows // batch) / accumulation) - 1
 
@@ -163,14 +168,13 @@ def main(argv: list[str] | None = None) -> dict:
         "step_s": mean_wall, "step_cpu_s": mean_cpu,
         "epoch_s": {mode: mean_wall[mode] * steps_per_epoch for mode in MODES},
         "speedup_wall": mean_wall["off"] / mean_wall["on"], "speedup_cpu": mean_cpu["off"] / mean_cpu["on"],
-        "fill_s": stats.seconds, "fill_rows": stats.computed,
+        "recipe": recipe, "fill_s": stats.seconds, "fill_rows": stats.computed,
         "fill_epoch_s": fill_per_row * train_rows if fill_per_row else None,
         "disk_bytes": disk, "disk_epoch_bytes": disk / entries * train_rows, "first_losses": first_losses,
     }
     extrapolated = timed < steps_per_epoch
     print()
-    print(f"Prefix cache benchmark: default recipe (Whisper-base, 10 s window, LoRA on the top 2 of 6 layers, feature "
-          f"distillation, batch {batch} x {accumulation} with gradient caching), {args.manifest}")
+    print(f"Prefix cache benchmark: {recipe}, batch {batch} x {accumulation} with gradient caching, {args.manifest}")
     print(f"  train rows: {train_rows} -> {steps_per_epoch} optimiser steps per epoch; timed: {timed} steps per mode "
           f"(after 1 warm-up step) on the first {used_rows} train rows, alternating the modes"
           + (f"; the epoch figures below are EXTRAPOLATED from them ({timed} of {steps_per_epoch} steps)"
