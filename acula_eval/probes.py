@@ -4,6 +4,7 @@ chosen by scikit-learn's `GridSearchCV` on patient-grouped inner folds of each s
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from sklearn.metrics import log_loss
 from sklearn.model_selection import GridSearchCV, GroupKFold, StratifiedGroupKFold
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 from transformers.utils import logging
 
 from .metrics import load_metric
@@ -26,6 +28,10 @@ logger = logging.get_logger(__name__)
 DEFAULT_C_GRID = (0.001, 0.01, 0.1, 1.0)
 DEFAULT_ALPHA_GRID = (0.1, 1.0, 10.0, 100.0, 1000.0)
 INNER_FOLDS = 3
+# BLAS threads while probes are fitted: the matrices are small (at most a few thousand rows of a few hundred
+# dimensions), where extra BLAS threads only contend, badly so on a shared machine (a Whisper-size probe on 2,300
+# recordings took 44 s with 2 threads and 12 s with 1 on 2 busy cores).
+PROBE_BLAS_THREADS = 1
 
 
 @dataclass
@@ -87,9 +93,9 @@ def inner_folds(
     return folds
 
 
-def _estimator(classification: bool, strength: float, seed: int) -> Pipeline:
+def _estimator(classification: bool, strength: float, seed: int, solver: str = "newton-cholesky") -> Pipeline:
     if classification:
-        return make_pipeline(StandardScaler(), LogisticRegression(C=strength, solver="newton-cholesky", max_iter=500, random_state=seed))
+        return make_pipeline(StandardScaler(), LogisticRegression(C=strength, solver=solver, max_iter=500, random_state=seed))
     return make_pipeline(StandardScaler(), Ridge(alpha=strength))
 
 
@@ -120,6 +126,7 @@ def search_regularisation(
     classification: bool,
     seed: int = 0,
     grid: Sequence[float] | None = None,
+    solver: str = "newton-cholesky",
 ) -> GridSearchCV | None:
     """
     The regularisation search of a probe: `GridSearchCV` over `grid` on the grouped [`inner_folds`], scored by
@@ -134,7 +141,7 @@ def search_regularisation(
     if not folds:
         return None
     scoring = _negative_log_loss(np.unique(targets)) if classification else "neg_mean_absolute_error"
-    search = GridSearchCV(_estimator(classification, grid[0], seed), {_strength_parameter(classification): grid},
+    search = GridSearchCV(_estimator(classification, grid[0], seed, solver), {_strength_parameter(classification): grid},
                           scoring=scoring, cv=folds, error_score="raise")
     return search.fit(features, targets)
 
@@ -147,6 +154,7 @@ def fit_probe(
     classification: bool,
     seed: int = 0,
     grid: Sequence[float] | None = None,
+    solver: str = "newton-cholesky",
 ) -> tuple[Pipeline, float]:
     """
     Fit a standardised linear probe, choosing the regularisation by grouped 3-fold cross-validation on the training
@@ -160,14 +168,17 @@ def fit_probe(
         seed (`int`): seed of the inner folds.
         grid (`Sequence[float]`, *optional*): C values (classification) or alphas (ridge); one value skips the search,
             and so does a training side too small for grouped inner folds (the first value is used).
+        solver (`str`, *optional*, defaults to `"newton-cholesky"`): the logistic regression's solver (the same
+            L2-regularised objective either way; `"lbfgs"` is much faster with far fewer rows than dimensions).
 
     Returns:
         `(fitted pipeline, chosen value)`.
     """
     grid = list(grid or (DEFAULT_C_GRID if classification else DEFAULT_ALPHA_GRID))
-    search = search_regularisation(features, targets, groups, classification=classification, seed=seed, grid=grid)
+    search = search_regularisation(features, targets, groups, classification=classification, seed=seed, grid=grid,
+                                   solver=solver)
     if search is None:
-        return _estimator(classification, grid[0], seed).fit(features, targets), grid[0]
+        return _estimator(classification, grid[0], seed, solver).fit(features, targets), grid[0]
     return search.best_estimator_, search.best_params_[_strength_parameter(classification)]
 
 
@@ -257,7 +268,7 @@ def run_probe(
     scores, accuracies, chosen = [], [], []
     per_split_mape = []
     for split in splits:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), threadpool_limits(PROBE_BLAS_THREADS, user_api="blas"):
             warnings.simplefilter("ignore", ConvergenceWarning)
             model, value = fit_probe(features[split.train], data.labels[split.train], data.groups[split.train],
                                      classification=classification, seed=split.seed, grid=grid)
@@ -368,54 +379,66 @@ def run_few_shot(
     seed: int = FEW_SHOT_SEED,
 ) -> dict[str, dict[str, Any]]:
     """
-    Probes fitted on a few labelled units per class (binary classification tasks): for every size `k` and draw,
-    `k` units of each class are drawn from each distinct split's training side ([`draw_few_shot`], patient-aware),
-    a probe is fitted on them (the same regularisation search as the full probe, on grouped inner folds where the
-    draw allows) and applied to that split's test side; the draw's AUROC is over its pooled test predictions (each
-    test unit once for K-fold policies). The draws depend only on the task, its splits and `seed`, never on the
-    embeddings, so every encoder is fitted on the same units.
+    Probes fitted on a few labelled units per class (binary classification tasks), beside the full probe.
+
+    For every size `k` and draw, `k` units of each class are drawn ([`draw_few_shot`], patient-aware) from the
+    units on the probe-training side of every split (the train rows of a column, transfer or held-out K-fold
+    policy), one probe is fitted on them and it predicts every unit tested by any split; where no unit is on every
+    training side (a K-fold over all patients), each distinct split draws from its own training side and predicts
+    its own test side. The probe is the full probe's (standardisation + logistic regression, the regularisation
+    searched on grouped inner folds where the draw allows; L-BFGS, the same objective, much faster on a few rows).
+    The draw's AUROC is over its pooled test predictions. The draws depend only on the task, its splits and `seed`,
+    never on the embeddings, so every encoder is fitted on the same units.
 
     Returns:
-        `{str(k): {"per_class", "draws", "scores", "mean", "std", "low", "high", "patient_aware"}}`, or for a size
-        a class cannot fill `{"per_class", "skipped": why}`; `low` / `high` are the 2.5th / 97.5th percentiles over
-        the draws.
+        `{str(k): {"per_class", "draws", "scores", "mean", "std", "low", "high", "patient_aware", "drawn_from"}}`,
+        or for a size a class cannot fill `{"per_class", "skipped": why}`; `low` / `high` are the 2.5th / 97.5th
+        percentiles over the draws.
     """
     if data.spec.kind != "classification" or len(data.classes) != 2:
         raise ValueError(f"Task {data.spec.name!r}: few-label probes are for binary classification tasks.")
+    distinct = distinct_splits(splits)
+    common = functools.reduce(np.intersect1d, [np.asarray(split.train) for _, split in distinct])
+    tested = np.unique(np.concatenate([np.asarray(split.test) for _, split in distinct]))
+    # (name, training side to draw from, test units) of each fit per draw.
+    if len(common) and len(np.unique(data.labels[common])) == 2:
+        sides = [("every split's training side", common, tested)]
+    else:
+        sides = [(split.name, np.asarray(split.train), np.asarray(split.test)) for _, split in distinct]
     results: dict[str, dict[str, Any]] = {}
     for size in sizes:
         scores, patient_aware, skipped = [], True, None
         for draw in range(draws):
             sums, counts = np.zeros(len(data)), np.zeros(len(data))
-            for number, split in distinct_splits(splits):
+            for number, (name, candidates, test) in enumerate(sides):
                 rng = np.random.default_rng([seed, int(size), draw, number])
-                drawn = draw_few_shot(data.labels, data.groups, np.asarray(split.train), int(size), rng)
+                drawn = draw_few_shot(data.labels, data.groups, candidates, int(size), rng)
                 if drawn is None:
-                    skipped = (f"a class has fewer than {size} units on the probe-training side of split "
-                               f"{split.name}")
+                    skipped = f"a class has fewer than {size} units on the probe-training side ({name})"
                     break
                 train, aware = drawn
                 patient_aware &= aware
-                with warnings.catch_warnings():
+                with warnings.catch_warnings(), threadpool_limits(PROBE_BLAS_THREADS, user_api="blas"):
                     warnings.simplefilter("ignore", ConvergenceWarning)
                     model, _ = fit_probe(features[train], data.labels[train], data.groups[train],
-                                         classification=True, seed=draw, grid=grid)
-                probabilities = np.zeros((len(split.test), 2))
-                probabilities[:, model.classes_] = model.predict_proba(features[split.test])
-                sums[split.test] += probabilities[:, 1]
-                counts[split.test] += 1
+                                         classification=True, seed=draw, grid=grid, solver="lbfgs")
+                probabilities = np.zeros((len(test), 2))
+                probabilities[:, model.classes_] = model.predict_proba(features[test])
+                sums[test] += probabilities[:, 1]
+                counts[test] += 1
             if skipped:
                 break
-            tested = np.flatnonzero(counts)
-            scores.append(_compute("roc_auc", "binary", references=data.labels[tested].tolist(),
-                                   prediction_scores=(sums[tested] / counts[tested]).tolist())["roc_auc"])
+            scored = np.flatnonzero(counts)
+            scores.append(_compute("roc_auc", "binary", references=data.labels[scored].tolist(),
+                                   prediction_scores=(sums[scored] / counts[scored]).tolist())["roc_auc"])
         if skipped:
             results[str(size)] = {"per_class": int(size), "skipped": skipped}
             continue
         low, high = np.quantile(scores, [0.025, 0.975])
         results[str(size)] = {"per_class": int(size), "draws": draws, "scores": [float(x) for x in scores],
                               "mean": float(np.mean(scores)), "std": float(np.std(scores)), "low": float(low),
-                              "high": float(high), "patient_aware": patient_aware}
+                              "high": float(high), "patient_aware": patient_aware,
+                              "drawn_from": [name for name, _, _ in sides]}
     return results
 
 

@@ -146,7 +146,8 @@ def test_few_shot_probes_are_fitted_on_the_training_side_and_scored_on_the_test_
     result = run_few_shot(features, data, splits, [4, 8, 50], draws=5)
     assert result["4"]["draws"] == 5 and len(result["4"]["scores"]) == 5 and result["8"]["mean"] > 0.9
     assert result["50"] == {"per_class": 50, "skipped": "a class has fewer than 50 units on the probe-training "
-                                                        "side of split s0"}
+                                                        "side (every split's training side)"}
+    assert result["4"]["drawn_from"] == ["every split's training side"]
     assert run_few_shot(features, data, splits, [4], draws=5) == {"4": result["4"]}  # deterministic
     # The scores are those of the test side's features, and the probes learn from the training side's only: noise
     # there leaves nothing to learn.
@@ -158,3 +159,38 @@ def test_few_shot_probes_are_fitted_on_the_training_side_and_scored_on_the_test_
     assert run_few_shot(noise, data, splits, [8], draws=5)["8"]["mean"] < 0.8
     with pytest.raises(ValueError, match="binary"):
         run_few_shot(features, _task(np.arange(120) % 3, groups, classes=("a", "b", "c")), splits, [4])
+
+
+def test_few_shot_draws_from_the_units_every_split_trains_on_or_per_split(monkeypatch):
+    rng = np.random.default_rng(1)
+    labels = np.array([0, 1] * 60)
+    groups = np.array([f"p{i // 2}" for i in range(120)], dtype=object)
+    features = rng.normal(size=(120, 4))
+    features[:, 0] += 2 * labels
+    data = _task(labels, groups)
+    # Held-out K-fold: rows 0-59 train every fold's probe; the few labels come from them only, and every held-out
+    # row is predicted once per draw.
+    folds = [np.arange(60, 80), np.arange(80, 100), np.arange(100, 120)]
+    heldout = [Split(f"f{i}", np.setdiff1d(np.arange(120), fold), fold, 0) for i, fold in enumerate(folds)]
+    import acula_eval.probes as probes
+
+    fitted_rows, original = [], probes.fit_probe
+    tagged = np.concatenate([features, np.arange(120)[:, None]], axis=1)  # the last column names the row
+
+    def recording_fit(train_features, *args, **kwargs):
+        fitted_rows.append(train_features[:, -1].astype(int))
+        return original(train_features, *args, **kwargs)
+
+    monkeypatch.setattr(probes, "fit_probe", recording_fit)
+    shared = run_few_shot(tagged, data, heldout, [8], draws=4)["8"]
+    assert shared["drawn_from"] == ["every split's training side"]
+    assert len(fitted_rows) == 4  # one probe per draw predicts every held-out row
+    for rows in fitted_rows:  # from the rows every fold trains on; 8 different patients per class
+        assert rows.max() < 60 and len(rows) == 16
+        assert all(len(set(groups[rows[labels[rows] == k]])) == 8 for k in (0, 1))
+    monkeypatch.setattr(probes, "fit_probe", original)
+    assert len(shared["scores"]) == 4
+    # A K-fold over all rows has no common training rows: each fold draws from its own training side.
+    kfold = [Split(f"k{i}", np.setdiff1d(np.arange(120), fold), fold, 0)
+             for i, fold in enumerate(np.array_split(np.arange(120), 3))]
+    assert run_few_shot(features, data, kfold, [8], draws=2)["8"]["drawn_from"] == ["k0", "k1", "k2"]
