@@ -57,9 +57,9 @@ class ModelEvaluation:
         retrieval (`list[dict]`): retrieval and zero-shot records (classification tasks of folders with heads).
         embeddings (`dict[str, np.ndarray]`): task -> unit embeddings (recordings, or patients of a pooled task; for
             the plots).
-        pooled_predictions (`dict[str, tuple]`): classification task -> (labels, pooled class probabilities).
+        pooled_predictions (`dict[str, tuple]`): classification task -> (labels, pooled class log-probabilities).
         test_predictions (`dict[str, tuple]`): classification task -> (test unit indices, pooled class
-            probabilities), for the paired differences between columns.
+            log-probabilities), for the paired differences between columns.
         leakage_warnings (`list[str]`): one line per task the model was aligned on.
     """
 

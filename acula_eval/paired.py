@@ -39,8 +39,9 @@ class PairedTask:
     Args:
         task (`str`): the task name.
         labels (`np.ndarray`): class index of each test unit.
-        model_scores (`np.ndarray`), reference_scores (`np.ndarray`): `(n, num_classes)` pooled class probabilities
-            of each encoder (the same units in the same order).
+        model_scores (`np.ndarray`), reference_scores (`np.ndarray`): `(n, num_classes)` pooled class scores
+            (probabilities or log-probabilities) of each encoder (the same units in the same order); a 1-D array is
+            a binary task's positive-class scores.
         groups (`np.ndarray`): the patient (group) of each test unit.
     """
 
@@ -67,7 +68,7 @@ class PairedTask:
         return self.model_scores.shape[1]
 
     def auroc(self, scores: np.ndarray, index: np.ndarray | None = None) -> float:
-        """AUROC (binary: of the last class's probability; else macro one-vs-rest) on the units `index`."""
+        """AUROC (binary: of the last class's score; else macro one-vs-rest) on the units `index`."""
         labels = self.labels if index is None else self.labels[index]
         chosen = scores if index is None else scores[index]
         if self.num_classes == 2:
@@ -84,8 +85,8 @@ class PairedTask:
 
 def _as_matrix(scores: np.ndarray) -> np.ndarray:
     scores = np.asarray(scores, dtype=np.float64)
-    if scores.ndim == 1:  # positive-class probabilities of a binary task
-        scores = np.stack([1.0 - scores, scores], axis=1)
+    if scores.ndim == 1:  # positive-class scores of a binary task (only the second column is ranked)
+        scores = np.stack([-scores, scores], axis=1)
     return scores
 
 
@@ -176,7 +177,7 @@ def paired_differences(
     over the tasks with headroom that every compared model and the reference were scored on.
 
     Args:
-        predictions (`Mapping`): task -> model -> `(test unit indices, pooled class probabilities)`.
+        predictions (`Mapping`): task -> model -> `(test unit indices, pooled class scores)`.
         labels (`Mapping`), groups (`Mapping`): task -> class index / patient of every unit of the task.
         models (`Sequence[str]`): the models to compare (the reference among them is skipped).
         reference (`str`): the model every other one is compared with.

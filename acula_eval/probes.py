@@ -32,6 +32,8 @@ INNER_FOLDS = 3
 # dimensions), where extra BLAS threads only contend, badly so on a shared machine (a Whisper-size probe on 2,300
 # recordings took 44 s with 2 threads and 12 s with 1 on 2 busy cores).
 PROBE_BLAS_THREADS = 1
+# The log-probability of a class a probe never saw (its training side lacked it): far below any real one.
+LOG_PROBABILITY_FLOOR = float(np.log(1e-300))
 
 
 @dataclass
@@ -48,7 +50,8 @@ class ProbeResult:
             test recording's prediction averaged over the splits that tested it).
         extra (`dict`): further numbers (accuracy, MAPE, chosen regularisation).
         test_indices (`np.ndarray`): recordings with a pooled prediction; `test_scores` (`np.ndarray`): their
-            pooled class probabilities (classification) or predicted values (regression).
+            pooled class log-probabilities (classification, [`class_log_probabilities`] averaged over the splits)
+            or predicted values (regression).
     """
 
     task: str
@@ -182,6 +185,33 @@ def fit_probe(
     return search.best_estimator_, search.best_params_[_strength_parameter(classification)]
 
 
+def class_log_probabilities(model: Pipeline, features: np.ndarray, num_classes: int) -> np.ndarray:
+    """
+    `(n, num_classes)` log class probabilities of a fitted classification probe, computed as the log-softmax of its
+    decision function (a binary probe's logits are `[0, z]`). Unlike `predict_proba`, they never saturate:
+    recordings far from the probe's training data (another source, another device) get probabilities that round to
+    exactly 0 or 1, which ties them all and turns an informative ranking into an AUROC of 0.5; their log-probabilities
+    keep the ranking of the decision function. Classes the probe never saw get [`LOG_PROBABILITY_FLOOR`].
+    """
+    scores = np.asarray(model.decision_function(features), dtype=np.float64)
+    logits = np.stack([np.zeros_like(scores), scores], axis=1) if scores.ndim == 1 else scores
+    result = np.full((len(features), num_classes), LOG_PROBABILITY_FLOOR)
+    result[:, model.classes_] = _log_softmax(logits)
+    return result
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise log-softmax that stays exact for the winning class: with `m` the row's largest logit and `s` the sum
+    of `exp(z_j - m)` over the other classes, `log p_k = (z_k - m) - log1p(s)` (the usual `z - logsumexp(z)` rounds
+    the winner's log-probability to exactly 0 once the others are some 37 logits behind, and ties it again)."""
+    rows = np.arange(len(logits))
+    top = logits.argmax(axis=1)
+    shifted = logits - logits[rows, top][:, None]
+    others = np.exp(shifted)
+    others[rows, top] = 0.0
+    return shifted - np.log1p(others.sum(axis=1))[:, None]
+
+
 def _compute(metric_name: str, config_name: str | None = None, **kwargs) -> dict[str, float]:
     return load_metric(metric_name, config_name).compute(**kwargs)
 
@@ -202,7 +232,8 @@ def score_predictions(
 
     Args:
         labels (`np.ndarray`): class indices or true values.
-        scores (`np.ndarray`): `(n, num_classes)` class probabilities, or `(n,)` predicted values.
+        scores (`np.ndarray`): `(n, num_classes)` class scores (probabilities or log-probabilities: AUROC ranks
+            them, accuracy takes their argmax), or `(n,)` predicted values.
         classification (`bool`): which family of metrics.
         num_classes (`int`): number of classes of the task.
         bootstrap_samples (`int`): resamples for the confidence interval (0: none).
@@ -274,8 +305,7 @@ def run_probe(
                                      classification=classification, seed=split.seed, grid=grid)
         chosen.append(value)
         if classification:
-            predicted = np.zeros((len(split.test), num_classes))
-            predicted[:, model.classes_] = model.predict_proba(features[split.test])
+            predicted = class_log_probabilities(model, features[split.test], num_classes)
         else:
             predicted = model.predict(features[split.test])[:, None]
         sums[split.test] += predicted
@@ -422,9 +452,7 @@ def run_few_shot(
                     warnings.simplefilter("ignore", ConvergenceWarning)
                     model, _ = fit_probe(features[train], data.labels[train], data.groups[train],
                                          classification=True, seed=draw, grid=grid, solver="lbfgs")
-                probabilities = np.zeros((len(test), 2))
-                probabilities[:, model.classes_] = model.predict_proba(features[test])
-                sums[test] += probabilities[:, 1]
+                sums[test] += class_log_probabilities(model, features[test], 2)[:, 1]
                 counts[test] += 1
             if skipped:
                 break
@@ -446,7 +474,9 @@ __all__ = [
     "DEFAULT_ALPHA_GRID",
     "DEFAULT_C_GRID",
     "FEW_SHOT_SEED",
+    "LOG_PROBABILITY_FLOOR",
     "ProbeResult",
+    "class_log_probabilities",
     "distinct_splits",
     "draw_few_shot",
     "fit_probe",

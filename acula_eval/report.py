@@ -429,8 +429,10 @@ def results_markdown(table: str, retrieval: Sequence[Mapping[str, Any]], baselin
         + baseline_text + table
         + ("\n" + paired if paired else "")
         + (("\n## Few labels\n\nProbes fitted on a few labelled units (recordings, or patients of a per-patient "
-            "task) per class, drawn patient-aware from each split's probe-training side; AUROC mean ± std over the "
-            "draws (the same draws for every model), beside the full probe.\n\n" + few_shot) if few_shot else "")
+            "task) per class, drawn patient-aware (different patients where a class has enough) from the units every "
+            "split trains on (each split's own training side for a K-fold over all patients); AUROC mean ± std over "
+            "the draws (the same draws for every model), beside the full probe (`all`).\n\n" + few_shot)
+           if few_shot else "")
         + (("\n## Retrieval and zero-shot\n\n" + RETRIEVAL_NOTE + retrieval_table) if retrieval_table else "")
         + ("\n## Leakage warnings\n\n" + "\n".join(f"- {w}" for w in leakage_warnings) + "\n"
            if leakage_warnings else "")

@@ -208,3 +208,35 @@ def test_inner_folds_that_cannot_fit_a_classifier_are_left_out_as_before():
     assert fit_probe(features, targets, groups, classification=True, seed=0)[1] == expected
     search = search_regularisation(features, targets, groups, classification=True, seed=0)
     np.testing.assert_allclose(-search.cv_results_["mean_test_score"], losses, rtol=1e-12)
+
+
+def test_far_off_test_recordings_keep_their_ranking_instead_of_saturated_probabilities():
+    """Test recordings far from the probe's training data (another source) get probabilities that round to exactly 1:
+    ranked by them, every recording ties and the AUROC is 0.5. The probe's scores are log-probabilities from the
+    decision function, which keep the ranking."""
+    from acula_eval.probes import class_log_probabilities, fit_probe
+    from acula_eval.tasks import Split, TaskData, get_task
+
+    rng = np.random.default_rng(0)
+    labels = np.arange(80) % 2
+    features = rng.normal(size=(80, 3))
+    features[:40, 0] += 2.0 * labels[:40]  # training side: an ordinary signal
+    features[40:, 0] = 60.0 + 3.0 * labels[40:] + rng.normal(size=40)  # test side: far off, same direction
+    data = TaskData(spec=get_task("heart_transfer_from_yaseen"), paths=[f"/x/{i}.wav" for i in range(80)],
+                    labels=labels, classes=["normal", "abnormal"], groups=np.array([f"g{i}" for i in range(80)], object),
+                    known_groups=np.ones(80, bool), rows=[{}] * 80)
+    split = Split("s", np.arange(40), np.arange(40, 80), 0)
+    model, _ = fit_probe(features[:40], labels[:40], data.groups[:40], classification=True, grid=[1.0])
+    assert np.all(model.predict_proba(features[40:])[:, 1] == 1.0)  # saturated: every test recording ties
+    result = run_probe(features, data, [split], grid=[1.0], bootstrap_samples=0)
+    expected = roc_auc_score(labels[40:], model.decision_function(features[40:]))
+    assert expected > 0.9 and result.mean == pytest.approx(expected)
+    # Log-probabilities: a log-softmax over the classes, ordered like the decision function.
+    log_probabilities = class_log_probabilities(model, features[:40], 2)
+    np.testing.assert_allclose(np.exp(log_probabilities), model.predict_proba(features[:40]), rtol=1e-6, atol=1e-12)
+    # Far from the decision boundary the winner's log-probability is still exact (-exp(-z) for a binary logit z).
+    from acula_eval.probes import _log_softmax
+
+    np.testing.assert_allclose(_log_softmax(np.array([[0.0, 100.0], [3.0, -1.0]])),
+                               [[-100.0 - np.exp(-100.0), -np.exp(-100.0)], [-np.log1p(np.exp(-4.0)),
+                                                                            -4.0 - np.log1p(np.exp(-4.0))]], rtol=1e-12)
