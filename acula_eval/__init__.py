@@ -5,6 +5,8 @@
   random weights, the starting encoder);
 - `probes`, `metrics/`, `retrieval`, `leakage_check`: linear probes, the metric modules, retrieval and zero-shot
   through alignment heads, leakage checks against the alignment data;
+- `paired`: paired differences between two encoders on the same test patients (aligned - frozen), with a
+  patient-level paired bootstrap;
 - `model_evaluation`: one encoder on every task; `runner`: the comparison run (arguments, run, outputs);
 - `report`, `plots`: results.json / results.md / model-card metadata, and the figures.
 """
@@ -21,10 +23,12 @@ from .leakage_check import check_leakage, training_manifest
 from .probes import (
     ProbeResult,
     fit_probe,
+    run_few_shot,
     run_probe,
     score_predictions,
     search_regularisation,
 )
+from .paired import paired_bootstrap, paired_differences, paired_mean_bootstrap
 from .retrieval import AlignedSpace, recall_at_k, zero_shot_scores
 from .tasks import (
     TASKS,
@@ -60,10 +64,14 @@ __all__ = [
     "make_splits",
     "model_fingerprint",
     "open_embedder",
+    "paired_bootstrap",
+    "paired_differences",
+    "paired_mean_bootstrap",
     "recall_at_k",
     "resolve_models",
     "restrict_to_splits",
     "run_evaluation",
+    "run_few_shot",
     "run_probe",
     "score_predictions",
     "search_regularisation",

@@ -176,6 +176,12 @@ register_task(TaskSpec(
           "recordings in all). logmel-stats: 0.749 AUROC (pooled 95% CI 0.638-0.847).",
 ))
 
+_DESCRIPTOR_TITLES = {
+    "circor_murmur_timing": "timing, early-systolic vs holosystolic",
+    "circor_murmur_grade": "grade, I/VI vs II/VI + III/VI",
+    "circor_murmur_pitch": "pitch, low vs medium + high",
+    "circor_murmur_quality": "quality, blowing vs harsh",
+}
 for _name, _column, _mapping, _classes, _descriptions, _counts in (
     ("circor_murmur_timing", "systolic_murmur_timing",
      {"Early-systolic": "early_systolic", "Holosystolic": "holosystolic"},
@@ -202,8 +208,7 @@ for _name, _column, _mapping, _classes, _descriptions, _counts in (
 ):
     register_task(TaskSpec(
         name=_name,
-        description=f"CirCor: systolic murmur {_column.split('_')[-1]}, "
-                    f"{' vs '.join(c.replace('_', ' ') for c in _classes)} (held-out patients, grouped K-fold)",
+        description=f"CirCor: systolic murmur {_DESCRIPTOR_TITLES[_name]} (held-out patients, grouped K-fold)",
         loader=circor_loader(descriptor_label(_column, _mapping)),
         classes=_classes,
         label_descriptions=_descriptions,
