@@ -45,22 +45,23 @@ def test_murmur_per_recording_on_the_sample(circor_sample, monkeypatch):
     sites = [row["murmur_at_site"] for row in data.rows]
     assert set(sites) == {"here", "absent"}  # elsewhere and unknown left out
     assert [data.classes[label] for label in data.labels] == ["present" if s == "here" else "absent" for s in sites]
-    assert np.bincount(data.labels).tolist() == [26, 15] and not data.pooled
+    assert np.bincount(data.labels).tolist() == [13, 7] and not data.pooled
+    # Only the patients alignment never sees (val + test) are read: train recordings never reach a probe.
+    assert set(data.split_values) == {"val", "test"}
     # The child recorded in both campaigns (23625 = 50379) is one group.
     assert {str(data.groups[i]) for i, row in enumerate(data.rows) if row["patient_id"] in ("23625", "50379")} == {
         "circor_23625"}
     (split,) = {(tuple(s.train), tuple(s.test)) for s in make_splits(data)}  # the same split for every seed
     train, test = np.array(split[0]), np.array(split[1])
-    assert set(data.split_values[train]) <= {"train", "val"} and set(data.split_values[test]) == {"test"}
+    assert set(data.split_values[train]) == {"val"} and set(data.split_values[test]) == {"test"}
     assert not set(data.groups[train]) & set(data.groups[test])
 
 
 def test_murmur_per_patient_pools_every_recording_of_a_patient(circor_sample):
     data = load_task("circor_murmur_patient", circor=circor_sample)
-    assert data.pooled and len(data) == 14  # 16 patients, 2 with an Unknown murmur
+    assert data.pooled and len(data) == 7  # the 9 val + test patients, 2 with an Unknown murmur
     by_patient = {row["patient_id"]: i for i, row in enumerate(data.rows)}
-    assert set(by_patient) == {"23625", "40840", "49824", "50007", "50047", "50105", "50277", "50379", "78280",
-                               "84732", "84784", "85135", "85210", "85321"}
+    assert set(by_patient) == {"23625", "40840", "50047", "50379", "78280", "84732", "85321"}
     murmur = by_patient["84732"]  # murmur heard at MV only: its other recordings are in the unit too
     assert data.classes[data.labels[murmur]] == "present"
     assert sorted(Path(p).name for p in data.recordings_of(murmur)) == sorted(
@@ -134,11 +135,11 @@ def test_descriptor_tasks_label_the_sites_where_the_murmur_is_heard(fake_circor,
     assert all(data.classes[label] == expected[row[column]] for label, row in zip(data.labels, data.rows))
     # Values outside the mapping (mid-systolic, musical) are left out.
     assert {row[column] for row in data.rows} == set(expected)
-    # Every held-out (val + test) patient is tested exactly once; train patients never are.
+    # Only held-out (val + test) patients are read, and every one is tested exactly once.
+    assert set(data.split_values) == {"val", "test"}
     splits = make_splits(data)
     tested = np.concatenate([s.test for s in splits])
-    held_out = np.flatnonzero(np.isin(data.split_values, ["val", "test"]))
-    assert sorted(tested.tolist()) == held_out.tolist()
+    assert sorted(tested.tolist()) == list(range(len(data)))
     for split in splits:
         assert not set(data.groups[split.train]) & set(data.groups[split.test])
 
@@ -176,10 +177,8 @@ def test_cross_source_tasks_test_only_held_out_rows_of_the_other_source(circor_s
 def test_the_counts_in_the_notes_are_those_of_the_full_set():
     murmur = load_task("circor_murmur")
     test = make_splits(murmur)[0].test
-    assert np.bincount(murmur.labels[test]).tolist() == [479, 97] and len(murmur) == 2890
+    assert np.bincount(murmur.labels[test]).tolist() == [479, 97] and len(murmur) == 1157
     patients = load_task("circor_murmur_patient")
-    assert np.bincount(patients.labels).tolist() == [695, 179] and len(patients.recording_paths()) == 3007
+    assert np.bincount(patients.labels).tolist() == [281, 74]
     timing = load_task("circor_murmur_timing")
-    held_out = np.isin(timing.split_values, ["val", "test"])
-    assert [len({timing.rows[i]["patient_id"] for i in np.flatnonzero(held_out & (timing.labels == k))})
-            for k in (0, 1)] == [26, 39]
+    assert np.bincount(timing.labels).tolist() == [61, 110] and len(set(timing.groups)) == 60
