@@ -416,13 +416,14 @@ def open_embedder(spec: ModelSpec, **embedder_kwargs: Any) -> Iterator[FileEmbed
         spec ([`ModelSpec`]): the column.
         **embedder_kwargs: [`~acula_eval.embeddings.AudioEmbedder`] arguments (`device`, `batch_size`,
             `window_seconds`, `hop_seconds`, `cache_dir`, `show_progress`, `decode_workers`, `autocast_dtype`,
-            `max_windows_per_recording`); `logmel-stats` uses `device`, `batch_size`, `cache_dir`, `show_progress`,
+            `max_windows_per_recording`, `shared_prefix_layers`); `logmel-stats` uses `device`, `batch_size`, `cache_dir`, `show_progress`,
             `decode_workers` and `max_windows_per_recording` and always its reference windows.
     """
     if spec.kind == LOGMEL_STATS:
         keep = ("batch_size", "cache_dir", "show_progress", "decode_workers", "device", "max_windows_per_recording")
         yield LogMelStatsEmbedder(**{k: v for k, v in embedder_kwargs.items() if k in keep})
     elif spec.kind == "random":
+        embedder_kwargs.pop("shared_prefix_layers", None)  # random weights share no bottom with another column
         folder = Path(tempfile.mkdtemp(prefix="acula-random-init-"))
         try:
             save_random_init(spec.folder, folder)

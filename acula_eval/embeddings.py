@@ -204,6 +204,10 @@ class AudioEmbedder(FileEmbedder):
             `benchmarks/`).
         max_windows_per_recording (`int`, *optional*): embed only the first N windows of each recording (the
             recording's embedding is then the mean of those); `None` (the default) uses every window.
+        shared_prefix_layers (`int`, *optional*): Whisper-backed acula folders: keep the output of the first N layers
+            per window in the cache folder ([`~acula_eval.shared_prefix.SharedPrefixStore`]), so that every model of
+            the evaluation with the same bottom weights (a start and its top-layer LoRA runs) computes it once and
+            runs only its own top layers. The embeddings are the same.
     """
 
     def __init__(
@@ -219,6 +223,7 @@ class AudioEmbedder(FileEmbedder):
         decode_workers: int = 2,
         autocast_dtype: str | torch.dtype | None = None,
         max_windows_per_recording: int | None = None,
+        shared_prefix_layers: int | None = None,
     ):
         if isinstance(autocast_dtype, str):
             if autocast_dtype not in ("bfloat16", "float16"):
@@ -254,6 +259,18 @@ class AudioEmbedder(FileEmbedder):
         self.fingerprint = fingerprint
         self._set_file_settings(batch_size, decode_workers, show_progress, cache_dir, model_key,
                                 max_windows_per_recording)
+        self.prefix_store = None
+        if shared_prefix_layers is not None:
+            if not self.is_acula:
+                raise ValueError(f"{self.model_dir}: shared_prefix_layers applies to acula folders with a Whisper "
+                                 "backbone.")
+            from .shared_prefix import SharedPrefixStore
+
+            if cache_dir is False:
+                raise ValueError("shared_prefix_layers stores hidden states in the cache folder: it needs a cache.")
+            # Not part of the vectors' cache key: the same encoder computes the same embedding either way.
+            store_root = Path(default_cache_dir() if cache_dir in (None, True) else cache_dir) / "shared-prefix"
+            self.prefix_store = SharedPrefixStore(self.model, shared_prefix_layers, store_root)
         self._forward_params = set(inspect.signature(self.model.forward).parameters)
 
     def window_and_hop(self) -> tuple[int, int]:
@@ -288,12 +305,13 @@ class AudioEmbedder(FileEmbedder):
             device=self.device,
         )
         windows, index = features["input_values"], features["recording_index"].to(self.device)
-        pooled = torch.cat(
-            [
-                self.model(input_values=windows[start : start + 4 * self.batch_size]).pooler_output.float()
-                for start in range(0, windows.shape[0], 4 * self.batch_size)
-            ]
-        )
+        def encode(chunk: torch.Tensor) -> torch.Tensor:
+            if self.prefix_store is not None:
+                return self.prefix_store.pooled(chunk)
+            return self.model(input_values=chunk).pooler_output
+
+        pooled = torch.cat([encode(windows[start : start + 4 * self.batch_size]).float()
+                            for start in range(0, windows.shape[0], 4 * self.batch_size)])
         return mean_per_recording(pooled, index)
 
     def _embed_foreign(self, waveforms: list[np.ndarray]) -> torch.Tensor:

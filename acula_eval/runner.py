@@ -79,6 +79,7 @@ class EvalArguments:
     few_shot_draws: int = field(default=20, metadata={"help": "Draws of each few-label size (the same draws for every model)."})
     reference: str | None = field(default=None, metadata={"help": "Column name of the model every other column is compared with (paired bootstrap of the AUROC difference over test patients). Default: the frozen starting encoder, when --add_baselines adds it or it is listed."})
     max_windows_per_recording: int | None = field(default=None, metadata={"help": "Embed only the first N windows of each recording (1: the first window only; cheaper on long recordings). Default: every window."})
+    shared_prefix_layers: int | None = field(default=None, metadata={"help": "Whisper-backed acula folders: store the output of their first N layers per window, so that every model sharing those weights (a start and its top-layer LoRA runs: 4 for Whisper-base with --lora_top_layers 2) computes them once and runs only its top layers. Random-weight columns are not shared. The embeddings are the same."})
     plots: bool = field(default=True, metadata={"help": "Write PNG plots."})
     projection: str = field(default="pca", metadata={"help": "2-D projection of the embedding plots: pca or tsne."})
     list_tasks: bool = field(default=False, metadata={"help": "Print the task registry and exit."})
@@ -191,7 +192,8 @@ def run_evaluation(args: EvalArguments) -> dict[str, Any]:
                            hop_seconds=args.hop_seconds, autocast_dtype=args.autocast_dtype,
                            decode_workers=args.decode_workers, cache_dir=False if args.no_cache else args.cache_dir,
                            show_progress=not args.quiet,
-                           max_windows_per_recording=args.max_windows_per_recording) as embedder:
+                           max_windows_per_recording=args.max_windows_per_recording,
+                           shared_prefix_layers=args.shared_prefix_layers) as embedder:
             columns.append(evaluate_model(spec, embedder, datasets, splits, settings, say))
     results = [record for column in columns for record in column.results]
     retrieval = [record for column in columns for record in column.retrieval]
