@@ -1,9 +1,13 @@
 """The alignment loop of `train_acula.py` as an object: data, model, optimisation, steps, checkpoints, output folder.
 
 [`AlignmentTrainer.run`] goes: manifest -> leakage guard -> cached spectrograms -> reports -> cached teacher vectors
--> model (LoRA or whole) -> resume -> optimiser steps (each one accumulation window through
+-> model -> cached frozen encoder prefix (`prefix_cache.py`: LoRA on a Whisper encoder's top layers) -> LoRA (or the
+whole encoder) -> resume -> optimiser steps (each one accumulation window through
 [`~acula_train.gradient_cache.backward_over_window`], so that the alignment loss sees every micro-batch of the step)
 -> crash-safe checkpoints -> the output folder, readout included, swapped in whole.
+
+With `--supervised_label_column` the same run trains a supervised ceiling instead (`supervised.py`): labels replace
+the reports and the teacher, cross-entropy the alignment loss.
 
 The loop does its own accumulation (Accelerate's is per micro-batch, which the alignment loss cannot use), and every
 random draw (data order, masks, dropout) comes from (seed, epoch, row or micro-batch), so that a resumed run and a
@@ -40,7 +44,7 @@ from . import checkpoints
 from .arguments import DEFAULT_WHISPER_LORA_TOP_LAYERS, AlignmentTrainingArguments, DataArguments, ModelArguments
 from .audio_batches import decoded_batches
 from .dataset import pair_dataset, spectrogram_cache
-from .gradient_cache import WindowLosses, backward_over_window, backward_per_micro_batch
+from .gradient_cache import WindowLosses, backward_over_window, backward_per_micro_batch, release_freed_memory
 from .leakage import apply_leakage_guard
 from .manifest import load_manifest
 from .optimization import weight_decay_parameter_groups
@@ -357,7 +361,8 @@ class AlignmentTrainer:
     # --- data and model -------------------------------------------------------------------------------------------
 
     def prepare_data(self) -> None:
-        """Rows (guarded), spectrograms (cached), reports, teacher vectors (cached), the model and the dataloader."""
+        """Rows (guarded), spectrograms (cached), reports and teacher vectors (cached; labels instead for the
+        supervised objective), the model, the frozen encoder prefix (cached, where it applies) and the dataloader."""
         self.load_rows()
         self.prepare_features()
         if self.labels is not None:  # the supervised objective: labels instead of reports and a teacher
@@ -436,9 +441,9 @@ class AlignmentTrainer:
         if silent and not self.data_args.keep_silent_recordings:
             kept = self.kept
             self.skipped_rows += [{"row": public_row_label(kept, i),
-                                  "file": manifest_relative_path(kept.audio_paths[i], kept.root),
-                                  "reason": "digitally silent over the model window (constant spectrogram)"}
-                                 for i in silent]
+                                   "file": manifest_relative_path(kept.audio_paths[i], kept.root),
+                                   "reason": "digitally silent over the model window (constant spectrogram)"}
+                                  for i in silent]
             silent_set = set(silent)
             self.kept = kept.select([i for i in range(len(kept)) if i not in silent_set])
             self.log(f"Skipped {len(silent)} silent recordings (listed in skipped_rows.jsonl; "
@@ -506,6 +511,7 @@ class AlignmentTrainer:
         cache = prefix_cache(self.cache_dir, model.acula, self.prefix_layers, self.spectrograms)
         self.prefix_stats = prepare_prefix_cache(self.kept, model.acula, self.prefix_layers, self.spectrograms, cache,
                                                  self.accelerator, batch_size=self.args.per_device_train_batch_size)
+        release_freed_memory()  # the fill's activations: training starts from a trimmed heap
         stats = self.prefix_stats
         self.log(f"Prefix cache: {reason}; training runs the layers above from cached states ({stats.hits} hits, "
                  f"{stats.computed} computed on this process in {stats.seconds:.1f} s; {cache.folder}).")
@@ -743,9 +749,8 @@ class AlignmentTrainer:
             "window_seconds": round(self.extractor.num_samples / self.extractor.sampling_rate, 3),
             "objective": self.objective(),
             # a speed setting (the same steps up to float rounding), recorded for the benchmarks
-            "prefix_cache": (f"layers 0-{self.prefix_layers - 1} (and the stem) computed once per window"
-                             if self.prefix_layers else "the stem computed once per window"
-                             if self.prefix_layers == 0 else "off"),
+            "prefix_cache": ("off" if self.prefix_layers is None else
+                             f"the stem and {self.prefix_layers} frozen layers computed once per window"),
         }
 
     def objective(self) -> dict[str, Any]:
