@@ -6,13 +6,15 @@ loss computed per micro-batch only ever sees one micro-batch (gathered over proc
 al., 2021, "Scaling Deep Contrastive Learning Batch Size under Memory Limited Setup") makes the loss see them all,
 with exact gradients:
 
-1. embed every micro-batch without an autograd graph;
+1. embed every micro-batch without an autograd graph (the last one with its graph, kept for step 3);
 2. gather the embeddings of all processes, compute the alignment loss on the whole set, and take its gradient with
    respect to the embeddings (cheap: they are small `(n, d)` matrices);
-3. re-run each micro-batch with a graph, replaying the same random draws, and backpropagate the cached embedding
-   gradients (`sum(embeds * grad)`) together with the per-micro-batch terms (masked-audio modeling, distillation).
+3. backpropagate the last micro-batch's kept graph, then re-run each other micro-batch with a graph, replaying the
+   same random draws, and backpropagate the cached embedding gradients (`sum(embeds * grad)`) together with the
+   per-micro-batch terms (masked-audio modeling, distillation).
 
-The cost is one extra forward pass per micro-batch; a window of one micro-batch needs none and takes the plain path.
+The cost is one extra forward pass per micro-batch but one (the last micro-batch keeps its graph from step 1 and is
+backpropagated first, so one graph is alive at a time); a window of one micro-batch takes the plain path.
 """
 
 from __future__ import annotations
@@ -131,16 +133,25 @@ def backward_over_window(
                   for name in ("loss", "alignment_loss", *MICRO_BATCH_TERMS) if getattr(outputs, name) is not None}
         return WindowLosses(alignment_batch_size, True, values, {})
 
-    # 1. Embeddings of every micro-batch, without a graph.
+    # 1. Embeddings of every micro-batch, without a graph; the last one's with its graph, which step 3 backpropagates
+    # first (so it runs once, not twice: one graph is alive at a time, as before). Its forward is unsynchronised:
+    # DDP decides at forward time whether the backward all-reduces, and the synchronised one comes last.
+    last = len(window) - 1
     audio, text = [], []
-    with torch.no_grad():
-        for batch, seed in zip(window, forward_seeds):
-            torch.manual_seed(seed)
-            outputs = model(**batch, return_loss=False)
+    for i, (batch, seed) in enumerate(zip(window, forward_seeds)):
+        torch.manual_seed(seed)
+        if i == last:
+            with accelerator.no_sync(model):
+                kept = model(**batch, compute_alignment_loss=False)
+            audio.append(kept.audio_embeds.detach())
+            text.append(kept.text_embeds.detach())
+        else:
+            with torch.no_grad():
+                outputs = model(**batch, return_loss=False)
             audio.append(outputs.audio_embeds)
             text.append(outputs.text_embeds)
-
-    release_freed_memory()
+            del outputs
+            release_freed_memory()
 
     # 2. The alignment loss of the whole window and its gradient with respect to this process's embeddings.
     gathered_audio = accelerator.gather(torch.cat(audio)).detach().requires_grad_(True)
@@ -165,16 +176,20 @@ def backward_over_window(
     audio_grads = (gradients[0][start : start + local_size] * scale).split([a.shape[0] for a in audio])
     text_grads = (gradients[1][start : start + local_size] * scale).split([t.shape[0] for t in text])
 
-    # 3. Each micro-batch again, with a graph: cached embedding gradients plus its own terms.
+    # 3. The last micro-batch through its kept graph, then each other one again with a graph (replaying its random
+    # draws): cached embedding gradients plus its own terms. The last backward all-reduces.
     sums = {name: 0.0 for name in MICRO_BATCH_TERMS}
     present: set[str] = set()
     finite, nonfinite = True, {}
-    last = len(window) - 1
-    for i, (batch, seed) in enumerate(zip(window, forward_seeds)):
-        torch.manual_seed(seed)
-        synchronise = contextlib.nullcontext() if i == last else accelerator.no_sync(model)
+    order = [last, *range(last)]
+    for i in order:
+        synchronise = contextlib.nullcontext() if i == order[-1] else accelerator.no_sync(model)
         with synchronise:
-            outputs = model(**batch, compute_alignment_loss=False)
+            if i == last:
+                outputs, kept = kept, None
+            else:
+                torch.manual_seed(forward_seeds[i])
+                outputs = model(**window[i], compute_alignment_loss=False)
             surrogate = (outputs.audio_embeds * audio_grads[i]).sum() + (outputs.text_embeds * text_grads[i]).sum()
             if outputs.loss is not None:
                 if _all_finite(accelerator, outputs.loss):
@@ -184,7 +199,7 @@ def backward_over_window(
                     nonfinite = nonfinite or {n: getattr(outputs, n).item() for n in MICRO_BATCH_TERMS
                                               if getattr(outputs, n) is not None}
                     surrogate = surrogate + outputs.loss.nan_to_num(0.0, 0.0, 0.0) * 0.0
-            if logit_scale is not None and i == last:
+            if logit_scale is not None and i == order[-1]:
                 surrogate = surrogate + (head.logit_scale * gradients[2] * scale).sum()
             accelerator.backward(surrogate)
         for name in MICRO_BATCH_TERMS:

@@ -95,8 +95,9 @@ def select_labelled_rows(manifest, column: str, values: str | None = None, drop_
     else:
         classes = sorted({label for label in labels if label})
     if len(classes) < 2:
+        source = "--supervised_label_values" if values else f"the column of {manifest.source}"
         raise ValueError(f"--supervised_label_column {column!r}: cross-entropy needs at least two classes, got "
-                         f"{classes} (from {'--supervised_label_values' if values else 'the column of ' + str(manifest.source)}).")
+                         f"{classes} (from {source}).")
     wanted = set(classes)
     others = [i for i, label in enumerate(labels) if label not in wanted]
     dropped = Counter(labels[i] for i in others)

@@ -112,8 +112,11 @@ def main(argv: list[str] | None = None) -> dict:
         # trainer, whose arguments are the defaults.
         probe_rows = None
         if args.steps:
+            # A 10% margin: silent recordings are skipped (18 of the dev pack's first 528 train rows), and every timed
+            # step must be a full accumulation window.
             probe = parse_training_args(["--manifest", args.manifest, *args.extra])[2]
-            probe_rows = (args.steps + 1) * probe.per_device_train_batch_size * probe.gradient_accumulation_steps
+            probe_rows = math.ceil(1.1 * (args.steps + 1) * probe.per_device_train_batch_size
+                                   * probe.gradient_accumulation_steps)
         for mode in MODES:
             trainers[mode] = build_trainer(mode, args, cache_dir, output_root, probe_rows)
         on = trainers["on"]
@@ -125,12 +128,12 @@ def main(argv: list[str] | None = None) -> dict:
         entries = len(list(stats.folder.glob("??/*.safetensors")))
         batch, accumulation = on.args.per_device_train_batch_size, on.args.gradient_accumulation_steps
         depth = on.config.audio_backbone_config.encoder_layers
+        window = on.extractor.num_samples / on.extractor.sampling_rate
         recipe = (f"{'the default recipe' if not args.extra else 'train_acula.py ' + ' '.join(args.extra)} "
-                  f"({on.init_from and Path(on.init_from).name}, {on.extractor.num_samples / on.extractor.sampling_rate:g} s window, LoRA "
-                  f"on the top {depth - on.prefix_layers} of {depth} layers, preservation "
-                  f"{on.config.preservation_loss})")
+                  f"({on.init_from and Path(on.init_from).name}, {window:g} s window, LoRA on the top "
+                  f"{depth - on.prefix_layers} of {depth} layers, preservation {on.config.preservation_loss})")
         steps_per_epoch = math.ceil((train_rows // batch) / accumulation)
-        timed = args.steps or math.ceil((used_rows // batch) / accumulation) - 1
+        timed = args.steps or (used_rows // batch) // accumulation - 1  # full windows after the warm-up one
 
         # Alternate the modes step by step, after one warm-up step each.
         iterators = {}
@@ -144,7 +147,10 @@ def main(argv: list[str] | None = None) -> dict:
             for mode in MODES:
                 trainer = trainers[mode]
                 start_wall, start_cpu = time.perf_counter(), time.process_time()
-                window = next(iterators[mode])
+                window = next(iterators[mode], None)
+                if window is None or len(window) < accumulation:
+                    raise SystemExit(f"benchmarks/prefix_cache.py: {used_rows} rows do not make {timed + 1} full "
+                                     "accumulation windows; pass fewer --steps.")
                 result = trainer.training_step(window, 0, step * accumulation)
                 if step == 0:
                     first_losses[mode] = result.values
@@ -176,7 +182,7 @@ def main(argv: list[str] | None = None) -> dict:
     print()
     print(f"Prefix cache benchmark: {recipe}, batch {batch} x {accumulation} with gradient caching, {args.manifest}")
     print(f"  train rows: {train_rows} -> {steps_per_epoch} optimiser steps per epoch; timed: {timed} steps per mode "
-          f"(after 1 warm-up step) on the first {used_rows} train rows, alternating the modes"
+          f"(after 1 warm-up step) on the first {used_rows} train rows that are not silent, alternating the modes"
           + (f"; the epoch figures below are EXTRAPOLATED from them ({timed} of {steps_per_epoch} steps)"
              if extrapolated else ""))
     print(f"  first step's loss: off {first_losses['off'].get('loss'):.6f}, on {first_losses['on'].get('loss'):.6f} "

@@ -295,6 +295,10 @@ class AculaModel(AculaPreTrainedModel):
       wav2vec2, ...) take their own feature extractor's inputs; their embedding is their `pooler_output`, or the mean
       over the frames that `attention_mask` marks as real.
 
+    A Whisper backbone can also run in two parts: [`forward_prefix`] (the stem and the first layers) and
+    [`forward_from_layer`] (the layers above, the final norm and the pooling). With adapters on the top layers only,
+    the prefix is a fixed function of the window, which the training app computes once (its prefix cache).
+
     Args:
         config ([`AculaConfig`]): model configuration; weights are not loaded by the constructor.
     """
@@ -429,8 +433,8 @@ class AculaModel(AculaPreTrainedModel):
         return_dict: bool | None = None,
     ) -> BaseModelOutputWithPooling | tuple:
         """Continue a Whisper backbone from the output of its first `start_layer` layers (what [`forward_prefix`]
-        returns): the remaining layers, the final layer norm and the pooling over the frames that hold audio.
-        `forward_from_layer(*forward_prefix(x, n), start_layer=n)` equals `forward(x)`.
+        returns): the remaining layers, the final layer norm and the pooling over the frames that hold audio. With
+        `hidden, mask = forward_prefix(x, n)`, `forward_from_layer(hidden, n, mask)` equals `forward(x)`.
 
         Args:
             hidden_states (`torch.FloatTensor` of shape `(batch_size, num_frames, d_model)`):

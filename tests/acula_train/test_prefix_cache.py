@@ -142,7 +142,8 @@ def test_every_part_of_the_key_decides_a_hit(filled, rows, tiny_whisper_start, t
     # another frozen layer count, another window, other feature settings: misses
     assert entry(start_model(tiny_whisper_start), layers=2) is None
     four = AculaFeatureExtractor.for_whisper(4.0)
-    assert entry(start_model(tiny_whisper_start, window=4.0), spectrogram_cache_=spectrogram_cache(cache_dir, four)) is None
+    four_seconds = spectrogram_cache(cache_dir, four)
+    assert entry(start_model(tiny_whisper_start, window=4.0), spectrogram_cache_=four_seconds) is None
     float64 = spectrogram_cache(cache_dir, AculaFeatureExtractor.for_whisper(WINDOW, compute_dtype="float64"))
     assert entry(start_model(tiny_whisper_start), spectrogram_cache_=float64) is None
     # other weight dtype
@@ -155,7 +156,8 @@ def test_the_cache_applies_to_whisper_lora_with_a_deterministic_prefix(tiny_whis
     config = start_model(tiny_whisper_start).config
     assert frozen_prefix_layers(config, full_finetune=False, top_layers=2)[0] == 1
     assert frozen_prefix_layers(config, full_finetune=False, top_layers=None)[0] == 0  # the stem is still frozen
-    assert frozen_prefix_layers(config, full_finetune=True, top_layers=2) == (None, "--full_finetune trains every layer")
+    assert frozen_prefix_layers(config, full_finetune=True, top_layers=2) == (None,
+                                                                              "--full_finetune trains every layer")
     config.audio_backbone_config.dropout = 0.1
     layers, reason = frozen_prefix_layers(config, full_finetune=False, top_layers=2)
     assert layers is None and "dropout" in reason
@@ -271,7 +273,8 @@ def test_two_process_ddp_with_the_cache_equals_one_process_without(uncached_run,
     root, _ = uncached_run
     sgd = ("--max_steps", "2", "--warmup_steps", "0", "--learning_rate", "1", "--max_grad_norm", "1e9",
            "--weight_decay", "0")
-    monkeypatch.setattr(torch.optim, "AdamW", lambda params, lr, weight_decay=0.0, **kwargs: torch.optim.SGD(params, lr=lr))
+    monkeypatch.setattr(torch.optim, "AdamW",
+                        lambda params, lr, weight_decay=0.0, **kwargs: torch.optim.SGD(params, lr=lr))
     single = run_in_process(whisper_run_args(tiny_whisper_start, tmp_path / "single", root / "cache", *sgd,
                                              "--per_device_train_batch_size", "16", "--prefix_cache", "false",
                                              dropout=0.0))

@@ -94,7 +94,8 @@ def test_the_objective_and_the_dropped_rows_are_recorded(ceiling):
     skipped = [json.loads(line) for line in (output / "skipped_rows.jsonl").read_text().splitlines()]
     assert len(skipped) == 24 and all("is not a class (--supervised_drop_other_labels)" in r["reason"] for r in skipped)
     card = (output / "README.md").read_text()
-    assert "**supervised ceiling**" in card and "against the manifest column `label`, classes `normal`, `abnormal`" in card
+    assert "**supervised ceiling**" in card
+    assert "against the manifest column `label`, classes `normal`, `abnormal`" in card
     assert "`cough-heavy` 6" in card
     args = json.loads((output / "training_args.json").read_text())
     assert args["data"]["supervised_label_column"] == "label"

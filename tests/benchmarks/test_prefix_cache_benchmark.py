@@ -26,8 +26,10 @@ def test_both_modes_take_the_same_steps_and_the_figures_are_complete(dev_pack, t
     out = capsys.readouterr().out
     # the same first step in both modes (same rows, seeds and weights), to the float rounding of the split encoder
     assert figures["first_losses"]["on"]["loss"] == pytest.approx(figures["first_losses"]["off"]["loss"], rel=1e-5)
-    assert figures["train_rows"] == 1648 and figures["rows_used"] == 16  # (1 + 1 warm-up) steps x 4 x 2
+    # (1 + 1 warm-up) steps x 4 x 2, with a 10% margin for silent recordings
+    assert figures["train_rows"] == 1648 and 16 <= figures["rows_used"] <= 18
     assert figures["steps_per_epoch"] == 206 and figures["steps_timed"] == 1
-    assert figures["fill_rows"] == 16 and figures["fill_s"] > 0 and figures["disk_bytes"] > 16 * 100 * 32 * 4
+    assert figures["fill_rows"] == figures["rows_used"] and figures["fill_s"] > 0
+    assert figures["disk_bytes"] > figures["rows_used"] * 100 * 32 * 4  # 100 frames x width 32, float32
     assert all(figures["step_s"][mode] > 0 for mode in ("off", "on"))
     assert "EXTRAPOLATED" in out and "one-off fill" in out and "LoRA on the top 1 of 3 layers" in out
