@@ -83,7 +83,7 @@ def select_labelled_rows(manifest, column: str, values: str | None = None, drop_
         `ValueError`: a column the manifest lacks (naming the columns it has), fewer than two classes, or a row with
             an empty or other label without `drop_others` (naming the first rows and the values).
     """
-    columns = list(manifest.rows[0]) if manifest.rows else []
+    columns = list(dict.fromkeys(name for row in manifest.rows for name in row))  # JSONL rows may differ
     if column not in columns:
         raise ValueError(f"--supervised_label_column {column!r}: {manifest.source} has no such column; its columns "
                          f"are: {', '.join(columns)}.")
