@@ -215,7 +215,8 @@ def test_a_folder_without_content_hashes_is_not_checked_in_every_output(moved_ru
     assert saved["leakage_checks"]["older"]["status"] == "not checked"
     assert "aligned_recordings.jsonl" in saved["leakage_checks"]["older"]["reason"]
     table = (tmp_path / "eval" / "results.md").read_text()
-    assert "| leakage check | | | | **not checked** | n/a (no trained weights) |" in table
+    # baseline columns (logmel-stats) come first, then the model
+    assert "| leakage check | | | | n/a (no trained weights) | **not checked** |" in table
     assert "Leakage not checked for older: older-run has no aligned_recordings.jsonl" in table
     documents = [d for d in yaml.safe_load_all((tmp_path / "eval" / "model_index.yaml").read_text()) if d]
     (older_index,) = documents  # logmel-stats has no model card
