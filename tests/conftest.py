@@ -23,7 +23,8 @@ from modeling_acula.file_utils import DEV_PACK_ENV, default_dev_pack  # noqa: E4
 
 DEV_PACK = default_dev_pack()
 # CirCor in its official layout (16 patients, 47 recordings), shipped beside the dev pack.
-CIRCOR_SAMPLE = Path(os.environ.get("ACULA_CIRCOR_SAMPLE") or DEV_PACK.parent / "circor-sample").expanduser()
+CIRCOR_SAMPLE = Path(os.environ.get("ACULA_CIRCOR_SAMPLE")
+                     or Path(__file__).resolve().parents[2] / "shared" / "data" / "circor-sample").expanduser()
 # Set by CI (.ci/run): a missing dev pack then fails the session instead of skipping the tests that read it.
 REQUIRE_DEV_PACK_ENV = "ACULA_REQUIRE_DEV_PACK"
 
@@ -35,9 +36,6 @@ def dev_pack_is_required() -> bool:
 
 
 def pytest_sessionstart(session):
-    if dev_pack_is_required() and not (CIRCOR_SAMPLE / "training_data.csv").is_file():
-        pytest.exit(f"The CirCor sample is required but {CIRCOR_SAMPLE / 'training_data.csv'} does not exist: point "
-                    "ACULA_CIRCOR_SAMPLE at the circor-sample folder.", returncode=pytest.ExitCode.TESTS_FAILED)
     if dev_pack_is_required() and not (DEV_PACK / "metadata.csv").is_file():
         pytest.exit(
             f"The dev pack is required ({REQUIRE_DEV_PACK_ENV}={os.environ.get(REQUIRE_DEV_PACK_ENV, '')!r}, "
@@ -45,6 +43,9 @@ def pytest_sessionstart(session):
             f"point {DEV_PACK_ENV} at the auscultation-dev folder.",
             returncode=pytest.ExitCode.TESTS_FAILED,
         )
+    if dev_pack_is_required() and not (CIRCOR_SAMPLE / "training_data.csv").is_file():
+        pytest.exit(f"The CirCor sample is required but {CIRCOR_SAMPLE / 'training_data.csv'} does not exist: point "
+                    "ACULA_CIRCOR_SAMPLE at the circor-sample folder.", returncode=pytest.ExitCode.TESTS_FAILED)
 
 
 @pytest.fixture(scope="session")
