@@ -6,7 +6,9 @@ own (the alignment loss of a step must see every micro-batch of it, see `gradien
 `Trainer` features it does not have are refused rather than silently ignored ([`UNSUPPORTED_TRAINING_SETTINGS`]).
 
 Two flags keep acula's earlier names as aliases: `--checkpointing_steps` is `--save_steps` and
-`--checkpoints_total_limit` is `--save_total_limit`.
+`--checkpoints_total_limit` is `--save_total_limit`. Two take transformers' audio-example names as aliases:
+`--audio_column_name` is `--audio_column` and `--report_column_name` is `--report_column` (one setting each, for a
+manifest and for `--dataset_name` alike).
 """
 
 from __future__ import annotations
@@ -47,10 +49,38 @@ UNSUPPORTED_TRAINING_SETTINGS = {
 class DataArguments:
     manifest: str | None = field(
         default=None,
-        metadata={"help": "CSV, JSONL or `datasets` folder with an audio path per row (default: the shipped demo pack)."},
+        metadata={"help": "CSV, JSONL or `datasets` folder with an audio path per row (default: the shipped demo pack; "
+                          "or --dataset_name)."},
     )
-    audio_column: str = field(default="file", metadata={"help": "Column with each row's audio path."})
-    report_column: str | None = field(default=None, metadata={"help": "Column with ready-written reports."})
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "Train from a `datasets` dataset instead of a manifest: a Hub id, a builder (audiofolder, csv, "
+                          "json, parquet, ...) with --data_dir / --data_files, or a save_to_disk folder. Rows of "
+                          "--train_split_name are aligned on; the recordings and patients of the held-out splits "
+                          "(--eval_split_name) are kept out by the leakage guard. See acula_train/hf_datasets.py."},
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "The configuration of --dataset_name."})
+    data_dir: str | None = field(default=None, metadata={"help": "Data folder of a --dataset_name builder (e.g. an "
+                                                                   "audiofolder with metadata.csv)."})
+    data_files: list[str] = field(
+        default_factory=list, metadata={"help": "Data files of a --dataset_name builder: a.csv, or train=a.csv "
+                                                "test=b.csv. Relative audio paths resolve against the first file's "
+                                                "folder (against --data_dir when given)."})
+    train_split_name: str = field(
+        default="train", metadata={"help": "--dataset_name: the split(s) aligned on (train+validation joins two)."})
+    eval_split_name: str | None = field(
+        default=None, metadata={"help": "--dataset_name: the held-out split(s), whose recordings and patients are "
+                                        "refused (default: every split other than --train_split_name)."})
+    patient_column_name: str | None = field(
+        default=None, metadata={"help": "--dataset_name: the patient / participant column, copied to group_id, the "
+                                        "leakage guard's patient column (default: the dataset's group_id, if any)."})
+    audio_column: str | None = field(
+        default=None, metadata={"aliases": ["--audio_column_name"],
+                                "help": "Column with each row's audio: a path (manifest default: file), or an Audio "
+                                        "column (--dataset_name default: audio). Alias: --audio_column_name."})
+    report_column: str | None = field(
+        default=None, metadata={"aliases": ["--report_column_name"],
+                                "help": "Column with ready-written reports. Alias: --report_column_name."})
     split_column: str | None = field(
         default=None, metadata={"help": "Column naming each row's split; rows in --eval_splits are refused."}
     )
@@ -245,6 +275,7 @@ def argument_errors(data_args: DataArguments, model_args: ModelArguments,
     if model_args.preservation_loss not in (None, "feature_distillation", "none"):
         errors.append(f"--preservation_loss must be 'feature_distillation' or 'none', got "
                       f"{model_args.preservation_loss!r}.")
+    errors += dataset_argument_errors(data_args)
     if data_args.supervised_label_column is None:
         for name in ("supervised_label_values", "supervised_drop_other_labels"):
             if getattr(data_args, name):
@@ -268,15 +299,35 @@ def argument_errors(data_args: DataArguments, model_args: ModelArguments,
     return errors
 
 
+def dataset_argument_errors(data_args: DataArguments) -> list[str]:
+    """The `datasets` input settings that are refused: two sources, or dataset settings without a dataset."""
+    if data_args.dataset_name is not None:
+        errors = []
+        if data_args.manifest is not None:
+            errors.append("pass --manifest or --dataset_name, not both.")
+        if data_args.split_column is not None:
+            errors.append("--dataset_name splits by the dataset's splits (--train_split_name, --eval_split_name): "
+                          "--split_column applies to --manifest.")
+        return errors
+    given = [name for name in ("dataset_config_name", "data_dir", "data_files", "eval_split_name",
+                               "patient_column_name") if getattr(data_args, name)]
+    if data_args.train_split_name != "train":
+        given.append("train_split_name")
+    return [f"--{name} applies with --dataset_name only." for name in given]
+
+
 def resolve_defaults(data_args: DataArguments, model_args: ModelArguments,
                      train_args: AlignmentTrainingArguments) -> None:
     """Fill the defaults that depend on other settings: the demo pack and its epochs, whole-encoder training for a
     native preset that starts from random weights."""
+    demo = data_args.manifest is None and data_args.dataset_name is None
     if train_args.num_train_epochs is None:
-        train_args.num_train_epochs = DEMO_EPOCHS if data_args.manifest is None else DEFAULT_EPOCHS
-    if data_args.manifest is None:
+        train_args.num_train_epochs = DEMO_EPOCHS if demo else DEFAULT_EPOCHS
+    if demo:
         data_args.manifest = str(DEMO_MANIFEST)
         data_args.split_column = data_args.split_column or "suggested_split"
+    if data_args.audio_column is None:  # transformers' audio examples read "audio"; acula's manifests "file"
+        data_args.audio_column = "audio" if data_args.dataset_name is not None else "file"
     train_args.logging_steps = int(train_args.logging_steps)
     if model_args.preset != "whisper-base" and model_args.init_from is None and not model_args.full_finetune:
         # LoRA adapters on random weights learn a low-rank change of noise: a fresh native encoder trains in full.

@@ -45,6 +45,7 @@ from .arguments import DEFAULT_WHISPER_LORA_TOP_LAYERS, AlignmentTrainingArgumen
 from .audio_batches import decoded_batches
 from .dataset import pair_dataset, spectrogram_cache
 from .gradient_cache import WindowLosses, backward_over_window, backward_per_micro_batch, release_freed_memory
+from .hf_datasets import SPLIT_COLUMN, load_dataset_manifest
 from .leakage import apply_leakage_guard
 from .manifest import load_manifest
 from .optimization import weight_decay_parameter_groups
@@ -221,6 +222,11 @@ def run_config(data_args: DataArguments, model_args: ModelArguments, train_args:
     fingerprint = hashlib.sha256("\n".join(str(path) for path in kept.audio_paths).encode("utf-8")).hexdigest()
     settings = {
         "manifest": resolved(data_args.manifest),
+        # Recorded only for a --dataset_name run, so that the settings of a manifest run's checkpoints stay the same.
+        "dataset": {"name": data_args.dataset_name, "config": data_args.dataset_config_name,
+                    "data_dir": resolved(data_args.data_dir), "data_files": list(data_args.data_files),
+                    "train_split_name": data_args.train_split_name, "eval_split_name": data_args.eval_split_name,
+                    "patient_column_name": data_args.patient_column_name} if data_args.dataset_name else None,
         "rows_used": len(kept),
         "rows_fingerprint": fingerprint[:16],
         "audio_column": data_args.audio_column,
@@ -398,12 +404,22 @@ class AlignmentTrainer:
                                      drop_last=True, num_workers=self.args.dataloader_num_workers)
 
     def load_rows(self) -> None:
-        """The manifest, through the leakage guard and --max_train_samples."""
+        """The manifest (or the --dataset_name rows), through the leakage guard and --max_train_samples."""
         data_args = self.data_args
-        self.manifest = load_manifest(data_args.manifest, audio_column=data_args.audio_column,
-                                      report_column=data_args.report_column)
+        split_column, eval_splits = data_args.split_column, tuple(data_args.eval_splits)
+        if data_args.dataset_name is not None:  # the dataset's held-out splits are the guard's evaluation splits
+            self.manifest, eval_splits = load_dataset_manifest(
+                data_args.dataset_name, dataset_config_name=data_args.dataset_config_name, data_dir=data_args.data_dir,
+                data_files=data_args.data_files, train_split_name=data_args.train_split_name,
+                eval_split_name=data_args.eval_split_name, audio_column=data_args.audio_column or "audio",
+                report_column=data_args.report_column, patient_column=data_args.patient_column_name,
+                audio_dir=self.cache_dir / "datasets-audio")
+            split_column = SPLIT_COLUMN
+        else:
+            self.manifest = load_manifest(data_args.manifest, audio_column=data_args.audio_column or "file",
+                                          report_column=data_args.report_column)
         self.kept, self.guard_report = apply_leakage_guard(
-            self.manifest, split_column=data_args.split_column, eval_splits=tuple(data_args.eval_splits),
+            self.manifest, split_column=split_column, eval_splits=eval_splits,
             exclude_manifests=data_args.exclude, allow_leakage=data_args.allow_leakage,
         )
         self.log(self.guard_report.summary())
@@ -427,7 +443,7 @@ class AlignmentTrainer:
         if data_args.max_train_samples is not None:
             self.kept = self.kept.select(range(min(data_args.max_train_samples, len(self.kept))))
         if len(self.kept) == 0:
-            raise ValueError(f"No rows of {data_args.manifest} are left for alignment after the leakage guard.")
+            raise ValueError(f"No rows of {self.manifest.source} are left for alignment after the leakage guard.")
 
     def prepare_features(self) -> None:
         """The start's feature extractor, every spectrogram decoded once into the cache, silent recordings skipped."""
@@ -449,7 +465,7 @@ class AlignmentTrainer:
             self.log(f"Skipped {len(silent)} silent recordings (listed in skipped_rows.jsonl; "
                      "--keep_silent_recordings keeps them).")
         if len(self.kept) == 0:
-            raise ValueError(f"No rows of {self.data_args.manifest} are left for alignment.")
+            raise ValueError(f"No rows of {self.manifest.source} are left for alignment.")
 
     def make_reports(self) -> None:
         """One report per row (written from the metadata, or the --report_column), lower-cased if asked."""
