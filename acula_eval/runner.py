@@ -34,6 +34,7 @@ from .tasks import (
     Split,
     SplitPolicy,
     TaskData,
+    TaskSpec,
     get_task,
     list_tasks,
     load_task,
@@ -41,6 +42,7 @@ from .tasks import (
     restrict_to_splits,
 )
 from .tasks.dev_pack import SUGGESTED_SPLIT
+from .tasks.hf_dataset import dataset_task
 from .tasks.specs import default_circor
 
 logger = logging.getLogger(__name__)
@@ -82,6 +84,16 @@ class EvalArguments:
     shared_prefix_layers: int | None = field(default=None, metadata={"help": "Whisper-backed acula folders: store the output of their first N layers per window, so that every model sharing those weights (a start and its top-layer LoRA runs: 4 for Whisper-base with --lora_top_layers 2) computes them once and runs only its top layers. Random-weight columns are not shared. The embeddings are the same."})
     plots: bool = field(default=True, metadata={"help": "Write PNG plots."})
     projection: str = field(default="pca", metadata={"help": "2-D projection of the embedding plots: pca or tsne."})
+    dataset_name: str | None = field(default=None, metadata={"help": "Add one task from a `datasets` dataset: a Hub id, a builder (audiofolder, csv, ...) with --data_dir / --data_files, or a save_to_disk folder; needs --label_column_name. Without --tasks, only this task is evaluated. See acula_eval/tasks/hf_dataset.py."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "The configuration of --dataset_name."})
+    data_dir: str | None = field(default=None, metadata={"help": "Data folder of a --dataset_name builder (e.g. an audiofolder with metadata.csv)."})
+    data_files: list[str] = field(default_factory=list, metadata={"help": "Data files of a --dataset_name builder: a.csv, or train=a.csv test=b.csv."})
+    audio_column_name: str = field(default="audio", metadata={"help": "--dataset_name: the Audio column, or a column of audio file paths."})
+    label_column_name: str | None = field(default=None, metadata={"help": "--dataset_name: the column holding each recording's class."})
+    train_split_name: str | None = field(default=None, metadata={"help": "--dataset_name: the split the probe trains on; with --eval_split_name, the probe is tested on that split (default: grouped 5-fold over every split, or over this one)."})
+    eval_split_name: str | None = field(default=None, metadata={"help": "--dataset_name: the split the probe is tested on (needs --train_split_name)."})
+    patient_column_name: str | None = field(default=None, metadata={"help": "--dataset_name: the patient column the folds (and the leakage check) group by (default: the dataset's group_id, if any; else each recording is its own patient)."})
+    dataset_task_name: str | None = field(default=None, metadata={"help": "--dataset_name: the task's name in the results (default: <dataset>/<label column>)."})
     list_tasks: bool = field(default=False, metadata={"help": "Print the task registry and exit."})
     quiet: bool = field(default=False, metadata={"help": "No progress bars."})
 
@@ -145,8 +157,14 @@ def load_tasks(args: EvalArguments) -> tuple[dict[str, TaskData], dict[str, list
     """
     datasets: dict[str, TaskData] = {}
     splits: dict[str, list[Split]] = {}
-    for task_name in resolve_task_names(args.tasks):
-        data = load_task(task_name, dev_pack=args.dev_pack, data_root=args.data_root, circor=args.circor,
+    task_specs = [get_task(name) for name in resolve_task_names(args.tasks)] if args.tasks or not args.dataset_name else []
+    if args.dataset_name:  # --dataset_name alone evaluates its task only
+        task_specs.append(dataset_task_from_args(args))
+    for spec in task_specs:
+        task_name = spec.name
+        if task_name in datasets:
+            raise ValueError(f"Two tasks are named {task_name!r}: pass --dataset_task_name.")
+        data = load_task(spec, dev_pack=args.dev_pack, data_root=args.data_root, circor=args.circor,
                          max_recordings=args.max_per_task)
         # Recordings on no side of any split (a transfer task's unused target rows) are neither embedded nor counted.
         datasets[task_name], splits[task_name] = restrict_to_splits(
@@ -163,6 +181,27 @@ def load_tasks(args: EvalArguments) -> tuple[dict[str, TaskData], dict[str, list
     return datasets, splits, task_records
 
 
+def dataset_task_from_args(args: EvalArguments) -> TaskSpec:
+    """The task of `--dataset_name` and its settings (see [`~acula_eval.tasks.hf_dataset.dataset_task`])."""
+    if not args.label_column_name:
+        raise ValueError("--dataset_name needs --label_column_name (the column holding each recording's class).")
+    return dataset_task(args.dataset_name, label_column=args.label_column_name, audio_column=args.audio_column_name,
+                        dataset_config_name=args.dataset_config_name, data_dir=args.data_dir,
+                        data_files=args.data_files, train_split_name=args.train_split_name,
+                        eval_split_name=args.eval_split_name, patient_column=args.patient_column_name,
+                        task_name=args.dataset_task_name)
+
+
+def dataset_argument_errors(args: EvalArguments) -> list[str]:
+    """`--dataset_name` settings given without `--dataset_name`."""
+    if args.dataset_name:
+        return []
+    given = [name for name in ("dataset_config_name", "data_dir", "data_files", "label_column_name",
+                               "train_split_name", "eval_split_name", "patient_column_name", "dataset_task_name")
+             if getattr(args, name)]
+    return [f"--{name} applies with --dataset_name only." for name in given]
+
+
 def run_evaluation(args: EvalArguments) -> dict[str, Any]:
     """
     Evaluate every model on every task with the same splits and write the output folder: results.json, results.md,
@@ -173,6 +212,9 @@ def run_evaluation(args: EvalArguments) -> dict[str, Any]:
     """
     if not args.models:
         raise ValueError("Pass at least one model folder (or baseline: logmel-stats, random:<folder>) with --models.")
+    errors = dataset_argument_errors(args)
+    if errors:
+        raise ValueError(" ".join(errors))
     started = time.time()
     specs: list[ModelSpec] = resolve_models(args.models, args.model_names, args.add_baselines)
     reference = chosen_reference(specs, args.reference)
@@ -296,7 +338,7 @@ def chosen_reference(specs: Sequence[ModelSpec], reference: str | None) -> str |
 def _recorded_settings(args: EvalArguments) -> dict[str, Any]:
     """The settings as results.json records them: folders relative to the working directory where possible."""
     settings = asdict(args)
-    for key in ("output_dir", "dev_pack", "data_root", "cache_dir", "circor"):
+    for key in ("output_dir", "dev_pack", "data_root", "cache_dir", "circor", "data_dir"):
         if settings.get(key):
             settings[key] = local_display_path(settings[key])
     return settings
@@ -307,6 +349,7 @@ __all__ = [
     "EvalArguments",
     "chosen_reference",
     "chosen_split_policy",
+    "dataset_task_from_args",
     "describe_tasks",
     "load_tasks",
     "parse_few_shot",

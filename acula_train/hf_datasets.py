@@ -152,7 +152,7 @@ def _audio_file(cell: Any, audio_dir: Path, split: str, index: int) -> str | Non
     return str(target)
 
 
-def _dataset_root(dataset_name: str, data_dir: str | None, data_files: Sequence[str] | None) -> Path:
+def dataset_root(dataset_name: str, data_dir: str | None, data_files: Sequence[str] | None) -> Path:
     """The folder relative audio paths resolve against: the data folder, a local data file's folder or the saved
     dataset; else the working directory."""
     if data_dir:
@@ -294,7 +294,7 @@ def load_dataset_manifest(
                              "(--eval_split_name).")
     manifest = dataset_manifest(dataset_dict, splits=[*train, *held_out], audio_column=audio_column,
                                 report_column=report_column, patient_column=patient_column, source=dataset_name,
-                                root=_dataset_root(dataset_name, data_dir, data_files), audio_dir=audio_dir)
+                                root=dataset_root(dataset_name, data_dir, data_files), audio_dir=audio_dir)
     return manifest, tuple(held_out)
 
 
@@ -302,6 +302,7 @@ __all__ = [
     "GROUP_COLUMN",
     "SPLIT_COLUMN",
     "dataset_manifest",
+    "dataset_root",
     "is_saved_dataset",
     "load_dataset_dict",
     "load_dataset_manifest",
