@@ -20,6 +20,10 @@
     python eval_acula.py --models outputs/acula ceiling:outputs/supervised --add_baselines --tasks circor \
         --circor /data/circor --few_shot 8,16,32 --few_shot_draws 20 --max_windows_per_recording 1
 
+    # one task from a `datasets` dataset: probe on one split, test on another (or --patient_column_name: grouped K-fold)
+    python eval_acula.py --models logmel-stats outputs/acula --dataset_name audiofolder --data_dir my_data \
+        --label_column_name diagnosis --train_split_name train --eval_split_name test
+
     python eval_acula.py --list_tasks
 
 Writes results.json, results.md (one row per task, one column per model in the order log-mel statistics, random

@@ -9,13 +9,17 @@
     accelerate launch train_acula.py --manifest my_data/metadata.csv --split_column split \
         --output_dir outputs/my-acula --preset opera-gt --init_from path/to/converted-opera-gt
 
+    # a `datasets` dataset: a Hub id, an audiofolder / csv builder (--data_dir, --data_files) or a save_to_disk folder
+    python train_acula.py --dataset_name audiofolder --data_dir my_data --patient_column_name patient \
+        --output_dir outputs/my-acula
+
     # the reference recipe (one GPU): --preset alone does not change the optimisation
     python train_acula.py --manifest my_data/metadata.csv --split_column split --output_dir outputs/acula-ref \
         --preset opera-gt --init_from path/to/converted-opera-gt --teacher google/medgemma-4b-pt \
         --full_finetune --learning_rate 1e-5 --warmup_steps 400 --lowercase_reports
 
 The training app (`acula_train`) does the work; this script wires it: arguments (`acula_train.arguments`, the
-training ones a `transformers.TrainingArguments`) -> `AlignmentTrainer` (manifest -> leakage guard -> reports ->
+training ones a `transformers.TrainingArguments`) -> `AlignmentTrainer` (manifest or dataset -> leakage guard -> reports ->
 cached teacher vectors -> cached spectrograms -> Accelerate training loop with crash-safe checkpoints) -> a folder
 that `AutoModel.from_pretrained` loads, with a model card and its readout, optionally pushed to the Hub.
 """
