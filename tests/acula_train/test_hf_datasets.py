@@ -35,9 +35,9 @@ def yaseen_recordings(dev_pack: Path, count: int = NUM_TRAIN + NUM_TEST) -> list
 
 
 def write_audiofolder(folder: Path, recordings: list[dict]) -> Path:
-    """`train/` and `test/` with a metadata.csv each (datasets' audiofolder layout). The first test recording's
-    patient also has a recording in train/ (patients p0..p4 in train, p5 in test, and p4's second recording is
-    test's first: the guard must remove p4's training recording)."""
+    """`train/` (10 recordings: patients p0-p3 twice, p4 once, p9 once) and `test/` (2: p4 and p5), each with a
+    metadata.csv (datasets' audiofolder layout). Patient p4 is in both: the guard must remove p4's training
+    recording."""
     splits = {"train": recordings[:NUM_TRAIN - 1] + [recordings[NUM_TRAIN]],
               "test": [dict(recordings[NUM_TRAIN - 1], patient="p4"), recordings[NUM_TRAIN + 1]]}
     splits["train"][-1] = dict(splits["train"][-1], patient="p9")
