@@ -346,9 +346,33 @@ def recall_at_k(
     return result
 
 
+def check_prefix_states(model, dataset: Dataset, prefix_layers: int) -> None:
+    """Refuse prefix states that `model`'s own bottom layers would not produce.
+
+    Args:
+        model ([`AculaForPreTraining`]): the model whose top layers continue the states.
+        dataset ([`~acula_train.prefix_cache.PrefixStateDataset`]): items read from a prefix cache.
+        prefix_layers (`int`): the layers the cached states went through.
+
+    Raises:
+        `ValueError`: when the cache was filled by other bottom weights, another depth or feature settings.
+    """
+    from .prefix_cache import prefix_cache_identity
+
+    cached = dataset.cache.identity
+    own = prefix_cache_identity(model.acula, prefix_layers, cached["spectrograms"])
+    differ = sorted(key for key in ("prefix_layers", "prefix_weights_sha256", "backbone", "attention")
+                    if cached.get(key) != own.get(key))
+    if differ:
+        raise ValueError(f"The prefix cache {dataset.cache.folder} was not filled by this model's first "
+                         f"{prefix_layers} layers ({', '.join(differ)} differ): its states cannot stand in for the "
+                         "recordings.")
+
+
 @torch.no_grad()
 def pair_projections(model, dataset: Dataset, *, batch_size: int = 16, device: str | torch.device | None = None,
-                     num_workers: int = 0, show_progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                     num_workers: int = 0, show_progress: bool = True,
+                     prefix_layers: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """
     Audio and text projections of every (recording, teacher vector) pair of `dataset`, in eval mode.
 
@@ -359,17 +383,23 @@ def pair_projections(model, dataset: Dataset, *, batch_size: int = 16, device: s
     Args:
         model ([`AculaForPreTraining`]): the alignment model (not wrapped for DDP).
         dataset (`Dataset`): items with `input_values` and `teacher_embeds` (an
-            [`~acula_train.dataset.AudioSpectrogramDataset`] with teacher vectors).
+            [`~acula_train.dataset.AudioSpectrogramDataset`] with teacher vectors), or, with `prefix_layers`,
+            items with `prefix_hidden_states`, `audio_frame_mask` and `teacher_embeds` (a
+            [`~acula_train.prefix_cache.PrefixStateDataset`]): only the layers above the cached prefix then run, the
+            same projections at a fraction of the cost (checked against the model's own bottom weights first).
         batch_size (`int`, *optional*, defaults to 16): pairs per forward pass.
         device (`str` or `torch.device`, *optional*): where to run (default: where the model is).
         num_workers (`int`, *optional*, defaults to 0): DataLoader workers.
         show_progress (`bool`, *optional*, defaults to `True`): show a tqdm bar.
+        prefix_layers (`int`, *optional*): the depth of the cached prefix states `dataset` holds.
 
     Returns:
         `(audio_embeds, text_embeds)`, float32 on CPU, one row per item in dataset order.
     """
     from modeling_acula.modeling_acula import pool_audio_encoder_output
 
+    if prefix_layers is not None:
+        check_prefix_states(model, dataset, prefix_layers)
     was_training = model.training
     model.eval()
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -381,7 +411,14 @@ def pair_projections(model, dataset: Dataset, *, batch_size: int = 16, device: s
             if "teacher_embeds" not in batch:
                 raise ValueError("The readout is fitted on (recording, report) pairs: the dataset's items need "
                                  "teacher_embeds (build it with teacher_vectors).")
-            pooled = pool_audio_encoder_output(model.acula(batch["input_values"].to(device)), None, model.acula)
+            if prefix_layers is None:
+                outputs = model.acula(batch["input_values"].to(device))
+            elif "prefix_hidden_states" in batch:
+                outputs = model.acula.forward_from_layer(batch["prefix_hidden_states"].to(device), prefix_layers,
+                                                         batch["audio_frame_mask"].to(device))
+            else:
+                raise ValueError("prefix_layers was given but the dataset's items have no prefix_hidden_states.")
+            pooled = pool_audio_encoder_output(outputs, None, model.acula)
             audio_embeds = model.audio_projection(pooled)
             audio.append(audio_embeds.float().cpu())
             text.append(model.text_projection(batch["teacher_embeds"].to(device, audio_embeds.dtype)).float().cpu())
@@ -409,8 +446,8 @@ def _in_sample_retrieval(readout: AlignmentReadout, audio: torch.Tensor, text: t
 
 def fit_readout(model, dataset: Dataset, *, kind: str | None = None, ridge_alpha: float = DEFAULT_RIDGE_ALPHA,
                 reports: Sequence[str] | None = None, batch_size: int = 16, device: str | torch.device | None = None,
-                num_workers: int = 0, show_progress: bool = True,
-                info: dict[str, Any] | None = None) -> AlignmentReadout:
+                num_workers: int = 0, show_progress: bool = True, info: dict[str, Any] | None = None,
+                prefix_layers: int | None = None) -> AlignmentReadout:
     """
     The readout for `model`'s alignment loss, fitted on the pairs of `dataset` where the loss needs one.
 
@@ -421,7 +458,7 @@ def fit_readout(model, dataset: Dataset, *, kind: str | None = None, ridge_alpha
             cosine readout is refused for CKA-trained heads.
         ridge_alpha (`float`, *optional*, defaults to 0.1): see [`AlignmentReadout.fit`].
         reports (`Sequence[str]`, *optional*): the report of each pair, for the in-sample R@1 diagnostics.
-        batch_size, device, num_workers, show_progress: see [`pair_projections`].
+        batch_size, device, num_workers, show_progress, prefix_layers: see [`pair_projections`].
         info (`dict`, *optional*): extra description stored with the readout.
     """
     loss = model.config.alignment_loss
@@ -433,7 +470,7 @@ def fit_readout(model, dataset: Dataset, *, kind: str | None = None, ridge_alpha
                              "projection free: plain cosine is not a valid readout for them (use procrustes or ridge).")
         return AlignmentReadout.cosine(info={**description, "why": "infonce trains the cosine itself"})
     audio, text = pair_projections(model, dataset, batch_size=batch_size, device=device, num_workers=num_workers,
-                                   show_progress=show_progress)
+                                   show_progress=show_progress, prefix_layers=prefix_layers)
     readout = AlignmentReadout.fit(audio, text, kind=kind, ridge_alpha=ridge_alpha, info=description)
     readout.info.update(_in_sample_retrieval(readout, audio, text, reports))
     return readout
@@ -452,7 +489,8 @@ def load_alignment_model(model_dir: str | os.PathLike, device: str | torch.devic
 
 def write_training_readout(output_dir: str | os.PathLike, dataset: Dataset, *, reports: Sequence[str] | None = None,
                            batch_size: int = 16, device: str | torch.device | None = None, num_workers: int = 0,
-                           show_progress: bool = True) -> AlignmentReadout:
+                           show_progress: bool = True, prefix_dataset: Dataset | None = None,
+                           prefix_layers: int | None = None) -> AlignmentReadout:
     """
     Fit (CKA heads) or record (InfoNCE heads: cosine) the readout of a finished training run and save it into
     `<output_dir>/alignment/`. Called by `train_acula.py` on the main process, in the staged output folder before it
@@ -466,12 +504,27 @@ def write_training_readout(output_dir: str | os.PathLike, dataset: Dataset, *, r
         dataset (`Dataset`): the run's training pairs (spectrograms with teacher vectors), in `reports.jsonl` order.
         reports (`Sequence[str]`, *optional*): the report of each pair (in-sample diagnostics only).
         batch_size, device, num_workers, show_progress: see [`pair_projections`].
+        prefix_dataset (`Dataset`, *optional*): the same pairs as the run's cached prefix states (a
+            [`~acula_train.prefix_cache.PrefixStateDataset`] of `prefix_layers` layers): the readout then runs only
+            the layers above the prefix. Used when the saved model's bottom layers are the ones that filled it (they
+            are, when training adapted only the top layers); else `dataset` is encoded in full.
+        prefix_layers (`int`, *optional*): the depth of `prefix_dataset`'s states.
     """
     model = load_alignment_model(output_dir, device)
+    info = {"source": "train_acula.py",
+            "fitted_on": "the alignment training pairs of this run (reports.jsonl; the training crop of each recording)"}
+    if prefix_dataset is not None and prefix_layers is not None:
+        try:
+            check_prefix_states(model, prefix_dataset, prefix_layers)
+            dataset, info["encoded_from"] = prefix_dataset, f"the run's prefix cache ({prefix_layers} layers)"
+        except ValueError as error:  # the full encoder gives the same projections, only slower
+            info["encoded_from"] = f"the spectrograms ({error})"
+            prefix_layers = None
+    else:
+        prefix_layers = None
     readout = fit_readout(model, dataset, reports=reports, batch_size=batch_size, device=device,
-                          num_workers=num_workers, show_progress=show_progress,
-                          info={"source": "train_acula.py", "fitted_on": "the alignment training pairs of this "
-                                "run (reports.jsonl; the training crop of each recording)"})
+                          num_workers=num_workers, show_progress=show_progress, info=info,
+                          prefix_layers=prefix_layers)
     readout.save(Path(output_dir) / "alignment")
     return readout
 
@@ -591,6 +644,7 @@ __all__ = [
     "READOUT_KINDS",
     "READOUT_WEIGHTS",
     "AlignmentReadout",
+    "check_prefix_states",
     "fit_folder_readout",
     "fit_readout",
     "load_alignment_model",

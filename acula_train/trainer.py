@@ -23,6 +23,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import closing
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,7 @@ from .reports import LLMReportRewriter, build_reports
 from .supervised import SupervisedCeiling, save_classifier, select_labelled_rows
 from .teacher import AculaTeacher, default_teacher_path
 from .teacher_cache import TeacherEmbeddingCache
+from .teardown import destroy_process_group, release_traceback_frames
 from .tensor_cache import TensorCache
 
 # What the whisper-base preset's converted weights are (converted offline from an MIT-licensed CTranslate2 copy).
@@ -167,19 +169,20 @@ def prepare_spectrograms(manifest, extractor: AculaFeatureExtractor, cache: Tens
                 silent.append(index)
         bar.update(len(mine) - len(todo))
         # The next batch is decoded in threads while this one is featurised; a bad file stops the run naming its row.
-        batches = decoded_batches([manifest.audio_paths[index] for index in todo], extractor.sampling_rate,
-                                  batch_size, workers=decode_workers,
-                                  describe=lambda position: manifest.describe_row(todo[position]),
-                                  resample_quality=extractor.resample_quality)
-        for start, waveforms in zip(range(0, len(todo), batch_size), batches):
-            chunk = todo[start : start + batch_size]
-            features = extractor(waveforms, sampling_rate=extractor.sampling_rate, return_tensors="pt",
-                                 device=accelerator.device)["input_values"].cpu()
-            for index, spectrogram in zip(chunk, features):
-                cache.put(manifest.audio_paths[index], spectrogram)
-                if extractor.is_silent(spectrogram):
-                    silent.append(index)
-            bar.update(len(chunk))
+        # Closed on every path: its decoding threads are joined here, not when a traceback lets the generator go.
+        with closing(decoded_batches([manifest.audio_paths[index] for index in todo], extractor.sampling_rate,
+                                     batch_size, workers=decode_workers,
+                                     describe=lambda position: manifest.describe_row(todo[position]),
+                                     resample_quality=extractor.resample_quality)) as batches:
+            for start, waveforms in zip(range(0, len(todo), batch_size), batches):
+                chunk = todo[start : start + batch_size]
+                features = extractor(waveforms, sampling_rate=extractor.sampling_rate, return_tensors="pt",
+                                     device=accelerator.device)["input_values"].cpu()
+                for index, spectrogram in zip(chunk, features):
+                    cache.put(manifest.audio_paths[index], spectrogram)
+                    if extractor.is_silent(spectrogram):
+                        silent.append(index)
+                bar.update(len(chunk))
         bar.close()
     accelerator.wait_for_everyone()
     return sorted(gather_object(silent))
@@ -333,15 +336,40 @@ class AlignmentTrainer:
         self.last_losses: dict[str, float] = {}
 
     def run(self) -> Path:
-        """The whole run; returns the output folder."""
-        self.check_output_dir()
-        self.prepare_data()
-        self.prepare_optimization()
-        self.resume()
-        self.train()
-        self.save_output()
-        self.accelerator.end_training()
+        """The whole run; returns the output folder. On every path (success, error, Ctrl-C) [`close`] then ends what
+        the run started."""
+        try:
+            self.check_output_dir()
+            self.prepare_data()
+            self.prepare_optimization()
+            self.resume()
+            self.train()
+            self.save_output()
+        except BaseException as error:
+            # The frames below hold the DDP wrapper, and through it the process group's threads: released, so that
+            # `close` ends them now (see `acula_train/teardown.py`).
+            release_traceback_frames(error)
+            raise
+        finally:
+            self.close()
         return self.output_dir
+
+    def close(self) -> None:
+        """End what the run started; safe to call again. The progress bar, the trackers, then (with several
+        processes) the DDP wrapper and the process group: the group's gloo threads end with its last reference, so
+        the wrapper goes first (the trainer keeps the unwrapped model)."""
+        progress = getattr(self, "progress", None)
+        if progress is not None:
+            progress.close()
+        try:
+            for tracker in self.accelerator.trackers:
+                tracker.finish()
+        finally:
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                if getattr(self, "model", None) is not None:
+                    self.model = self.accelerator.unwrap_model(self.model)
+                self.accelerator.free_memory()  # its own references to the wrapper, then a garbage collection
+            destroy_process_group()
 
     # --- before any work ----------------------------------------------------------------------------------------
 
@@ -785,7 +813,9 @@ class AlignmentTrainer:
         write_training_readout(folder, self.dataset, reports=self.reports,
                                batch_size=self.args.per_device_train_batch_size, device=self.accelerator.device,
                                num_workers=self.args.dataloader_num_workers,
-                               show_progress=self.accelerator.is_local_main_process)
+                               show_progress=self.accelerator.is_local_main_process,
+                               prefix_dataset=self.train_dataset if self.prefix_layers is not None else None,
+                               prefix_layers=self.prefix_layers)
 
     def save_output(self) -> None:
         """The output folder (model, processor, card, readout, records), swapped in whole; pushed if asked."""

@@ -19,9 +19,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from modeling_acula import AculaFeatureExtractor, AculaForPreTraining, apply_lora
-from acula_train.dataset import spectrogram_cache
+from acula_train.dataset import pair_dataset, spectrogram_cache
 from acula_train.gradient_cache import backward_over_window
 from acula_train.manifest import load_manifest
+from acula_train.readout import check_prefix_states, pair_projections
 from acula_train.prefix_cache import (
     PREFIX_TENSORS,
     PrefixStateDataset,
@@ -108,6 +109,25 @@ def test_entries_hold_the_prefix_states_the_frame_mask_and_the_start_embedding(f
     item = PrefixStateDataset(rows, cache, teacher_vectors=torch.randn(10, 12))[2]
     assert item["prefix_hidden_states"].shape == (100, 32) and item["preservation_target"].shape == (32,)
     assert item["index"] == 2 and item["teacher_embeds"].shape == (12,)
+
+
+def test_the_readout_projections_from_prefix_states_equal_the_full_encoders(filled, rows, tiny_whisper_start):
+    model = start_model(tiny_whisper_start).eval()
+    teacher = torch.randn(10, 12)
+    full = pair_projections(model, pair_dataset(rows, filled["extractor"], filled["spectrograms"], teacher),
+                            batch_size=4, show_progress=False)
+    prefixed = pair_projections(model, PrefixStateDataset(rows, filled["cache"], teacher_vectors=teacher),
+                                batch_size=4, show_progress=False, prefix_layers=1)
+    for a, b in zip(full, prefixed):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="prefix_layers"):  # states of 1 layer read as 2
+        check_prefix_states(model, PrefixStateDataset(rows, filled["cache"], teacher_vectors=teacher), 2)
+    other = start_model(tiny_whisper_start)
+    with torch.no_grad():
+        other.acula.backbone.layers[0].fc1.weight.add_(0.01)  # another bottom: its states differ
+    with pytest.raises(ValueError, match="prefix_weights_sha256"):
+        pair_projections(other, PrefixStateDataset(rows, filled["cache"], teacher_vectors=teacher),
+                         show_progress=False, prefix_layers=1)
 
 
 def test_a_second_fill_only_reads_and_a_damaged_entry_is_recomputed(filled, rows, tiny_whisper_start, accelerator):
@@ -255,6 +275,13 @@ def test_a_tiny_run_with_the_cache_ends_with_the_weights_of_one_without(uncached
     assert any(not torch.equal(trained[name], start[name]) for name in trained if "backbone.layers.2" in name)
     assert_same_run(cached, uncached)
     assert json.loads((cached / "training_args.json").read_text())["data"]["prefix_cache"] is True
+    # the readout is fitted from the cached states (only the top layers run) and equals the full encoder's
+    readout_info = json.loads((cached / "alignment" / "readout.json").read_text())
+    assert readout_info["encoded_from"] == "the run's prefix cache (1 layers)", readout_info
+    assert "encoded_from" not in json.loads((uncached / "alignment" / "readout.json").read_text())
+    readouts = [load_file(str(folder / "alignment" / "readout.safetensors")) for folder in (cached, uncached)]
+    for name in readouts[1]:
+        torch.testing.assert_close(readouts[0][name], readouts[1][name], atol=1e-4, rtol=1e-4, msg=name)
     # a second run reads the cache only
     again = run_in_process(whisper_run_args(tiny_whisper_start, root / "again", root / "cache", "--max_steps", "1"))
     assert "(48 hits, 0 computed" in capsys.readouterr().out and (again / "config.json").is_file()
