@@ -27,7 +27,9 @@ def decoded_batches(
     Yields the decoded waveforms of `paths` in order, `batch_size` at a time.
 
     With `workers` > 0 the next batch is decoded by a thread pool while the caller processes the current one, so
-    at most two batches of waveforms are held in memory at once.
+    at most two batches of waveforms are held in memory at once. The pool's threads are joined when the generator
+    ends: exhausted, on an error, or when the caller closes it (`contextlib.closing`; a caller that stops early
+    should).
 
     Args:
         paths (`Sequence[str or os.PathLike]`): audio files, decoded with `modeling_acula.audio_utils.decode_audio`.
@@ -63,24 +65,22 @@ def decoded_batches(
                    for i in range(start, min(start + batch_size, len(paths)))]
         return
 
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="acula-decode") as pool:
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="acula-decode")
 
-        def submit(start: int) -> list[tuple[int, Future]]:
-            stop = min(start + batch_size, len(paths))
-            return [(i, pool.submit(decode_audio, paths[i], sampling_rate, resample_quality))
-                    for i in range(start, stop)]
+    def submit(start: int) -> list[tuple[int, Future]]:
+        stop = min(start + batch_size, len(paths))
+        return [(i, pool.submit(decode_audio, paths[i], sampling_rate, resample_quality)) for i in range(start, stop)]
 
+    try:
         pending = submit(0) if len(paths) else []
         for start in starts:
             current = pending
             pending = submit(start + batch_size) if start + batch_size < len(paths) else []
-            try:
-                yield [result(i, future.result) for i, future in current]
-            except BaseException:
-                # An error here, or the caller stopping early: do not decode what nobody will read.
-                for _, future in pending:
-                    future.cancel()
-                raise
+            yield [result(i, future.result) for i, future in current]
+    finally:
+        # Exhausted, failed, or closed by the caller (who stopped early, or failed): what nobody will read is not
+        # decoded, and no decoding thread outlives the batches.
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 __all__ = ["decoded_batches"]
