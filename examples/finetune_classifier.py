@@ -52,13 +52,16 @@ from transformers import (
 )
 
 import modeling_acula  # noqa: F401  (registers the acula classes with the Auto classes)
+from acula_eval.metrics import load_metric
+from acula_train.hf_datasets import _paths_without_torchcodec as paths_without_torchcodec
 from modeling_acula.audio_utils import decode_audio, resample
 from modeling_acula.lora import encoder_target_modules, whisper_target_modules
 
 logger = logging.getLogger(__name__)
 
-# Local `evaluate` modules: Hub metrics cannot be downloaded offline.
-METRICS = Path(__file__).resolve().parent / "metrics"
+# Hub metrics cannot be downloaded offline: accuracy is a local `evaluate` module beside this script, AUROC is acula's
+# own (acula_eval/metrics/roc_auc.py, with a patient-level bootstrap interval).
+ACCURACY = Path(__file__).resolve().parent / "metrics" / "accuracy"
 
 
 @dataclass
@@ -72,13 +75,12 @@ class DataTrainingArguments:
     )
     dataset_config_name: str | None = field(default=None, metadata={"help": "The dataset configuration name."})
     data_dir: str | None = field(
-        default=None,
-        metadata={"help": "The folder of an `audiofolder` dataset; for `csv`/`json`, relative audio paths are read "
-                          "from here."},
+        default=None, metadata={"help": "The data folder of a builder (e.g. an `audiofolder`)."}
     )
     data_files: list[str] | None = field(
         default=None,
-        metadata={"help": "Data files as `split=path` (e.g. `train=train.csv validation=val.csv`)."},
+        metadata={"help": "Data files as `split=path` (e.g. `train=train.csv validation=val.csv`); relative audio "
+                          "paths in them are read from the first file's folder."},
     )
     train_split_name: str = field(default="train", metadata={"help": "The training split."})
     eval_split_name: str = field(default="validation", metadata={"help": "The evaluation split."})
@@ -90,6 +92,13 @@ class DataTrainingArguments:
         default=None,
         metadata={"help": "Keep the first N seconds of each recording (default: the feature extractor's window; "
                           "longer recordings are cropped to it)."},
+    )
+    group_column_name: str | None = field(
+        default=None,
+        metadata={"help": "A patient column: the AUROC interval then resamples patients (with --bootstrap_samples)."},
+    )
+    bootstrap_samples: int = field(
+        default=0, metadata={"help": "Bootstrap resamples of a 95% interval around the evaluation AUROC."}
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep the first N training examples."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Keep the first N evaluation examples."})
@@ -197,18 +206,25 @@ def feature_types(feature_extractor, names: list[str]) -> Features:
     return Features({**types, "labels": ClassLabel(names=names)})
 
 
-def build_compute_metrics(num_labels: int):
+def build_compute_metrics(num_labels: int, bootstrap_samples: int = 0, groups: list | None = None):
     """`compute_metrics` for `Trainer`: AUROC (of the positive class, id 1, for two classes; one-vs-rest macro
-    average otherwise) and accuracy, through local `evaluate` modules."""
-    roc_auc = evaluate.load(str(METRICS / "roc_auc"), "binary" if num_labels == 2 else "multiclass")
-    accuracy = evaluate.load(str(METRICS / "accuracy"))
+    average otherwise) and accuracy, through local `evaluate` modules.
+
+    Args:
+        num_labels (`int`): number of classes.
+        bootstrap_samples (`int`, *optional*, defaults to 0): resamples of the AUROC's 95% interval (none if 0).
+        groups (`list`, *optional*): the patient of each evaluation example, in order: the bootstrap then resamples
+            patients, not recordings.
+    """
+    roc_auc = load_metric("roc_auc", "binary" if num_labels == 2 else "multiclass")
+    accuracy = evaluate.load(str(ACCURACY))
 
     def compute_metrics(eval_pred) -> dict[str, float]:
         logits, labels = eval_pred.predictions, eval_pred.label_ids
         probabilities = torch.from_numpy(np.asarray(logits, dtype=np.float64)).softmax(-1).numpy()
         scores = probabilities[:, 1] if num_labels == 2 else probabilities
-        extra = {} if num_labels == 2 else {"labels": list(range(num_labels))}
-        metrics = roc_auc.compute(prediction_scores=scores, references=labels, **extra)
+        metrics = roc_auc.compute(prediction_scores=scores, references=labels, bootstrap_samples=bootstrap_samples,
+                                  groups=groups)
         metrics.update(accuracy.compute(predictions=probabilities.argmax(-1), references=labels))
         return metrics
 
@@ -238,14 +254,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     set_seed(training_args.seed)
 
-    raw = load_dataset(
-        data_args.dataset_name,
-        data_args.dataset_config_name,
-        data_dir=data_args.data_dir,
-        data_files=split_data_files(data_args.data_files),
-        cache_dir=model_args.cache_dir,
-        token=model_args.token,
-    )
+    # `audiofolder` stores each file through `Audio.encode_example`, which imports torchcodec even for a path
+    with paths_without_torchcodec():
+        raw = load_dataset(
+            data_args.dataset_name,
+            data_args.dataset_config_name,
+            data_dir=data_args.data_dir,
+            data_files=split_data_files(data_args.data_files),
+            cache_dir=model_args.cache_dir,
+            token=model_args.token,
+        )
     splits = [data_args.train_split_name] * training_args.do_train + [data_args.eval_split_name] * training_args.do_eval
     if not splits:
         raise ValueError("Nothing to do: pass --do_train and/or --do_eval.")
@@ -253,7 +271,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         if split not in raw:
             raise ValueError(f"Split {split!r} not found; the dataset has {list(raw)}.")
     raw = DatasetDict({split: raw[split] for split in splits})
-    for column in (data_args.audio_column_name, data_args.label_column_name):
+    columns = (data_args.audio_column_name, data_args.label_column_name, data_args.group_column_name)
+    for column in filter(None, columns):
         if column not in raw[splits[0]].column_names:
             raise ValueError(f"Column {column!r} not found; the dataset has {raw[splits[0]].column_names}.")
     if data_args.max_train_samples is not None and data_args.train_split_name in raw:
@@ -277,6 +296,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         raise ValueError(f"--max_length_seconds={max_seconds} is longer than the model's window of {window} s.")
     max_samples = int(round(max_seconds * feature_extractor.sampling_rate))
 
+    # relative paths of a CSV / JSON file are read from its folder (as train_acula.py reads them)
+    data_files = split_data_files(data_args.data_files)
+    audio_root = data_args.data_dir
+    if data_files:
+        first = next(iter(data_files.values()))
+        audio_root = os.path.dirname(os.path.join(data_args.data_dir or "", first))
     if isinstance(raw[splits[0]].features[data_args.audio_column_name], Audio):
         # `{"path", "bytes"}` cells that acula decodes: `datasets` would decode through torchcodec (FFmpeg)
         raw = raw.cast_column(data_args.audio_column_name, Audio(decode=False))
@@ -284,7 +309,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     def preprocess(batch):
         waveforms = [
             load_waveform(audio, feature_extractor.sampling_rate, feature_extractor.resample_quality,
-                          data_args.data_dir)[:max_samples]
+                          audio_root)[:max_samples]
             for audio in batch[data_args.audio_column_name]
         ]
         inputs = feature_extractor(waveforms, sampling_rate=feature_extractor.sampling_rate, return_tensors="np")
@@ -334,6 +359,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         model = get_peft_model(model, lora_config)
         model.print_trainable_parameters()
 
+    eval_groups = None
+    if data_args.group_column_name and training_args.do_eval:
+        # Trainer evaluates in dataset order, so the groups line up with the predictions
+        eval_groups = [str(group) for group in raw[data_args.eval_split_name][data_args.group_column_name]]
     if training_args.label_names is None:
         # Trainer reads the label names off the forward signature, which a PeftModel hides
         training_args.label_names = ["labels"]
@@ -342,7 +371,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         args=training_args,
         train_dataset=dataset[data_args.train_split_name] if training_args.do_train else None,
         eval_dataset=dataset[data_args.eval_split_name] if training_args.do_eval else None,
-        compute_metrics=build_compute_metrics(len(names)),
+        compute_metrics=build_compute_metrics(len(names), data_args.bootstrap_samples, eval_groups),
         processing_class=feature_extractor,
     )
 

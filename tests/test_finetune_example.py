@@ -4,6 +4,7 @@
 import csv
 import json
 import math
+import shutil
 import sys
 from pathlib import Path
 
@@ -38,9 +39,11 @@ def tiny_folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def circor_csv(circor_sample, tmp_path_factory):
-    """train.csv / validation.csv with paths relative to the CirCor folder: the reader's train patients, and its
-    val + test patients held out (no patient on both sides); patients whose murmur is "Unknown" are left out."""
+    """train.csv / validation.csv with audio paths relative to their own folder (which links to CirCor's
+    `training_data/`): the reader's train patients, and its val + test patients held out (no patient on both sides);
+    patients whose murmur is "Unknown" are left out."""
     folder = tmp_path_factory.mktemp("circor-csv")
+    (folder / "training_data").symlink_to(circor_sample / "training_data", target_is_directory=True)
     rows = {"train": [], "validation": []}
     for row in read_circor(circor_sample, verify_checksums=False, read_audio_info=False):
         if row["murmur"] in ("Present", "Absent"):
@@ -62,25 +65,39 @@ def _args(model, output_dir, data, *extra):
             "--dataloader_num_workers", "0", *extra]
 
 
-def _validation_logits(model, extractor, circor_sample, rows):
-    waves = [decode_audio(circor_sample / row["audio"], extractor.sampling_rate) for row in rows]
+@pytest.fixture(scope="module")
+def circor_audiofolder(circor_sample, circor_csv, tmp_path_factory):
+    """The same recordings as an `audiofolder`: `<split>/<label>/<file>.wav`."""
+    folder = tmp_path_factory.mktemp("circor-audiofolder")
+    paths = {}
+    for split, rows in circor_csv[1].items():
+        paths[split] = []
+        for row in rows:
+            target = folder / split / row["label"] / Path(row["audio"]).name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(circor_sample / row["audio"], target)
+            paths[split].append({"audio": target, "label": row["label"]})
+    return folder, paths
+
+
+def _validation_logits(model, extractor, rows):
+    waves = [decode_audio(row["audio"], extractor.sampling_rate) for row in rows]
     with torch.no_grad():
         return model.eval()(**extractor(waves, sampling_rate=extractor.sampling_rate, return_tensors="pt")).logits
 
 
-def test_finetune_lora_on_circor_csv(tiny_folder, circor_sample, circor_csv, tmp_path):
-    folder, rows = circor_csv
+def test_finetune_lora_on_circor_audiofolder(tiny_folder, circor_audiofolder, tmp_path):
+    folder, rows = circor_audiofolder
     output = tmp_path / "murmur"
-    data = ["--dataset_name", "csv", "--data_files", f"train={folder / 'train.csv'}",
-            f"validation={folder / 'validation.csv'}", "--data_dir", str(circor_sample),
-            "--audio_column_name", "audio", "--label_column_name", "label"]
+    data = ["--dataset_name", "audiofolder", "--data_dir", str(folder), "--audio_column_name", "audio",
+            "--label_column_name", "label"]
     metrics = finetune_classifier.main(_args(tiny_folder, output, data, "--do_train", "--do_eval",
                                              "--num_train_epochs", "3", "--merge_adapter", "true"))
 
     for key in ("eval_roc_auc", "eval_accuracy", "eval_loss", "train_loss"):
         assert key in metrics and math.isfinite(metrics[key]), key
     assert 0.0 <= metrics["eval_roc_auc"] <= 1.0 and 0.0 <= metrics["eval_accuracy"] <= 1.0
-    # the label names come from the CSV strings, sorted, and are written beside the adapter
+    # the label names come from the folder names (a ClassLabel), and are written beside the adapter
     config = AutoConfig.from_pretrained(output)
     assert config.id2label == dict(enumerate(NAMES)) and config.label2id == {n: i for i, n in enumerate(NAMES)}
     assert json.loads((output / "adapter_config.json").read_text())["modules_to_save"] == ["classifier"]
@@ -95,7 +112,7 @@ def test_finetune_lora_on_circor_csv(tiny_folder, circor_sample, circor_csv, tmp
     base = AutoModelForAudioClassification.from_pretrained(tiny_folder, config=config)
     model = PeftModel.from_pretrained(base, output)
     extractor = AutoFeatureExtractor.from_pretrained(output)
-    logits = _validation_logits(model, extractor, circor_sample, rows["validation"])
+    logits = _validation_logits(model, extractor, rows["validation"])
     labels = torch.tensor([NAMES.index(row["label"]) for row in rows["validation"]])
     assert len(set(labels.tolist())) == 2
     assert torch.nn.functional.cross_entropy(logits, labels).item() == pytest.approx(metrics["eval_loss"], abs=1e-4)
@@ -106,7 +123,7 @@ def test_finetune_lora_on_circor_csv(tiny_folder, circor_sample, circor_csv, tmp
     # the merged classifier loads without peft and gives the same logits
     merged = AutoModelForAudioClassification.from_pretrained(output / "merged")
     assert merged.config.id2label == dict(enumerate(NAMES))
-    torch.testing.assert_close(_validation_logits(merged, extractor, circor_sample, rows["validation"]), logits,
+    torch.testing.assert_close(_validation_logits(merged, extractor, rows["validation"]), logits,
                                atol=1e-5, rtol=1e-5)
 
 
@@ -128,11 +145,14 @@ def test_hub_style_audio_column_matches_path_column(tiny_folder, circor_sample, 
     common = ["--do_eval", "--eval_split_name", "test"]
     parquet = ["--dataset_name", "parquet", "--data_files", f"test={tmp_path / 'test.parquet'}",
                "--label_column_name", "murmur"]
-    paths = ["--dataset_name", "csv", "--data_files", f"test={folder / 'validation.csv'}", "--data_dir",
-             str(circor_sample)]
+    paths = ["--dataset_name", "csv", "--data_files", f"test={folder / 'validation.csv'}", "--group_column_name",
+             "patient", "--bootstrap_samples", "200"]
     from_bytes = finetune_classifier.main(_args(tiny_folder, tmp_path / "bytes", parquet, *common))
     from_paths = finetune_classifier.main(_args(tiny_folder, tmp_path / "paths", paths, *common))
     assert math.isfinite(from_bytes["eval_roc_auc"])
+    # the interval resamples the 7 held-out patients and holds the point estimate
+    assert from_paths["eval_roc_auc_ci_low"] <= from_paths["eval_roc_auc"] <= from_paths["eval_roc_auc_ci_high"]
+    assert from_paths["eval_roc_auc_ci_low"] < from_paths["eval_roc_auc_ci_high"]
     for key in ("eval_loss", "eval_roc_auc", "eval_accuracy"):
         assert from_bytes[key] == pytest.approx(from_paths[key], abs=1e-6), key
 
