@@ -11,6 +11,7 @@ from transformers import AutoConfig, PreTrainedConfig
 ALIGNMENT_LOSS_KINDS = ("cka", "debiased_cka", "released_covariance_cka", "infonce")
 TEACHER_POOLINGS = ("mean", "last", "cls")
 PRESERVATION_LOSSES = ("none", "feature_distillation")
+AUDIO_PROJECTIONS = ("mlp", "linear", "identity")
 
 # The reference teacher of the released code (MedGemma-4B, hidden size 2560), and the small real
 # teacher that installs from PyPI (sentence-transformers all-MiniLM-L6-v2, hidden size 384).
@@ -81,6 +82,11 @@ class AculaConfig(PreTrainedConfig):
             Hidden size of both projection heads.
         projection_dropout (`float`, *optional*, defaults to 0.2):
             Dropout inside both projection heads.
+        audio_projection (`str`, *optional*, defaults to `"mlp"`):
+            The audio head: `"mlp"` (Linear -> ReLU -> Dropout -> Linear, as the reference), `"linear"` (one linear
+            map) or `"identity"` (none: the alignment loss sees the pooled embedding itself, so that only the encoder
+            can align it; needs `projection_dim` equal to the encoder's width). A head with capacity can absorb the
+            alignment and leave the encoder where it started.
         teacher_name_or_path (`str`, *optional*, defaults to `"google/medgemma-4b-pt"`):
             Name or path of the frozen text teacher.
         teacher_revision (`str`, *optional*):
@@ -151,6 +157,7 @@ class AculaConfig(PreTrainedConfig):
     projection_dim: int = 512
     projection_hidden_size: int = 1024
     projection_dropout: float | int = 0.2
+    audio_projection: str = "mlp"
 
     teacher_name_or_path: str = REFERENCE_TEACHER
     teacher_revision: str | None = None
@@ -209,6 +216,12 @@ class AculaConfig(PreTrainedConfig):
             raise ValueError(
                 f"preservation_loss must be one of {PRESERVATION_LOSSES}, got {self.preservation_loss!r}."
             )
+        if self.audio_projection not in AUDIO_PROJECTIONS:
+            raise ValueError(f"audio_projection must be one of {AUDIO_PROJECTIONS}, got {self.audio_projection!r}.")
+        if self.audio_projection == "identity" and self.projection_dim != self.audio_embedding_size:
+            raise ValueError(f"audio_projection='identity' compares the encoder's {self.audio_embedding_size}-d "
+                             f"embedding with the text head's output: set projection_dim={self.audio_embedding_size} "
+                             f"(got {self.projection_dim}).")
         if self.teacher_hidden_size <= 0:
             raise ValueError(f"teacher_hidden_size must be positive, got {self.teacher_hidden_size}.")
         if self.audio_backbone_config is not None and self.use_mam:

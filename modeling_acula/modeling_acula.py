@@ -556,6 +556,16 @@ class AculaProjectionHead(nn.Module):
         return self.fc2(self.dropout(F.relu(self.fc1(x))))
 
 
+def build_audio_projection(config: AculaConfig) -> nn.Module:
+    """The audio head `config.audio_projection` names: the reference MLP, one linear map, or none (identity)."""
+    if config.audio_projection == "linear":
+        return nn.Linear(config.audio_embedding_size, config.projection_dim)
+    if config.audio_projection == "identity":
+        return nn.Identity()
+    return AculaProjectionHead(config.audio_embedding_size, config.projection_hidden_size, config.projection_dim,
+                               config.projection_dropout)
+
+
 def patchify(input_values: torch.Tensor, patch_size: tuple[int, int]) -> torch.Tensor:
     """(batch, channels, time, mel) -> (batch, num_patches, patch_t * patch_f * channels), in the patch order of
     `AculaPatchEmbeddings` (time-major)."""
@@ -705,9 +715,7 @@ class AculaForPreTraining(AculaPreTrainedModel):
         super().__init__(config)
         self.acula = build_audio_encoder(config)
         self.mam_decoder = AculaMAMDecoder(config) if config.use_mam else None
-        self.audio_projection = AculaProjectionHead(
-            config.audio_embedding_size, config.projection_hidden_size, config.projection_dim, config.projection_dropout
-        )
+        self.audio_projection = build_audio_projection(config)
         self.text_projection = AculaProjectionHead(
             config.teacher_hidden_size, config.projection_hidden_size, config.projection_dim, config.projection_dropout
         )

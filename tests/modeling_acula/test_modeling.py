@@ -229,6 +229,33 @@ def test_every_alignment_loss_trains(kind):
     assert model.audio_projection.fc1.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("head, params", [("mlp", 32 * 16 + 16 + 16 * 8 + 8), ("linear", 32 * 8 + 8), ("identity", 0)])
+def test_the_audio_head_can_be_linear_or_none(head, params, tmp_path):
+    width = 32 if head == "identity" else 8  # no head: the loss sees the encoder's 32-d embedding itself
+    config = tiny_config(audio_projection=head, use_mam=False, projection_dim=width, projection_hidden_size=16)
+    model = AculaForPreTraining(config)
+    assert sum(p.numel() for p in model.audio_projection.parameters()) == params
+    x = spectrograms(6)
+    out = model(x, teacher_embeds=torch.randn(6, 12))
+    assert out.audio_embeds.shape == (6, width) and torch.isfinite(out.loss)
+    if head == "identity":
+        torch.testing.assert_close(out.audio_embeds, model.acula(x).pooler_output)
+    out.loss.backward()
+    assert model.acula.embeddings.patch_embeddings.projection.weight.grad.abs().sum() > 0
+    model.save_pretrained(tmp_path)
+    again = AculaForPreTraining.from_pretrained(tmp_path)
+    assert again.config.audio_projection == head
+    torch.testing.assert_close(again.eval()(x, teacher_embeds=torch.ones(6, 12)).audio_embeds,
+                               model.eval()(x, teacher_embeds=torch.ones(6, 12)).audio_embeds)
+
+
+def test_an_audio_head_that_cannot_work_is_refused():
+    with pytest.raises(ValueError, match="audio_projection must be one of"):
+        tiny_config(audio_projection="conv")
+    with pytest.raises(ValueError, match="set projection_dim=32"):
+        tiny_config(audio_projection="identity", projection_dim=8)
+
+
 def test_pretraining_weights_load_into_the_encoder(tmp_path):
     model = AculaForPreTraining(tiny_config()).eval()
     model.save_pretrained(tmp_path)
