@@ -2,7 +2,8 @@
 
 - [`specs`]: what a task is ([`TaskSpec`]) and the recordings it yields ([`TaskData`]);
 - [`registry`]: the task registry (`TASKS`) and [`load_task`];
-- [`splits`]: the split policies ([`SplitPolicy`]) and the patient-grouped splits they give ([`make_splits`]);
+- [`split_policy`]: how a task's recordings are split ([`SplitPolicy`]), which a task declares;
+- [`splits`]: the patient-grouped splits a policy gives ([`make_splits`]);
 - the task families, registered in this order when the package is imported:
   - [`dev_pack`]: tasks over the development pack (`--dev_pack`, else `$ACULA_DEV_PACK`, else
     `../shared/data/auscultation-dev`), built from its `metadata.csv`;
@@ -17,14 +18,8 @@
 
 from .registry import TASKS, get_task, list_tasks, load_task, register_task
 from .specs import LoadContext, TaskData, TaskSpec
-from .splits import (
-    DEFAULT_SEEDS,
-    SPLIT_KINDS,
-    Split,
-    SplitPolicy,
-    make_splits,
-    restrict_to_splits,
-)
+from .split_policy import SPLIT_KINDS, SplitPolicy
+from .splits import DEFAULT_SEEDS, Split, make_splits, restrict_to_splits
 
 # Importing a family registers its tasks; this order is the registry's (that of --list_tasks and of the tables).
 # isort: split

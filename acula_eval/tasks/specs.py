@@ -13,7 +13,7 @@ import numpy as np
 
 from acula_train.manifest import Manifest
 
-from .splits import SplitPolicy
+from .split_policy import SplitPolicy
 
 
 def clean_value(value: Any) -> str | None:

@@ -1,7 +1,7 @@
-"""Patient-grouped probe splits: the split policies a task declares and the train / test indices they give.
+"""Patient-grouped probe splits: the train / test indices that a task's split policy gives.
 
-Every split keeps a patient (group) on one side. The policies are described by [`SplitPolicy`]; [`make_splits`] turns
-a task's recordings into [`Split`]s with scikit-learn's grouped splitters (`StratifiedGroupKFold`, `GroupKFold`,
+Every split keeps a patient (group) on one side. The policies are described by [`SplitPolicy`] (`split_policy.py`);
+[`make_splits`] turns a task's recordings into [`Split`]s with scikit-learn's grouped splitters (`StratifiedGroupKFold`, `GroupKFold`,
 `GroupShuffleSplit`, `LeaveOneGroupOut`), the same for every model evaluated on the task.
 """
 
@@ -10,77 +10,29 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import Any, Protocol, Self
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from .specs import TaskData
+from .split_policy import SplitPolicy
 
-SPLIT_KINDS = ("column", "group_kfold", "group_shuffle", "leave_one_group_out", "transfer", "heldout_group_kfold")
 DEFAULT_SEEDS = (0, 1, 2, 3, 4)
 
 
-@dataclass(frozen=True)
-class SplitPolicy:
-    """
-    How a task's recordings are split into probe-training and test sets; always by group (patient).
+class TaskRecordings(Protocol):
+    """What a split reads of a task's recordings: [`~acula_eval.tasks.specs.TaskData`] is one (named here by what it
+    offers, so that this module need not know the task specs)."""
 
-    Args:
-        kind (`str`):
-            - `"column"`: a split column, the same split for every seed (the probe seed differs);
-            - `"group_kfold"`: stratified grouped K-fold over all recordings, `n_splits` folds, every recording
-              tested once;
-            - `"group_shuffle"`: a fresh grouped train/test draw per seed;
-            - `"leave_one_group_out"`: one fold per patient (regression tasks);
-            - `"transfer"`: train on some domains, test on others (e.g. fit a probe on PASCAL + HLS-CMDS, test it on
-              Yaseen): the test side is the rows of `test_domains` whose split `column` is in `test_values`, the
-              training side the rows of `train_domains` whose split column is in `train_values`; the domain of a
-              row is its `domain_column` metadata value. The same split for every seed (the probe seed differs);
-              rows on neither side are unused;
-            - `"heldout_group_kfold"`: stratified grouped K-fold over the held-out side only: the rows whose split
-              `column` is in `test_values` are cut into `n_splits` patient-grouped folds, each tested once, and the
-              probe of each fold trains on every other row of the task (the rows whose split is in `train_values`
-              plus the other held-out folds). Every fold holds every class; where `n_splits` folds cannot (a class
-              with fewer held-out patients than folds), fewer folds are used (at least 2) with a warning.
-              Recordings of the training side are never tested, so a model aligned on that side (e.g. the dev
-              pack's `suggested_split == train`) can be evaluated without leakage.
-        column (`str`, *optional*): split column for `"column"`, `"transfer"` and `"heldout_group_kfold"` (the
-            loader's `split` value of each row).
-        train_values (`tuple[str, ...]`): split-column values of the training side.
-        test_values (`tuple[str, ...]`): split-column values of the test side.
-        n_splits (`int`): folds for `"group_kfold"` and `"heldout_group_kfold"`.
-        test_size (`float`): test fraction of the groups for `"group_shuffle"` (classification tasks draw it stratified
-            by class, as the first of `round(1 / test_size)` stratified grouped folds).
-        domain_column (`str`, *optional*): metadata column naming each row's domain, for `"transfer"`.
-        train_domains (`tuple[str, ...]`): domains of the training side (`"transfer"`).
-        test_domains (`tuple[str, ...]`): domains of the test side (`"transfer"`).
-    """
+    spec: Any  # the task: its `name`, `kind` and default `split` policy
+    labels: np.ndarray
+    groups: np.ndarray
+    classes: list[str]
+    rows: list[dict[str, Any]]
+    split_values: np.ndarray | None
 
-    kind: str = "group_kfold"
-    column: str | None = None
-    train_values: tuple[str, ...] = ("train",)
-    test_values: tuple[str, ...] = ("val", "test")
-    n_splits: int = 5
-    test_size: float = 0.2
-    domain_column: str | None = None
-    train_domains: tuple[str, ...] = ()
-    test_domains: tuple[str, ...] = ()
+    def __len__(self) -> int: ...
 
-    def __post_init__(self):
-        if self.kind not in SPLIT_KINDS:
-            raise ValueError(f"SplitPolicy.kind must be one of {SPLIT_KINDS}, got {self.kind!r}.")
-        if self.kind in ("column", "transfer", "heldout_group_kfold") and not self.column:
-            raise ValueError(f"SplitPolicy(kind={self.kind!r}) needs the name of the split column.")
-        if self.kind == "transfer":
-            if not (self.domain_column and self.train_domains and self.test_domains):
-                raise ValueError("SplitPolicy(kind='transfer') needs domain_column, train_domains and test_domains.")
-            if set(self.train_domains) & set(self.test_domains):
-                both = sorted(set(self.train_domains) & set(self.test_domains))
-                raise ValueError(f"SplitPolicy(kind='transfer'): domains {both} are on both sides.")
-        if self.kind in ("group_kfold", "heldout_group_kfold") and self.n_splits < 2:
-            raise ValueError(f"SplitPolicy(kind={self.kind!r}) needs n_splits >= 2, got {self.n_splits}.")
-
+    def select(self, indices: Sequence[int]) -> Self: ...
 
 
 @dataclass
@@ -93,7 +45,7 @@ class Split:
     seed: int
 
 
-def _check_split(data: TaskData, split: Split, every_class: bool = False) -> None:
+def _check_split(data: TaskRecordings, split: Split, every_class: bool = False) -> None:
     """Both sides non-empty, no patient on both, two or more classes per side (with `every_class`: every class of the
     task on both sides)."""
     name = data.spec.name
@@ -114,12 +66,13 @@ def _check_split(data: TaskData, split: Split, every_class: bool = False) -> Non
                                  f"{[data.classes[i] for i in missing]}.")
 
 
-def make_splits(data: TaskData, policy: SplitPolicy | None = None, seeds: Sequence[int] = DEFAULT_SEEDS) -> list[Split]:
+def make_splits(data: TaskRecordings, policy: SplitPolicy | None = None,
+                seeds: Sequence[int] = DEFAULT_SEEDS) -> list[Split]:
     """
     Patient-grouped probe splits, the same for every model evaluated on the task.
 
     Args:
-        data (`TaskData`): the task's recordings.
+        data (`TaskRecordings`): the task's recordings.
         policy (`SplitPolicy`, *optional*): defaults to the task's own.
         seeds (`Sequence[int]`): one split per seed for `"group_shuffle"` (every class on both sides), `"column"` and
             `"transfer"` (the same split with a different probe seed); for `"group_kfold"` and
@@ -215,14 +168,14 @@ def _text(value) -> str:
     return "" if value is None else str(value).strip()
 
 
-def _split_column(data: TaskData, policy: SplitPolicy) -> np.ndarray:
+def _split_column(data: TaskRecordings, policy: SplitPolicy) -> np.ndarray:
     """The task's split column, lower-cased ("" where a row has none)."""
     if data.split_values is None:
         raise ValueError(f"Task {data.spec.name!r} has no split column {policy.column!r}; use a grouped policy.")
     return np.array([str(v).lower() if v is not None else "" for v in data.split_values])
 
 
-def _heldout_folds(data: TaskData, held_out: np.ndarray, policy: SplitPolicy, seed: int) -> list[np.ndarray]:
+def _heldout_folds(data: TaskRecordings, held_out: np.ndarray, policy: SplitPolicy, seed: int) -> list[np.ndarray]:
     """Patient-grouped (and, for classification, stratified) folds over the held-out rows, each holding every class
     of the task; `policy.n_splits` folds, or fewer (down to 2, with a warning) where that is impossible."""
     from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
@@ -260,7 +213,7 @@ def _heldout_folds(data: TaskData, held_out: np.ndarray, policy: SplitPolicy, se
                      f"{policy.test_values}) holds every class in every fold; too few held-out patients per class.")
 
 
-def restrict_to_splits(data: TaskData, splits: Sequence[Split]) -> tuple[TaskData, list[Split]]:
+def restrict_to_splits(data: TaskRecordings, splits: Sequence[Split]) -> tuple[TaskRecordings, list[Split]]:
     """Drop the recordings that are on no side of any split (e.g. the target domain's training rows of a transfer
     task), so that they are neither embedded nor counted; the split indices are renumbered to match."""
     used = np.unique(np.concatenate([np.concatenate([s.train, s.test]) for s in splits] or [np.array([], int)]))
