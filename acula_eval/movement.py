@@ -62,12 +62,8 @@ def encoder_movement(
     paths: Sequence[str | os.PathLike],
     *,
     max_windows_per_recording: int | None = 1,
-    shared_prefix_layers: int | None = None,
-    cache_dir: str | os.PathLike | bool | None = None,
-    batch_size: int = 16,
-    device: str | torch.device | None = None,
-    decode_workers: int = 2,
     show_progress: bool = True,
+    **embedder_kwargs: Any,
 ) -> dict[str, Any]:
     """
     Embed `paths` with the frozen start and with an aligned model (the evaluator's embedders and cache) and compare.
@@ -79,10 +75,10 @@ def encoder_movement(
         paths (`Sequence[str or os.PathLike]`): held-out recordings (never aligned on).
         max_windows_per_recording (`int`, *optional*, defaults to 1): embed the first N windows of each recording
             (1: its first window, as `eval_acula.py --max_windows_per_recording 1`); `None`: every window.
-        shared_prefix_layers (`int`, *optional*): see [`~acula_eval.embeddings.AudioEmbedder`].
-        cache_dir (`str`, `os.PathLike` or `bool`, *optional*): the embedding cache (`None`: the evaluator's
-            default; `False`: none).
-        batch_size, device, decode_workers, show_progress: see [`~acula_eval.embeddings.AudioEmbedder`].
+        show_progress (`bool`, *optional*, defaults to `True`): progress bars.
+        embedder_kwargs: the other [`~acula_eval.embeddings.AudioEmbedder`] settings (`cache_dir`, `batch_size`,
+            `device`, `window_seconds`, `hop_seconds`, `shared_prefix_layers`, ...); pass the evaluation's, so that
+            both read and write the same cached vectors.
 
     Returns:
         `dict` with `cka`, `movement` (= 1 - cka), `num_recordings` and `max_windows_per_recording`.
@@ -91,10 +87,8 @@ def encoder_movement(
         raise ValueError(f"Movement is measured over at least 2 held-out recordings, got {len(paths)}.")
     embeddings = []
     for folder in (start_dir, model_dir):
-        embedder = AudioEmbedder(folder, device=device, batch_size=batch_size, cache_dir=cache_dir,
-                                 show_progress=show_progress, decode_workers=decode_workers,
-                                 max_windows_per_recording=max_windows_per_recording,
-                                 shared_prefix_layers=shared_prefix_layers)
+        embedder = AudioEmbedder(folder, show_progress=show_progress,
+                                 max_windows_per_recording=max_windows_per_recording, **embedder_kwargs)
         embeddings.append(embedder.embed_files(paths, desc=f"movement ({Path(folder).name})"))
         del embedder
     cka = embedding_cka(*embeddings)
