@@ -1,8 +1,9 @@
 """Patient-grouped probe splits: the train / test indices that a task's split policy gives.
 
 Every split keeps a patient (group) on one side. The policies are described by [`SplitPolicy`] (`split_policy.py`);
-[`make_splits`] turns a task's recordings into [`Split`]s with scikit-learn's grouped splitters (`StratifiedGroupKFold`, `GroupKFold`,
-`GroupShuffleSplit`, `LeaveOneGroupOut`), the same for every model evaluated on the task.
+[`make_splits`] turns a task's recordings into [`Split`]s with scikit-learn's grouped splitters
+(`StratifiedGroupKFold`, `GroupKFold`, `GroupShuffleSplit`, `LeaveOneGroupOut`), the same for every model evaluated
+on the task.
 """
 
 from __future__ import annotations
