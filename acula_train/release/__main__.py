@@ -18,6 +18,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--name", default=None, help="the release's name (default: the --output folder name)")
     export.add_argument("--model_card", default=None,
                         help="the card (default: model_cards/<name>.md, else model_cards/TEMPLATE.md)")
+    export.add_argument("--merge_dtype", default=None, choices=["float32", "float64"],
+                        help="how the rebuild merges the adapter (default: float32 where it reproduces the trained "
+                        "folder bit for bit, else float64, which rebuilds the same on every machine)")
     rebuild = commands.add_parser("rebuild", help="rebuild the full from_pretrained folder from a release")
     rebuild.add_argument("release_dir", help="the release folder")
     rebuild.add_argument("--output", required=True, help="the model folder to write")
@@ -35,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "export":
             export_release(args.model_dir, args.output, name=args.name, whisper_dir=args.whisper_dir,
-                           model_card=args.model_card, overwrite=args.overwrite)
+                           model_card=args.model_card, merge_dtype=args.merge_dtype, overwrite=args.overwrite)
         else:
             rebuild_release(args.release_dir, args.output, whisper_dir=args.whisper_dir, overwrite=args.overwrite)
     except (ValueError, OSError) as error:

@@ -1,6 +1,6 @@
-"""Apply a release delta to its start: the LoRA adapter merged in float64 (so the merged weights do not depend on the
-machine's float32 matrix kernels and the result's hash is reproducible), the trained heads, and any further tensor
-the delta carries whole."""
+"""Apply a release delta to its start: the LoRA adapter merged by peft (in float32, which is how a run merges it and
+so reproduces the trained folder bit for bit, or in float64, whose single final rounding depends on no machine's
+float32 kernels), the trained heads, and any further tensor the delta carries whole."""
 
 from __future__ import annotations
 
@@ -17,10 +17,11 @@ ADAPTER_DIR = "adapter"
 # Tensors trained outside the adapter (e.g. a final layer norm trained in full), stored whole, named as in the
 # alignment model's state dict.
 EXTRA_WEIGHTS = "extra_weights.safetensors"
+MERGE_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def apply_delta(config: AculaConfig, start: AculaModel, delta_dir: Path,
-                extra: dict[str, torch.Tensor] | None = None) -> AculaForPreTraining:
+                extra: dict[str, torch.Tensor] | None = None, merge_dtype: str = "float32") -> AculaForPreTraining:
     """The alignment model of a release: `start` with the delta of `delta_dir` applied.
 
     Args:
@@ -29,16 +30,19 @@ def apply_delta(config: AculaConfig, start: AculaModel, delta_dir: Path,
         delta_dir (`Path`): a folder holding `adapter/` (peft LoRA + the trained heads as `modules_to_save`) and,
             where needed, `extra_weights.safetensors`.
         extra (`dict[str, torch.Tensor]`, *optional*): tensors to set whole instead of reading `extra_weights`.
+        merge_dtype (`str`, *optional*, defaults to `"float32"`): `"float32"` or `"float64"`, the dtype of the merge
+            `W + scale * B @ A` (the result is float32 either way).
 
     Returns:
         [`AculaForPreTraining`]: the merged model in float32, in eval mode.
     """
     from peft import PeftModel
 
+    if merge_dtype not in MERGE_DTYPES:
+        raise ReleaseError(f"merge_dtype must be one of {sorted(MERGE_DTYPES)}, got {merge_dtype!r}")
     model = AculaForPreTraining(config)
     model.acula.load_state_dict(start.state_dict())
-    # float64 for the merge: W + scale * B @ A has one rounding (to float32 at the end) on every machine
-    model = model.double()
+    model = model.to(MERGE_DTYPES[merge_dtype])  # float32 -> float64 -> float32 is exact for what is not merged
     peft_model = PeftModel.from_pretrained(model, str(delta_dir / ADAPTER_DIR), is_trainable=False)
     merged = peft_model.merge_and_unload().float().eval()
     if extra is None and (delta_dir / EXTRA_WEIGHTS).is_file():
@@ -82,4 +86,4 @@ def differing_tensors(state: dict[str, torch.Tensor], reference: dict[str, torch
     return far, closest
 
 
-__all__ = ["ADAPTER_DIR", "EXTRA_WEIGHTS", "apply_delta", "differing_tensors"]
+__all__ = ["ADAPTER_DIR", "EXTRA_WEIGHTS", "MERGE_DTYPES", "apply_delta", "differing_tensors"]

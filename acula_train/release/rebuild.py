@@ -13,7 +13,7 @@ from typing import Any
 
 from safetensors.torch import load_file
 
-from modeling_acula import AculaConfig
+from modeling_acula import AculaConfig, AculaFeatureExtractor
 
 from ..prefix_cache import state_dict_sha256
 from .base import ReleaseBase, build_start, check_base
@@ -29,8 +29,12 @@ NOT_COPIED = frozenset({EXTRA_WEIGHTS})
 def _check_weights(name: str, actual: str, manifest: dict[str, Any]) -> None:
     recorded = manifest["weights"][name]["sha256"]
     if actual != recorded:
-        raise ReleaseError(f"the rebuilt {name} has weights sha256 {actual}, the release records {recorded} (recorded "
-                           f"with {manifest.get('versions')}); the base or the merge differs on this machine")
+        raise ReleaseError(
+            f"the rebuilt {name} has weights sha256 {actual}, the release records {recorded} (exported with "
+            f"{manifest.get('versions')}, {manifest.get('merge_dtype')} merge): the base matched, so the adapter merge "
+            "computes differently here (another torch or CPU kernel); export the release with --merge_dtype float64, "
+            "which rebuilds the same on every machine"
+        )
 
 
 def rebuild_release(release_dir: str | os.PathLike, output: str | os.PathLike, *,
@@ -64,7 +68,7 @@ def rebuild_release(release_dir: str | os.PathLike, output: str | os.PathLike, *
     log(f"      base weights sha256 {base.weights_sha256} (as recorded)")
 
     log("[3/4] Applying the delta ...")
-    model = apply_delta(config, start, release_dir)
+    model = apply_delta(config, start, release_dir, merge_dtype=manifest.get("merge_dtype", "float32"))
     _check_weights(MODEL_WEIGHTS, state_dict_sha256(model.acula.state_dict()), manifest)
     _check_weights(ALIGNMENT_WEIGHTS, state_dict_sha256(model.state_dict()), manifest)
 
@@ -72,6 +76,7 @@ def rebuild_release(release_dir: str | os.PathLike, output: str | os.PathLike, *
     with staged_folder(output, overwrite) as staging:
         model.save_pretrained(staging / "alignment")  # encoder + heads, for retrieval or more alignment
         model.acula.save_pretrained(staging)  # the merged encoder: what AutoModel loads
+        AculaFeatureExtractor.from_pretrained(release_dir).save_pretrained(staging)  # with its code, as a run writes it
         for relative in manifest["files"]:
             if relative not in NOT_COPIED:  # the release's own configs, card and records, byte for byte
                 (staging / relative).parent.mkdir(parents=True, exist_ok=True)

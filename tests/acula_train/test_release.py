@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from transformers import AutoModel, WhisperModel
 
 from acula_train.release import ReleaseError, export_release, read_manifest, rebuild_release
@@ -87,6 +88,10 @@ def test_the_delta_holds_no_base_weights(released, trained):
 def test_the_rebuilt_folder_embeds_like_the_trained_one(released, trained, tiny_whisper_start, tmp_path):
     output = rebuild_release(released, tmp_path / "rebuilt", whisper_dir=tiny_whisper_start, log=lambda _: None)
     assert isinstance(AutoModel.from_pretrained(output), AculaModel)
+    assert read_manifest(released)["merge_dtype"] == "float32"  # the run's own merge: its weights, bit for bit
+    for name in ("model.safetensors", "alignment/model.safetensors"):
+        ours, theirs = load_file(str(output / name)), load_file(str(trained / name))
+        assert ours.keys() == theirs.keys() and all(torch.equal(ours[key], theirs[key]) for key in ours)
     inputs = spectrograms(trained)
     torch.testing.assert_close(embed(output, inputs), embed(trained, inputs), atol=1e-6, rtol=0)
     for name in ("readout.json", "readout.safetensors"):
@@ -95,6 +100,33 @@ def test_the_rebuilt_folder_embeds_like_the_trained_one(released, trained, tiny_
     heads = AutoModel.from_pretrained(output / "alignment"), AutoModel.from_pretrained(trained / "alignment")
     for ours, theirs in zip(heads[0].state_dict().values(), heads[1].state_dict().values()):
         torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=1e-6)
+
+
+def test_a_float64_merge_rebuilds_within_an_ulp(trained, tiny_whisper_start, tmp_path):
+    release = tmp_path / "release"
+    manifest = export_release(trained, release, whisper_dir=tiny_whisper_start, merge_dtype="float64",
+                              log=lambda _: None)
+    assert manifest["merge_dtype"] == "float64" and not manifest["trained_folder_agreement"]["tensors_stored_whole"]
+    output = rebuild_release(release, tmp_path / "rebuilt", whisper_dir=tiny_whisper_start, log=lambda _: None)
+    inputs = spectrograms(trained)
+    torch.testing.assert_close(embed(output, inputs), embed(trained, inputs), atol=1e-6, rtol=0)
+
+
+def test_a_tensor_trained_outside_the_adapter_goes_into_the_delta_whole(trained, tiny_whisper_start, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained, run, ignore=shutil.ignore_patterns("checkpoints", "logs"))
+    for name, prefix in (("alignment/model.safetensors", "acula."), ("model.safetensors", "")):
+        state = load_file(str(run / name))
+        state[f"{prefix}backbone.layer_norm.weight"] += 0.01  # as if the final layer norm had trained in full
+        save_file(state, str(run / name), metadata={"format": "pt"})
+    manifest = export_release(run, tmp_path / "release", whisper_dir=tiny_whisper_start, log=lambda _: None)
+    assert manifest["trained_folder_agreement"]["tensors_stored_whole"] == ["acula.backbone.layer_norm.weight"]
+    assert "extra_weights.safetensors" in manifest["files"]
+    output = rebuild_release(tmp_path / "release", tmp_path / "rebuilt", whisper_dir=tiny_whisper_start,
+                             log=lambda _: None)
+    assert not (output / "extra_weights.safetensors").exists()
+    rebuilt, original = load_file(str(output / "model.safetensors")), load_file(str(run / "model.safetensors"))
+    assert all(torch.equal(rebuilt[key], original[key]) for key in original)
 
 
 def test_an_altered_or_missing_delta_file_is_named(released, tiny_whisper_start, tmp_path):
