@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -289,7 +290,7 @@ class RecipeStudy:
     def _launch(self, command: list[str], what: str) -> None:
         status = self.launcher(command)
         if status != 0:
-            raise RuntimeError(f"{what} failed (exit status {status}): {' '.join(command)}\nRe-run the study to "
+            raise RuntimeError(f"{what} failed (exit status {status}): {shlex.join(command)}\nRe-run the study to "
                                "continue from here.")
 
     def run(self, dry_run: bool = False, evaluate: bool = True) -> dict[str, Any] | None:
@@ -315,18 +316,19 @@ class RecipeStudy:
                 self.say(f"{prefix}: finished, training skipped")
             else:
                 command = train_command(study, recipe, seed, state)
-                self.say(f"{prefix}: {'resuming' if state == 'interrupted' else 'training'}: {' '.join(command)}")
+                self.say(f"{prefix}: {'resuming' if state == 'interrupted' else 'training'}: {shlex.join(command)}")
                 if not dry_run:
                     self._launch(command, f"training {run}")
                     if run_state(folder) != "finished":
                         raise RuntimeError(f"training {run} exited without writing its folder {folder}.")
             if not dry_run:
                 self.measure(run, recipe, seed)
-        finished = [run for run, _, _ in study.runs() if run_state(study.run_dir(run)) == "finished"]
+        # A dry run shows the evaluation the real one would end with: over every run of the study.
+        finished = [run for run, _, _ in study.runs() if dry_run or run_state(study.run_dir(run)) == "finished"]
         if evaluate:
             command = eval_command(study, finished)
             if dry_run:
-                self.say(f"[study {study.name}] evaluation: {' '.join(command)}")
+                self.say(f"[study {study.name}] evaluation: {shlex.join(command)}")
             elif finished:
                 self.evaluate(command, finished)
         if dry_run:
@@ -372,7 +374,7 @@ class RecipeStudy:
             if json.loads(stamp_path.read_text(encoding="utf-8")) == stamp:
                 self.say(f"[study {self.study.name}] evaluation of {len(runs)} runs is up to date, skipped")
                 return
-        self.say(f"[study {self.study.name}] evaluating {len(runs)} runs beside the baselines: {' '.join(command)}")
+        self.say(f"[study {self.study.name}] evaluating {len(runs)} runs beside the baselines: {shlex.join(command)}")
         stamp_path.unlink(missing_ok=True)
         self._launch(command, "evaluation")
         write_json_atomic(stamp_path, stamp)
