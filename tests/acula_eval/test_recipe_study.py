@@ -144,6 +144,26 @@ def test_a_study_trains_measures_evaluates_and_tabulates_every_run(study_run):
         assert row["paired"]["difference"] == pytest.approx(row["mean_auroc"] - start_mean, abs=1e-9)
         assert row["paired"]["ci_low"] <= row["paired"]["difference"] <= row["paired"]["ci_high"]
     assert rows["cka-s0"]["alignment_loss_kind"] == "debiased_cka"
+    # The first held-out batch again, through the model's own forward: the first 4 val recordings, their templated
+    # reports and the run's teacher.
+    from acula_train.manifest import load_manifest
+    from acula_train.reports import write_report
+    from acula_train.teacher import load_teacher
+    from modeling_acula import AculaFeatureExtractor, AculaForPreTraining
+    from modeling_acula.audio_utils import decode_audio
+
+    folder = root / "runs" / "cka-s0"
+    manifest = load_manifest(root / "circor.csv")
+    first = [i for i, row in enumerate(manifest.rows) if row["split"] == "val"][:4]
+    extractor = AculaFeatureExtractor.from_pretrained(folder)
+    waveforms = [decode_audio(manifest.audio_paths[i], extractor.sampling_rate) for i in first]
+    features = extractor(waveforms, sampling_rate=extractor.sampling_rate, return_tensors="pt")["input_values"]
+    vectors = load_teacher(folder).encode([write_report(manifest.rows[i]) for i in first])
+    with torch.no_grad():
+        output = AculaForPreTraining.from_pretrained(folder / "alignment").eval()(input_values=features,
+                                                                                   teacher_embeds=vectors)
+    batch_losses = json.loads((root / "results" / "runs" / "cka-s0.json").read_text())["heldout"]["batch_losses"]
+    assert batch_losses[0] == pytest.approx(float(output.alignment_loss), abs=1e-4)
     # Three steps barely train InfoNCE: on held-out batches of 4 it stays near chance, log(4).
     assert rows["infonce-s0"]["alignment_loss_kind"] == "infonce"
     assert rows["infonce-s0"]["heldout_alignment_loss"] == pytest.approx(math.log(4), abs=0.1)
@@ -231,3 +251,13 @@ def test_recipe_rows_aggregate_seeds_and_the_study_file_is_checked():
         Study.from_dict({**base, "recipes": [{"name": "a", "seed": [1]}]})
     with pytest.raises(ValueError, match="--reference"):
         Study.from_dict({**base, "eval_args": ["--reference", "y"], "recipes": [{"name": "a"}]})
+
+
+def test_the_example_study_file_is_valid_and_covers_the_levers():
+    study = Study.from_file(REPO / "examples" / "recipe_study_circor.json")
+    assert study.start_name == "whisper-base-frozen-10s" and study.heldout_splits == ["val"]
+    flags = " ".join(arg for recipe in study.recipes for arg in recipe.args)
+    for lever in ("--lora_top_layers", "--lora_include_mlp", "--lora_r", "--learning_rate", "--num_train_epochs",
+                  "infonce", "released_covariance_cka", "identity", "linear", "preservation"):
+        assert lever in flags, lever
+    assert len(next(recipe for recipe in study.recipes if recipe.name == "default").seeds) >= 3
