@@ -24,7 +24,7 @@ from acula_train.manifest import Manifest, load_manifest
 from .dev_pack import DEV_PACK_SOURCE
 from .registry import register_task
 from .specs import LoadContext, TaskSpec, clean_value
-from .splits import SplitPolicy
+from .split_policy import SplitPolicy
 
 CIRCOR_CITATION = (
     'J. Oliveira et al., "The CirCor DigiScope Dataset: From Murmur Detection to Murmur Classification", IEEE JBHI '

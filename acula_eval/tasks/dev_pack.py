@@ -13,7 +13,7 @@ from acula_train.manifest import Manifest, load_manifest
 
 from .registry import register_task
 from .specs import LoadContext, TaskSpec
-from .splits import SplitPolicy
+from .split_policy import SplitPolicy
 
 DEV_PACK_SOURCE = (
     "auscultation-dev (../shared/data/auscultation-dev): PASCAL CHSC 2011, Yaseen 2018, HLS-CMDS, KAUH lung sounds, "

@@ -24,7 +24,7 @@ from acula_train.hf_datasets import (
 from modeling_acula.file_utils import acula_cache_dir
 
 from .specs import LoadContext, TaskSpec
-from .splits import SplitPolicy
+from .split_policy import SplitPolicy
 
 # Where recordings that a dataset holds only as bytes are written (content-addressed), as training does.
 DATASETS_AUDIO_CACHE = "datasets-audio"

@@ -7,7 +7,7 @@ from __future__ import annotations
 from .dev_pack import DEV_PACK_SOURCE, dev_pack_loader
 from .registry import register_task
 from .specs import TaskSpec
-from .splits import SplitPolicy
+from .split_policy import SplitPolicy
 
 _KAUH_HELD_OUT_NOTES = (
     "Diagnoses as recorded (pure diagnoses only: combined ones such as heart_failure+copd are left out). Tested on "

@@ -16,7 +16,7 @@ from typing import Any
 from .dev_pack import kauh_obstructive_label
 from .registry import TASKS, register_task
 from .specs import LoadContext, TaskSpec, clean_value
-from .splits import SplitPolicy
+from .split_policy import SplitPolicy
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".webm")
 

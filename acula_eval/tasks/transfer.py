@@ -8,7 +8,7 @@ from typing import Any
 from .dev_pack import DEV_PACK_SOURCE, dev_pack_loader
 from .registry import register_task
 from .specs import LoadContext, TaskSpec, clean_value
-from .splits import SplitPolicy
+from .split_policy import SplitPolicy
 
 # Normal vs abnormal heart sound, per source. Only the listed labels are kept (an unknown label is left out, never
 # guessed); the mapping is in the tasks' notes.
