@@ -41,4 +41,4 @@ def render_card(path: str | Path, facts: Mapping[str, object]) -> str:
     return PLACEHOLDER.sub(lambda match: str(facts[match.group(1)]), text)
 
 
-__all__ = ["MODEL_CARDS_DIR", "default_card_path", "render_card"]
+__all__ = ["MODEL_CARDS_DIR", "TEMPLATE_NAME", "default_card_path", "render_card"]

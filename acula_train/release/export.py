@@ -24,7 +24,7 @@ from modeling_acula import AculaConfig
 
 from ..prefix_cache import state_dict_sha256
 from .base import WHEELS_SOURCE, ReleaseBase, build_start
-from .card import default_card_path, render_card
+from .card import TEMPLATE_NAME, default_card_path, render_card
 from .delta import ADAPTER_DIR, EXTRA_WEIGHTS, apply_delta, differing_tensors
 from .folders import folder_megabytes, staged_folder
 from .manifest import MANIFEST_NAME, PICKLE_SUFFIXES, ReleaseError, file_table, list_files, write_manifest
@@ -96,7 +96,9 @@ def card_facts(name: str, base: ReleaseBase, weights: dict[str, Any], model_dir:
         "base_weights_sha256": base.weights_sha256,
         "weights_sha256": weights[MODEL_WEIGHTS]["sha256"],
         "teacher": teacher.get("name", "unrecorded"),
-        "adapter": f"LoRA r={adapter.get('r')}, alpha={adapter.get('lora_alpha')} on `{adapter.get('target_modules')}`",
+        # a pipe inside a table cell ends the cell, even in a code span
+        "adapter": f"LoRA r={adapter.get('r')}, alpha={adapter.get('lora_alpha')} on "
+                   f"`{str(adapter.get('target_modules')).replace('|', chr(92) + '|')}`",
         "acula_version": modeling_acula.__version__,
     }
 
@@ -131,6 +133,8 @@ def export_release(model_dir: str | os.PathLike, output: str | os.PathLike, *, n
     name = name or output.name
     _check_run_folder(model_dir)
     card_path = Path(model_card) if model_card else default_card_path(name)
+    if card_path.name == TEMPLATE_NAME:
+        log(f"Note: model_cards/{name}.md does not exist; the card is the template, its sections still to be written")
     config = AculaConfig.from_pretrained(model_dir / "alignment")
 
     log(f"[1/4] Building the base (window {config.audio_backbone_config.max_source_positions / 50:g} s) ...")
@@ -162,7 +166,8 @@ def export_release(model_dir: str | os.PathLike, output: str | os.PathLike, *, n
             state = merged.state_dict()
             for name_, tensor in extra.items():
                 state[name_].copy_(tensor)
-    encoder_far, encoder_closest = differing_tensors(merged.acula.state_dict(), load_file(str(model_dir / MODEL_WEIGHTS)))
+    encoder_far, encoder_closest = differing_tensors(merged.acula.state_dict(),
+                                                     load_file(str(model_dir / MODEL_WEIGHTS)))
     if encoder_far:
         raise ReleaseError(f"{model_dir / MODEL_WEIGHTS} differs from the encoder of {model_dir / ALIGNMENT_WEIGHTS} "
                            f"(tensors {encoder_far[:5]}): the folder is inconsistent")

@@ -62,9 +62,10 @@ def rebuild_release(release_dir: str | os.PathLike, output: str | os.PathLike, *
     manifest = read_manifest(release_dir)
     config = AculaConfig.from_pretrained(release_dir / "alignment")
 
-    log(f"[2/4] Rebuilding the base ({manifest['base']['source']}, window {manifest['base']['window_seconds']:g} s) ...")
+    recorded = ReleaseBase.from_dict(manifest["base"])
+    log(f"[2/4] Rebuilding the base ({recorded.source}, window {recorded.window_seconds:g} s) ...")
     start, base = build_start(config, whisper_dir, log)
-    check_base(ReleaseBase.from_dict(manifest["base"]), base)
+    check_base(recorded, base)
     log(f"      base weights sha256 {base.weights_sha256} (as recorded)")
 
     log("[3/4] Applying the delta ...")

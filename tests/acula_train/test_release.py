@@ -12,6 +12,7 @@ from transformers import AutoModel, WhisperModel
 
 from acula_train.release import ReleaseError, export_release, read_manifest, rebuild_release
 from acula_train.release.__main__ import main as release_main
+from acula_train.release.card import default_card_path, render_card
 from acula_train.release.export import delta_files
 from modeling_acula import AculaModel
 
@@ -83,6 +84,8 @@ def test_the_delta_holds_no_base_weights(released, trained):
     card = (released / "README.md").read_text()
     assert "ODC-By 1.0" in card and "a 2 s window" in card and manifest["base"]["weights_sha256"] in card
     assert "{{" not in card and "<!--" not in card
+    adapter_row = next(line for line in card.splitlines() if line.startswith("| adapter |"))
+    assert adapter_row.replace("\\|", "").count("|") == 3  # the target regex's pipes do not split the table row
 
 
 def test_the_rebuilt_folder_embeds_like_the_trained_one(released, trained, tiny_whisper_start, tmp_path):
@@ -167,3 +170,14 @@ def test_delta_files_leave_out_weights_code_and_local_state(trained):
     assert "adapter/adapter_model.safetensors" in names and "preprocessor_config.json" in names
     assert not [name for name in names if name.endswith(".py") or name.startswith(("checkpoints/", "logs/"))
                 or name in ("model.safetensors", "alignment/model.safetensors", "README.md")]
+
+
+def test_a_card_placeholder_the_export_does_not_know_is_refused(tmp_path):
+    card = tmp_path / "card.md"
+    card.write_text("<!-- a note to authors -->\n# {{name}} on {{ base_modle }}\n")
+    assert render_card(card, {"name": "x", "base_modle": "z"}) == "# x on z\n"
+    with pytest.raises(ReleaseError, match=r"unknown placeholders \['base_modle'\]"):
+        render_card(card, {"name": "x", "base_model": "y"})
+    fields = ("name", "base_model", "window_seconds", "base_weights_sha256", "weights_sha256", "teacher", "adapter",
+              "acula_version")  # what card_facts fills
+    assert "ODC-By 1.0" in render_card(default_card_path("no-such-release"), {name: "v" for name in fields})
