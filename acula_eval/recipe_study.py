@@ -441,7 +441,8 @@ def run_row(record: dict[str, Any], evaluation: dict[str, Any] | None) -> dict[s
             "train_loss": train["loss"], "train_alignment_loss": train["alignment_loss"],
             "alignment_loss_kind": heldout["alignment_loss"], "heldout_alignment_loss": heldout["mean"],
             "heldout_alignment_loss_std": heldout["std"], "heldout_batches": heldout["num_batches"],
-            "movement": movement["movement"], "cka_to_start": movement["cka"], **model_scores(evaluation, record["run"])}
+            "movement": movement["movement"], "cka_to_start": movement["cka"],
+            **model_scores(evaluation, record["run"])}
 
 
 def _mean_std(values: Sequence[float | None]) -> dict[str, Any] | None:

@@ -22,7 +22,8 @@ def numpy_linear_cka(x: np.ndarray, y: np.ndarray) -> float:
     """Kornblith et al. (2019), eq. for linear CKA: ||Y^T X||_F^2 / (||X^T X||_F ||Y^T Y||_F) on centred X, Y."""
     x = x - x.mean(axis=0)
     y = y - y.mean(axis=0)
-    return float(np.linalg.norm(y.T @ x, "fro") ** 2 / (np.linalg.norm(x.T @ x, "fro") * np.linalg.norm(y.T @ y, "fro")))
+    cross = np.linalg.norm(y.T @ x, "fro") ** 2
+    return float(cross / (np.linalg.norm(x.T @ x, "fro") * np.linalg.norm(y.T @ y, "fro")))
 
 
 # --- the movement's CKA ----------------------------------------------------------------------------------------------
@@ -237,8 +238,8 @@ def test_recipe_rows_aggregate_seeds_and_the_study_file_is_checked():
                                          "heldout_splits": ["val"], "start": "start"}, "tasks": ["t"],
                                "reference": "start", "runs": [], "recipes": [row], "baselines": [],
                                "evaluation": None})
-    assert "| r | `--lora_r 16` | 3 | 0.800 ± 0.100 | 0.0200 ± 0.0100 | 0.720 ± 0.020 | 0.720 ± 0.020 | 0.020 ± 0.010 |" \
-        in markdown
+    assert ("| r | `--lora_r 16` | 3 | 0.800 ± 0.100 | 0.0200 ± 0.0100 | 0.720 ± 0.020 | 0.720 ± 0.020 "
+            "| 0.020 ± 0.010 |") in markdown
 
     base = {"name": "s", "runs_dir": "r", "manifest": "m", "start": "x/start"}
     with pytest.raises(ValueError, match="--seed"):
