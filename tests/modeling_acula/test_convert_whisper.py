@@ -351,3 +351,27 @@ def test_ensure_whisper_base_reuses_and_rebuilds(tmp_path, monkeypatch, caplog):
     (folder / STAMP_NAME).unlink()
     with pytest.raises(ValueError, match="missing or unreadable"):
         verify_converted_whisper(folder)
+
+
+def test_the_tensor_table_maps_onto_every_parameter_of_transformers_whisper():
+    """One table drives the mapping and the checks: its rows, expanded for a 2 + 2 layer model, name every tensor of
+    transformers' WhisperModel exactly once (biases Whisper's k projections do not have are the fused bias's zero
+    rows, checked by the converter)."""
+    from transformers import WhisperConfig
+
+    from modeling_acula.convert_whisper import TENSOR_PARTS, _expected_tensors
+
+    variables = {f"{part}/layer_{i}/x": None for part in ("encoder", "decoder") for i in range(2)}
+    named = []
+    for _, hf_names, kind in _expected_tensors(variables, include_decoder=True):
+        for _, suffix in TENSOR_PARTS[kind]:
+            for name in (hf_names if kind == "fused" else (hf_names,)):
+                named.append(name if suffix is None else f"{name}.{suffix}")
+    config = WhisperConfig(d_model=16, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
+                           decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, vocab_size=60, pad_token_id=0,
+                           bos_token_id=0, eos_token_id=0, decoder_start_token_id=0,
+                           num_mel_bins=8, max_source_positions=10, max_target_positions=10)
+    parameters = set(WhisperModel(config).state_dict())
+    without_bias = {name for name in named if name.endswith("k_proj.bias")}
+    assert len(named) == len(set(named))
+    assert set(named) - without_bias == parameters
