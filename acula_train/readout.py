@@ -361,12 +361,51 @@ def check_prefix_states(model, dataset: Dataset, prefix_layers: int) -> None:
 
     cached = dataset.cache.identity
     own = prefix_cache_identity(model.acula, prefix_layers, cached["spectrograms"])
+    def as_json(value: Any) -> str:
+        return json.dumps(value, sort_keys=True, default=str)
+
     differ = sorted(key for key in ("prefix_layers", "prefix_weights_sha256", "backbone", "attention")
-                    if cached.get(key) != own.get(key))
+                    if as_json(cached.get(key)) != as_json(own.get(key)))
     if differ:
         raise ValueError(f"The prefix cache {dataset.cache.folder} was not filled by this model's first "
                          f"{prefix_layers} layers ({', '.join(differ)} differ): its states cannot stand in for the "
                          "recordings.")
+
+
+def find_prefix_states(model, pairs: Dataset, prefix_layers: int | None, cache_dir: str | os.PathLike):
+    """The pairs of `pairs` as cached prefix states, when a prefix cache under `<cache_dir>/prefix` was filled by
+    `model`'s own bottom layers (training fills one with LoRA on the top layers) and holds every recording; else
+    `None`. Found by what decides an entry (the bottom's weights, depth, backbone and spectrograms), so that a refit
+    runs only the layers above it.
+
+    Args:
+        model ([`AculaForPreTraining`]): the saved alignment model.
+        pairs ([`~acula_train.dataset.AudioSpectrogramDataset`]): the training pairs, with teacher vectors.
+        prefix_layers (`int`, *optional*): the frozen layers of the run (`None`: the run had no frozen prefix).
+        cache_dir (`str` or `os.PathLike`): the training caches' folder.
+    """
+    from .prefix_cache import PrefixStateDataset
+    from .tensor_cache import TensorCache, identity_hash
+
+    if prefix_layers is None or pairs.cache is None:
+        return None
+    for identity_file in sorted((Path(cache_dir) / "prefix").glob("*/identity.json")):
+        try:
+            identity = json.loads(identity_file.read_text(encoding="utf-8"))["featurizer"]
+        except (OSError, ValueError, KeyError):
+            continue
+        if (identity_hash(identity)[:16] != identity_file.parent.name
+                or identity.get("spectrograms") != pairs.cache.identity_hash):
+            continue
+        states = PrefixStateDataset(pairs.manifest, TensorCache(identity_file.parent.parent, identity,
+                                                                 kind="encoder prefix"), pairs.teacher_vectors)
+        try:
+            check_prefix_states(model, states, prefix_layers)
+        except ValueError:
+            continue
+        if all(states.cache.entry_path(path).is_file() for path in pairs.manifest.audio_paths):
+            return states
+    return None
 
 
 @torch.no_grad()
@@ -577,6 +616,20 @@ def training_pairs_dataset(model_dir: str | os.PathLike, *, cache_dir: str | os.
     return dataset, reports
 
 
+def run_prefix_layers(model_dir: str | os.PathLike, config) -> int | None:
+    """The frozen layers below a finished run's adapters, from its `training_args.json` (`None`: no fixed prefix)."""
+    from .prefix_cache import frozen_prefix_layers
+    from .arguments import DEFAULT_WHISPER_LORA_TOP_LAYERS
+
+    try:
+        recorded = json.loads((Path(model_dir) / "training_args.json").read_text(encoding="utf-8"))["model"]
+    except (OSError, ValueError, KeyError):
+        return None
+    top = recorded.get("lora_top_layers")
+    top = DEFAULT_WHISPER_LORA_TOP_LAYERS if top is None else top
+    return frozen_prefix_layers(config, full_finetune=bool(recorded.get("full_finetune")), top_layers=top or None)[0]
+
+
 def fit_folder_readout(model_dir: str | os.PathLike, *, kind: str | None = None,
                        ridge_alpha: float = DEFAULT_RIDGE_ALPHA, cache_dir: str | os.PathLike | None = None,
                        batch_size: int = 16, device: str | torch.device | None = None, num_workers: int = 0,
@@ -597,11 +650,18 @@ def fit_folder_readout(model_dir: str | os.PathLike, *, kind: str | None = None,
     kind = kind or readout_kind_for_loss(model.config.alignment_loss)
     dataset, reports = (None, None) if kind == "cosine" else training_pairs_dataset(
         model_dir, cache_dir=cache_dir, device=device, show_progress=show_progress)
+    info = {"source": "python -m acula_train.readout fit",
+            "fitted_on": "the alignment training pairs listed in reports.jsonl (the training crop of each recording)"}
+    prefix_layers = None
+    if dataset is not None:
+        states = find_prefix_states(model, dataset, run_prefix_layers(model_dir, model.config),
+                                    Path(cache_dir).expanduser() if cache_dir else acula_cache_dir())
+        if states is not None:
+            prefix_layers = run_prefix_layers(model_dir, model.config)
+            dataset, info["encoded_from"] = states, f"the run's prefix cache ({prefix_layers} layers)"
     readout = fit_readout(model, dataset, kind=kind, ridge_alpha=ridge_alpha, reports=reports, batch_size=batch_size,
-                          device=device, num_workers=num_workers, show_progress=show_progress,
-                          info={"source": "python -m acula_train.readout fit",
-                                "fitted_on": "the alignment training pairs listed in reports.jsonl (the training "
-                                             "crop of each recording)"})
+                          device=device, num_workers=num_workers, show_progress=show_progress, info=info,
+                          prefix_layers=prefix_layers)
     readout.save(Path(model_dir) / "alignment")
     return readout
 
@@ -646,6 +706,7 @@ __all__ = [
     "AlignmentReadout",
     "check_prefix_states",
     "fit_folder_readout",
+    "find_prefix_states",
     "fit_readout",
     "load_alignment_model",
     "pair_projections",

@@ -22,7 +22,7 @@ from modeling_acula import AculaFeatureExtractor, AculaForPreTraining, apply_lor
 from acula_train.dataset import pair_dataset, spectrogram_cache
 from acula_train.gradient_cache import backward_over_window
 from acula_train.manifest import load_manifest
-from acula_train.readout import check_prefix_states, pair_projections
+from acula_train.readout import check_prefix_states, fit_folder_readout, pair_projections
 from acula_train.prefix_cache import (
     PREFIX_TENSORS,
     PrefixStateDataset,
@@ -282,6 +282,13 @@ def test_a_tiny_run_with_the_cache_ends_with_the_weights_of_one_without(uncached
     readouts = [load_file(str(folder / "alignment" / "readout.safetensors")) for folder in (cached, uncached)]
     for name in readouts[1]:
         torch.testing.assert_close(readouts[0][name], readouts[1][name], atol=1e-4, rtol=1e-4, msg=name)
+    # a refit of the finished folder finds the run's prefix cache by its weights and reads it
+    refit = fit_folder_readout(cached, cache_dir=root / "cache", device="cpu", show_progress=False)
+    assert refit.info["encoded_from"] == "the run's prefix cache (1 layers)"
+    torch.testing.assert_close(refit.weight.float(), readouts[0]["weight"].float(), atol=1e-4, rtol=1e-4)
+    elsewhere = fit_folder_readout(cached, cache_dir=root / "empty-cache", device="cpu", show_progress=False)
+    assert "encoded_from" not in elsewhere.info
+    torch.testing.assert_close(elsewhere.weight.float(), readouts[0]["weight"].float(), atol=1e-4, rtol=1e-4)
     # a second run reads the cache only
     again = run_in_process(whisper_run_args(tiny_whisper_start, root / "again", root / "cache", "--max_steps", "1"))
     assert "(48 hits, 0 computed" in capsys.readouterr().out and (again / "config.json").is_file()
