@@ -68,6 +68,7 @@ setup(
             "acula-convert-whisper=modeling_acula.convert_whisper:main",
             "acula-readout=acula_train.readout:main",
             "acula-prepare-dataset=acula_train.layouts.prepare:main",
+            "acula-merge-manifests=acula_train.layouts.merge:main",
             "acula-release=acula_train.release.__main__:main",
         ]
     },

@@ -12,6 +12,9 @@ from pathlib import Path
 
 from .registry import LAYOUTS, get_layout, load_layout
 
+# Columns other than the audio column that hold paths relative to the manifest (rewritten when a manifest moves).
+PATH_COLUMNS = ("segmentation",)
+
 
 def write_manifest_csv(manifest, output: Path) -> Path:
     """Write `manifest`'s rows to `output` (CSV), audio paths relative to `output`'s folder; written to a temporary
@@ -21,7 +24,7 @@ def write_manifest_csv(manifest, output: Path) -> Path:
     records = manifest.to_records()
     for record, path in zip(records, manifest.audio_paths):
         record[manifest.audio_column] = os.path.relpath(path, output.parent)
-    for column in ("segmentation",):  # other paths of the layout, relative to the manifest too
+    for column in PATH_COLUMNS:  # other paths of the layout, relative to the manifest too
         for record in records:
             if record.get(column):
                 record[column] = os.path.relpath(manifest.root / record[column], output.parent)
@@ -41,7 +44,7 @@ def summary(manifest, split_column: str | None) -> str:
     sides = Counter(row.get(split_column) for row in manifest.rows) if split_column else Counter({None: len(manifest)})
     for side in sorted(sides, key=str):
         rows = [row for row in manifest.rows if not split_column or row.get(split_column) == side]
-        groups = {row.get("group_id") for row in rows}
+        groups = {row.get("group_id") for row in rows} - {None}  # rows without a patient id are no patient
         at_site = Counter(row.get("murmur_at_site") for row in rows if row.get("murmur_at_site"))
         extra = (" (murmur at site: " + ", ".join(f"{k} {v}" for k, v in sorted(at_site.items())) + ")") if at_site else ""
         lines.append(f"  {side or 'all'}: {len(rows)} recordings, {len(groups)} patients{extra}")
