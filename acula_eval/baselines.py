@@ -395,11 +395,14 @@ def random_init_model(model_dir: str | os.PathLike, seed: int = RANDOM_INIT_SEED
 
 def save_random_init(model_dir: str | os.PathLike, target: str | os.PathLike, seed: int = RANDOM_INIT_SEED) -> Path:
     """Write [`random_init_model`] and `model_dir`'s feature extractor to `target` (a folder `AudioEmbedder` loads).
-    The same folder and seed always give the same weights, so the embedding cache recognises them."""
+    The same folder and seed always give the same weights, so the embedding cache recognises them. The folder's own
+    config.json is copied as it is: a config re-serialised by a newer acula would also list the fields added since
+    (at their defaults), and the cache, keyed by the config's bytes, would miss for the same weights."""
     from transformers import AutoFeatureExtractor
 
     target = Path(target)
     random_init_model(model_dir, seed).save_pretrained(target)
+    shutil.copyfile(Path(model_dir) / "config.json", target / "config.json")
     AutoFeatureExtractor.from_pretrained(model_dir).save_pretrained(target)
     return target
 

@@ -24,7 +24,7 @@ from acula_eval.baselines import (
 from acula_eval.embeddings import AudioEmbedder, model_fingerprint
 from acula_eval.leakage_check import check_leakage, training_manifest
 from acula_eval.tasks import load_task, make_splits
-from modeling_acula import AculaFeatureExtractor, AculaModel
+from modeling_acula import AculaConfig, AculaFeatureExtractor, AculaModel
 from modeling_acula.audio_utils import decode_audio
 from tests.testing_utils import tiny_config
 
@@ -178,6 +178,20 @@ def test_random_init_is_deterministic_differs_from_the_folder_and_keeps_the_rng(
     a, b = save_random_init(aligned_model, tmp_path / "a"), save_random_init(aligned_model, tmp_path / "b")
     assert model_fingerprint(a) == model_fingerprint(b) != model_fingerprint(aligned_model)
     assert (a / "preprocessor_config.json").read_text() == (aligned_model / "preprocessor_config.json").read_text()
+
+
+def test_random_init_cache_key_ignores_config_fields_added_later(aligned_model, tmp_path, monkeypatch):
+    """A newer acula whose config gains a defaulted field must recognise the same random weights: the folder keeps
+    the source's config.json bytes, not a re-serialisation."""
+    before = model_fingerprint(save_random_init(aligned_model, tmp_path / "before"))
+    original = AculaConfig.to_dict
+    monkeypatch.setattr(AculaConfig, "to_dict", lambda self: {**original(self), "field_added_later": "default"})
+    after = save_random_init(aligned_model, tmp_path / "after")
+    assert json.loads((after / "config.json").read_text()) == json.loads((aligned_model / "config.json").read_text())
+    assert model_fingerprint(after) == before
+    monkeypatch.undo()
+    reloaded = AculaModel.from_pretrained(after).state_dict()
+    assert all(torch.equal(reloaded[k], v) for k, v in random_init_model(aligned_model).state_dict().items())
 
 
 def test_model_specs_and_recorded_start(aligned_model, start_model, tmp_path):
