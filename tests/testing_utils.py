@@ -1,12 +1,15 @@
 """The one place that builds the tiny configs and inputs of the test suite, and the helpers that run train_acula.py
 on them (transformers' ModelTester pattern: tests ask for a config instead of spelling one out)."""
 
+import csv
 import functools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -81,6 +84,26 @@ def tiny_whisper_backbone_config(window_seconds: float = 2.0, **overrides) -> Ac
 def spectrograms(batch: int = 4, seed: int = 0, size: tuple[int, int] = (256, 64)) -> torch.Tensor:
     """Random log-mel-like input (batch, 1, time, mel), reproducible from `seed`."""
     return torch.rand(batch, 1, *size, generator=torch.Generator().manual_seed(seed))
+
+
+def write_audiofolder(folder: Path, splits: dict[str, list[dict]], columns: Sequence[str]) -> Path:
+    """`datasets`' audiofolder layout: for each split, `folder/<split>/` holding a copy of each row's `source` file and
+    a metadata.csv of `file_name` then `columns` (taken from the rows, in that order: the order `datasets` lists them).
+
+    Args:
+        folder (`Path`): the folder to fill (its split folders must not exist yet).
+        splits (`dict`): `{split name: rows}`, each row a dict with `source` (an audio file) and every one of `columns`.
+        columns (`Sequence[str]`): the metadata columns after `file_name`.
+    """
+    for split, rows in splits.items():
+        (folder / split).mkdir(parents=True)
+        with open(folder / split / "metadata.csv", "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["file_name", *columns])
+            for row in rows:
+                shutil.copy(row["source"], folder / split / row["source"].name)
+                writer.writerow([row["source"].name, *(row[column] for column in columns)])
+    return folder
 
 
 class AculaModelTester:

@@ -3,7 +3,6 @@ split or a patient column for grouped K-fold)."""
 
 import csv
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,11 @@ import eval_acula
 from acula_eval.tasks import load_task, make_splits
 from acula_eval.tasks.hf_dataset import dataset_task
 
+from tests.testing_utils import write_audiofolder
+
 CLASSES = ("normal", "mitral_stenosis")
+# The metadata.csv columns after file_name, in the order the error messages list them.
+COLUMNS = ("diagnosis", "modality", "patient")
 
 
 def heart_recordings(dev_pack: Path, per_class: int = 6) -> list[dict]:
@@ -26,21 +29,9 @@ def heart_recordings(dev_pack: Path, per_class: int = 6) -> list[dict]:
              "patient": f"{row['label']}-{i // 4}"} for i, row in enumerate(pairs)]
 
 
-def write_audiofolder(folder: Path, splits: dict[str, list[dict]]) -> Path:
-    for split, rows in splits.items():
-        (folder / split).mkdir(parents=True)
-        with open(folder / split / "metadata.csv", "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["file_name", "diagnosis", "modality", "patient"])
-            for row in rows:
-                shutil.copy(row["source"], folder / split / row["source"].name)
-                writer.writerow([row["source"].name, row["diagnosis"], row["modality"], row["patient"]])
-    return folder
-
-
 def test_cli_evaluates_one_task_from_an_audiofolders_splits(dev_pack, tmp_path):
     recordings = heart_recordings(dev_pack)
-    folder = write_audiofolder(tmp_path / "heart", {"train": recordings[:8], "test": recordings[8:]})
+    folder = write_audiofolder(tmp_path / "heart", {"train": recordings[:8], "test": recordings[8:]}, COLUMNS)
     payload = eval_acula.main(["--models", "logmel-stats", "--dataset_name", "audiofolder", "--data_dir", str(folder),
                                "--label_column_name", "diagnosis", "--audio_column_name", "audio",
                                "--train_split_name", "train", "--eval_split_name", "test",
@@ -81,7 +72,7 @@ def test_grouped_kfold_by_a_patient_column_of_a_saved_dataset(dev_pack, tmp_path
 
 
 def test_a_missing_label_column_is_named_with_the_columns_that_exist(dev_pack, tmp_path):
-    folder = write_audiofolder(tmp_path / "heart", {"train": heart_recordings(dev_pack, 2)})
+    folder = write_audiofolder(tmp_path / "heart", {"train": heart_recordings(dev_pack, 2)}, COLUMNS)
     with pytest.raises(ValueError, match=r"no column 'murmur' \(--label_column_name\).*\['audio', 'diagnosis', "
                                          r"'modality', 'patient'\]"):
         load_task(dataset_task("audiofolder", data_dir=str(folder), label_column="murmur",

@@ -15,10 +15,12 @@ from acula_train.leakage import apply_leakage_guard
 from acula_train.reports import build_reports
 from modeling_acula.audio_utils import decode_audio
 
-from tests.testing_utils import run_in_process, tiny_args
+from tests.testing_utils import run_in_process, tiny_args, write_audiofolder
 
 # 12 short (about 2 s) Yaseen heart-sound recordings of the dev pack: 10 to train on, 2 held out.
 NUM_TRAIN, NUM_TEST = 10, 2
+# The metadata.csv columns after file_name, in the order the error messages list them.
+COLUMNS = ("modality", "diagnosis", "patient")
 
 
 def yaseen_recordings(dev_pack: Path, count: int = NUM_TRAIN + NUM_TEST) -> list[dict]:
@@ -34,27 +36,19 @@ def yaseen_recordings(dev_pack: Path, count: int = NUM_TRAIN + NUM_TEST) -> list
              "patient": f"p{i // 2}"} for i, row in enumerate(chosen)]
 
 
-def write_audiofolder(folder: Path, recordings: list[dict]) -> Path:
-    """`train/` (10 recordings: patients p0-p3 twice, p4 once, p9 once) and `test/` (2: p4 and p5), each with a
-    metadata.csv (datasets' audiofolder layout). Patient p4 is in both: the guard must remove p4's training
-    recording."""
+def leaky_splits(recordings: list[dict]) -> dict[str, list[dict]]:
+    """`train` (10 recordings: patients p0-p3 twice, p4 once, p9 once) and `test` (2: p4 and p5). Patient p4 is in
+    both: the guard must remove p4's training recording."""
     splits = {"train": recordings[:NUM_TRAIN - 1] + [recordings[NUM_TRAIN]],
               "test": [dict(recordings[NUM_TRAIN - 1], patient="p4"), recordings[NUM_TRAIN + 1]]}
     splits["train"][-1] = dict(splits["train"][-1], patient="p9")
-    for split, rows in splits.items():
-        (folder / split).mkdir(parents=True)
-        with open(folder / split / "metadata.csv", "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["file_name", "modality", "diagnosis", "patient"])
-            for row in rows:
-                shutil.copy(row["source"], folder / split / row["source"].name)
-                writer.writerow([row["source"].name, row["modality"], row["diagnosis"], row["patient"]])
-    return folder
+    return splits
 
 
 @pytest.fixture
 def audiofolder(tmp_path, dev_pack) -> Path:
-    return write_audiofolder(tmp_path / "heart-sounds", yaseen_recordings(dev_pack))
+    """`leaky_splits` as `train/` and `test/`, each with a metadata.csv (datasets' audiofolder layout)."""
+    return write_audiofolder(tmp_path / "heart-sounds", leaky_splits(yaseen_recordings(dev_pack)), COLUMNS)
 
 
 def test_audiofolder_rows_feed_reports_and_the_leakage_guard(audiofolder, tmp_path):
