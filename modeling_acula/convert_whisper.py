@@ -63,7 +63,7 @@ from transformers import GenerationConfig, WhisperConfig, WhisperFeatureExtracto
 from transformers.utils import logging
 
 from .feature_extraction_acula import AculaFeatureExtractor
-from .file_utils import file_sha256, write_json_atomic
+from .file_utils import file_sha256, verify_sha256s, write_json_atomic
 from .modeling_acula import AculaForPreTraining
 
 logger = logging.get_logger(__name__)
@@ -884,12 +884,7 @@ def verify_converted_whisper(
         raise ValueError(f"{stamp_path} has format {stamp.get('format')!r}, expected {STAMP_FORMAT}")
     if "model.safetensors" not in files or "config.json" not in files:
         raise ValueError(f"{stamp_path} does not list model.safetensors and config.json")
-    for name, sha256 in files.items():
-        path = folder / name
-        if not path.is_file():
-            raise ValueError(f"{path} is missing")
-        if file_sha256(path) != sha256:
-            raise ValueError(f"{path} is damaged: its sha256 differs from the one recorded in {STAMP_NAME}")
+    verify_sha256s(folder, files.items(), STAMP_NAME)
     pickles = sorted(p.name for p in folder.iterdir() if p.suffix in {".bin", ".pt", ".pth", ".pkl", ".ckpt"})
     if pickles:
         raise ValueError(f"{folder} holds pickle files {pickles}; a converted folder holds safetensors only")

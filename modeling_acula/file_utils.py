@@ -6,7 +6,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,30 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def verify_sha256s(folder: str | os.PathLike, recorded: Iterable[tuple[str, str]], record_name: str, *,
+                   error: type[Exception] = ValueError, mismatch: str = "damaged") -> None:
+    """Check files of `folder` against the sha256 a record file lists for them, in the record's order.
+
+    Args:
+        folder (`str` or `os.PathLike`): the folder the names are relative to.
+        recorded (`Iterable[tuple[str, str]]`): `(relative path, hex sha256)` pairs, as `record_name` lists them.
+        record_name (`str`): the record's file name, for the messages (e.g. `"release.json"`).
+        error (`type`, *optional*, defaults to `ValueError`): the exception to raise.
+        mismatch (`str`, *optional*, defaults to `"damaged"`): what a file whose sha256 differs is called.
+
+    Raises:
+        `error`: at the first file that is missing (the message names it and its recorded sha256) or whose sha256
+            differs (the message names it, its sha256 and the recorded one).
+    """
+    for name, expected in recorded:
+        path = Path(folder) / name
+        if not path.is_file():
+            raise error(f"{path} is missing (listed in {record_name} with sha256 {expected})")
+        actual = file_sha256(path)
+        if actual != expected:
+            raise error(f"{path} is {mismatch}: its sha256 is {actual}, {record_name} records {expected}")
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """Write a file through `write(temporary_path)` and rename it to `path` only when complete.
 
@@ -82,4 +106,4 @@ def write_json_atomic(path: str | os.PathLike, payload: Any, indent: int = 2) ->
     atomic_write(path, write)
 
 
-__all__ = ["acula_cache_dir", "atomic_write", "default_dev_pack", "file_sha256", "write_json_atomic"]
+__all__ = ["acula_cache_dir", "atomic_write", "default_dev_pack", "file_sha256", "verify_sha256s", "write_json_atomic"]

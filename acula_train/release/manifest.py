@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from modeling_acula.file_utils import file_sha256, write_json_atomic
+from modeling_acula.file_utils import file_sha256, verify_sha256s, write_json_atomic
 
 MANIFEST_NAME = "release.json"
 MANIFEST_FORMAT = "acula-release/1"
@@ -66,13 +66,8 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
         raise ReleaseError(f"{path} is missing or unreadable ({error}): not an acula release folder") from error
     if manifest.get("format") != MANIFEST_FORMAT:
         raise ReleaseError(f"{path} has format {manifest.get('format')!r}; this acula reads {MANIFEST_FORMAT}")
-    for name, entry in files.items():
-        file = folder / name
-        if not file.is_file():
-            raise ReleaseError(f"{file} is missing (listed in {MANIFEST_NAME} with sha256 {entry['sha256']})")
-        actual = file_sha256(file)
-        if actual != entry["sha256"]:
-            raise ReleaseError(f"{file} is altered: its sha256 is {actual}, {MANIFEST_NAME} records {entry['sha256']}")
+    verify_sha256s(folder, ((name, entry["sha256"]) for name, entry in files.items()), MANIFEST_NAME,
+                   error=ReleaseError, mismatch="altered")
     unlisted = [name for name in list_files(folder) if name != MANIFEST_NAME and name not in files]
     if unlisted:
         raise ReleaseError(f"{folder} holds files its {MANIFEST_NAME} does not list: {', '.join(unlisted)}")
