@@ -262,3 +262,13 @@ def test_the_example_study_file_is_valid_and_covers_the_levers():
                   "infonce", "released_covariance_cka", "identity", "linear", "preservation"):
         assert lever in flags, lever
     assert len(next(recipe for recipe in study.recipes if recipe.name == "default").seeds) >= 3
+
+
+def test_the_release_data_study_file_compares_with_the_circor_study():
+    circor = Study.from_file(REPO / "examples" / "recipe_study_circor.json")
+    release = Study.from_file(REPO / "examples" / "recipe_study_release_data.json")
+    assert release.runs_dir != circor.runs_dir and release.manifest != circor.manifest
+    assert release.eval_tasks == circor.eval_tasks and release.eval_args == circor.eval_args
+    assert release.start_name == circor.start_name and release.ceiling == circor.ceiling
+    shared = {recipe.name: recipe.args for recipe in circor.recipes}
+    assert all(shared[recipe.name] == recipe.args for recipe in release.recipes)
