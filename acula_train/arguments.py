@@ -94,6 +94,13 @@ class DataArguments:
     rewrite_model: str | None = field(
         default=None, metadata={"help": "Local causal LM that rewrites templated reports (validated, with fallback)."}
     )
+    report_fields: list[str] | None = field(
+        default=None,
+        metadata={"help": "Only these manifest fields reach the templated reports (default: every report field). "
+                          "`findings` stands for the clinical findings alone (modality, label, sublabel, diagnosis, "
+                          "sound type, COVID status, conditions and the murmur fields): no age, sex, site, device or "
+                          "source. Not with --report_column."},
+    )
     lowercase_reports: bool = field(
         default=False,
         metadata={"help": "Lower-case every report before the teacher embeds it, as the authors' released dataloader "
@@ -280,9 +287,18 @@ def argument_errors(data_args: DataArguments, model_args: ModelArguments,
         for name in ("supervised_label_values", "supervised_drop_other_labels"):
             if getattr(data_args, name):
                 errors.append(f"--{name} applies with --supervised_label_column only.")
-    elif data_args.report_column or data_args.rewrite_model or data_args.lowercase_reports:
-        errors.append("--supervised_label_column trains without a teacher: --report_column, --rewrite_model and "
-                      "--lowercase_reports do not apply.")
+    elif any((data_args.report_column, data_args.rewrite_model, data_args.lowercase_reports, data_args.report_fields)):
+        errors.append("--supervised_label_column trains without a teacher: --report_column, --report_fields, "
+                      "--rewrite_model and --lowercase_reports do not apply.")
+    if data_args.report_column and data_args.report_fields:
+        errors.append("--report_fields chooses the fields of templated reports; --report_column brings written ones.")
+    if data_args.report_fields:
+        from .reports import resolve_report_fields
+
+        try:
+            resolve_report_fields(data_args.report_fields)
+        except ValueError as error:
+            errors.append(str(error))
     if train_args.overwrite_output_dir and train_args.resume_from_checkpoint:
         errors.append("--overwrite_output_dir deletes the checkpoints that --resume_from_checkpoint resumes from: "
                       "pass one of them.")

@@ -30,9 +30,9 @@ from .report_validation import (
 from .report_validation import cell_value as _value
 
 __all__ = [
-    "DEFAULT_REWRITE_PROMPT", "REPORT_FIELDS", "LLMReportRewriter", "build_reports", "clinical_terms",
+    "DEFAULT_REWRITE_PROMPT", "FINDINGS_FIELDS", "REPORT_FIELDS", "LLMReportRewriter", "build_reports", "clinical_terms",
     "describe_location", "describe_sound_type", "findings", "mentions", "readable", "validate_report",
-    "write_meta_report", "write_report",
+    "resolve_report_fields", "write_meta_report", "write_report",
 ]
 
 logger = logging.getLogger(__name__)
@@ -62,6 +62,13 @@ REPORT_FIELDS = (
     "conditions",
     "quality",
     *MURMUR_FIELDS,
+)
+
+# The clinical findings alone (`--report_fields findings`): what was heard or diagnosed, without the subject (age,
+# sex, pregnancy), the site, the device or the source, which the templates otherwise also describe. `modality` stays
+# so that a report still names the sound it describes.
+FINDINGS_FIELDS = (
+    "modality", "label", "sublabel", "diagnosis", "sound_type", "covid_status", "conditions", *MURMUR_FIELDS,
 )
 
 # A whole cell that only stands for a missing value ("nan", "None", "null", "N/A", ...), as CSV exports write it.
@@ -632,10 +639,39 @@ class LLMReportRewriter:
         return reports, stats
 
 
+def resolve_report_fields(names: Sequence[str] | None) -> tuple[str, ...]:
+    """
+    The report fields that `--report_fields` names, in `REPORT_FIELDS` order.
+
+    Args:
+        names (`Sequence[str]`, *optional*): field names of `REPORT_FIELDS`, or `findings` for `FINDINGS_FIELDS`;
+            `None` or empty: every report field.
+
+    Returns:
+        `tuple[str, ...]`: the fields.
+
+    Raises:
+        `ValueError`: a name that is not a report field, listing the ones there are.
+    """
+    if not names:
+        return REPORT_FIELDS
+    chosen: set[str] = set()
+    for name in names:
+        if name == "findings":
+            chosen.update(FINDINGS_FIELDS)
+        elif name in REPORT_FIELDS:
+            chosen.add(name)
+        else:
+            raise ValueError(f"--report_fields: {name!r} is not a report field; the fields are 'findings' or any of "
+                             f"{', '.join(REPORT_FIELDS)}.")
+    return tuple(field for field in REPORT_FIELDS if field in chosen)
+
+
 def build_reports(
     manifest: Any,
     report_column: str | None = None,
     rewriter: LLMReportRewriter | Callable | None = None,
+    fields: Sequence[str] | None = None,
 ) -> tuple[list[str], dict[str, Any]]:
     """
     One report per manifest row.
@@ -649,6 +685,8 @@ def build_reports(
         manifest ([`~acula_train.manifest.Manifest`]): the rows.
         report_column (`str`, *optional*): column with ready-written reports.
         rewriter ([`LLMReportRewriter`], *optional*): rewrites templates; ignored with a report column.
+        fields (`Sequence[str]`, *optional*): the only fields the templates read (`resolve_report_fields`); default:
+            every report field. A row left without any of them is refused like a row without any report field.
 
     Returns:
         `(reports, stats)`: `stats["source"]` is `"column"`, `"template"` or `"rewrite"`.
@@ -685,15 +723,18 @@ def build_reports(
         if problems:
             raise ValueError(f"{len(problems)} invalid report(s):\n  " + "\n  ".join(problems))
         return reports, {"source": "column", "total": len(reports), "accepted": len(reports), "fallback": 0}
+    fields = resolve_report_fields(fields)
+    rows = [{name: row[name] for name in fields if name in row} for row in rows] if fields != REPORT_FIELDS else rows
     templates = [write_report(row) for row in rows]
     # A row with none of the fields would get the bare "Body sound recording.": refuse it rather than align to that.
     empty = [
         manifest.describe_row(i)
         for i, (row, text) in enumerate(zip(rows, templates))
-        if not text.strip() or not any(_value(row, name) is not None for name in REPORT_FIELDS)
+        if not text.strip() or not any(_value(row, name) is not None for name in fields)
     ]
     if empty:
-        raise ValueError("rows without any report field (modality, label, ...): " + "; ".join(empty))
+        kind = "report field" if fields == REPORT_FIELDS else f"of the --report_fields ({', '.join(fields)})"
+        raise ValueError(f"rows without any {kind} (modality, label, ...): " + "; ".join(empty))
     if rewriter is None:
         return templates, {"source": "template", "total": len(templates), "accepted": len(templates), "fallback": 0}
     reports, stats = rewriter.rewrite_all(rows, templates)

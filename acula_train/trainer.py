@@ -499,7 +499,7 @@ class AlignmentTrainer:
         """One report per row (written from the metadata, or the --report_column), lower-cased if asked."""
         rewriter = LLMReportRewriter(self.data_args.rewrite_model) if self.data_args.rewrite_model else None
         reports, self.report_stats = build_reports(self.kept, report_column=self.data_args.report_column,
-                                                   rewriter=rewriter)
+                                                   rewriter=rewriter, fields=self.data_args.report_fields)
         if self.data_args.lowercase_reports:  # before the teacher: the teacher cache keys on the text it embeds
             reports = [report.lower() for report in reports]
         self.reports = reports

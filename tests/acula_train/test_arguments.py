@@ -41,6 +41,10 @@ def test_training_arguments_are_transformers_training_arguments_with_acula_alias
     (["--eval_strategy", "steps", "--eval_steps", "5"], "--eval_strategy steps"),
     (["--save_steps", "0.5"], "--save_steps must be a whole number"),
     (["--on_nonfinite_loss", "ignore"], "--on_nonfinite_loss must be 'stop' or 'skip'"),
+    (["--report_fields", "findings", "age_years"], "--report_fields: 'age_years' is not a report field"),
+    (["--report_fields", "findings", "--report_column", "report"], "--report_column brings written ones"),
+    (["--report_fields", "findings", "--supervised_label_column", "murmur_at_site"],
+     "--report_column, --report_fields, --rewrite_model and --lowercase_reports do not apply"),
 ])
 def test_training_settings_the_loop_does_not_have_are_refused(flags, message, capsys):
     with pytest.raises(SystemExit):

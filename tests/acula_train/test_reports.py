@@ -6,12 +6,14 @@ import pytest
 
 from acula_train.manifest import load_manifest
 from acula_train.reports import (
+    REPORT_FIELDS,
     LLMReportRewriter,
     build_reports,
     describe_location,
     describe_sound_type,
     findings,
     mentions,
+    resolve_report_fields,
     validate_report,
     write_meta_report,
     write_report,
@@ -559,3 +561,34 @@ def test_circor_rewrites_are_checked_against_the_age_group(circor_rows):
     assert reason is not None and reason.startswith("wrong age") and "Child" in reason
     loud = template.replace("No murmur heard (murmur absent).", "A grade IV/VI murmur is heard.")
     assert validate_report(loud, row) is not None
+
+
+def test_findings_only_reports_keep_the_murmur_and_drop_subject_site_and_source(circor_rows, manifest):
+    from acula_train.manifest import Manifest
+
+    circor = Manifest(rows=list(circor_rows), root=manifest.root, source="circor", row_label="row")
+    full, _ = build_reports(circor)
+    only, stats = build_reports(circor, fields=["findings"])
+    assert stats["source"] == "template" and len(only) == len(full)
+    for row, report, whole in zip(circor_rows, only, full):
+        assert report != whole and report.startswith("Heart sound recording.")
+        assert "valve area" not in report.split(".", 1)[0]  # no site in the first sentence
+        for word in ("child", "infant", "adolescent", "neonate", "male", "female", "Brazil"):
+            assert word not in report, (word, report)
+        if row["murmur_at_site"] == "here":
+            assert "Murmur heard at this site" in report and f"grade {row['systolic_murmur_grading']}" in report
+    # A named subset, in REPORT_FIELDS order: the murmur alone still names the sound through no other field.
+    assert resolve_report_fields(["murmur_at_site", "modality"]) == ("modality", "murmur_at_site")
+    assert resolve_report_fields(None) == REPORT_FIELDS
+    # The dev pack's rows keep their findings (label, diagnosis, sound type) and lose their site and device.
+    kauh = _first(manifest, source_dataset="KAUH_lung_sounds")
+    text, _ = build_reports(manifest.select([manifest.rows.index(kauh)]), fields=["findings"])
+    assert "diagnosis" in text[0].lower() and "Stethoscope" not in text[0] and "chest" not in text[0]
+
+
+def test_report_fields_are_checked(manifest):
+    with pytest.raises(ValueError, match=r"--report_fields: 'age_years' is not a report field.*findings"):
+        resolve_report_fields(["age_years"])
+    subset = manifest.select(range(3))
+    with pytest.raises(ValueError, match=r"rows without any of the --report_fields \(murmur_at_site\)"):
+        build_reports(subset, fields=["murmur_at_site"])  # dev-pack rows have no CirCor murmur
