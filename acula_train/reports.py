@@ -30,9 +30,9 @@ from .report_validation import (
 from .report_validation import cell_value as _value
 
 __all__ = [
-    "DEFAULT_REWRITE_PROMPT", "FINDINGS_FIELDS", "REPORT_FIELDS", "LLMReportRewriter", "build_reports", "clinical_terms",
-    "describe_location", "describe_sound_type", "findings", "mentions", "readable", "validate_report",
-    "resolve_report_fields", "write_meta_report", "write_report",
+    "DEFAULT_REWRITE_PROMPT", "FINDINGS_FIELDS", "REPORT_FIELDS", "LLMReportRewriter", "build_reports",
+    "clinical_terms", "describe_location", "describe_sound_type", "findings", "mentions", "readable",
+    "resolve_report_fields", "validate_report", "write_meta_report", "write_report",
 ]
 
 logger = logging.getLogger(__name__)
@@ -733,8 +733,9 @@ def build_reports(
         if not text.strip() or not any(_value(row, name) is not None for name in fields)
     ]
     if empty:
-        kind = "report field" if fields == REPORT_FIELDS else f"of the --report_fields ({', '.join(fields)})"
-        raise ValueError(f"rows without any {kind} (modality, label, ...): " + "; ".join(empty))
+        kind = "report field (modality, label, ...)" if fields == REPORT_FIELDS else \
+            f"of the --report_fields ({', '.join(fields)})"
+        raise ValueError(f"rows without any {kind}: " + "; ".join(empty))
     if rewriter is None:
         return templates, {"source": "template", "total": len(templates), "accepted": len(templates), "fallback": 0}
     reports, stats = rewriter.rewrite_all(rows, templates)
