@@ -4,7 +4,8 @@ The training log records the loss on the batches the run trained on; whether the
 something that carries over to recordings they never saw is the same loss on pairs they never saw. Here those pairs
 are the rows of a manifest's evaluation split (by default `val`, which the training leakage guard kept out of
 alignment), paired with reports written exactly as training writes them ([`~acula_train.reports.build_reports`]:
-the template, or the run's `--report_column`, lower-cased where the run lower-cased) and the run's teacher vectors
+the template of the run's `--report_fields`, or its `--report_column`, lower-cased where the run lower-cased) and the
+run's teacher vectors
 (reloaded from `teacher.json`, through the shared teacher cache). The trained heads project both sides
 ([`~acula_train.readout.pair_projections`], eval mode: no dropout), and the run's own loss module
 (`alignment_head` of the saved `AculaForPreTraining`, InfoNCE with its learned temperature) scores batches of the
@@ -142,7 +143,8 @@ def heldout_alignment_loss(
     num_silent = len(rows) - len(audible)
     rows = rows.select(audible)
 
-    reports, report_stats = build_reports(rows, report_column=data_args.get("report_column"))
+    report_fields = data_args.get("report_fields") or None
+    reports, report_stats = build_reports(rows, report_column=data_args.get("report_column"), fields=report_fields)
     if data_args.get("lowercase_reports"):
         reports = [report.lower() for report in reports]
     teacher = load_teacher(folder, device)
@@ -179,6 +181,7 @@ def heldout_alignment_loss(
         "num_silent": num_silent,
         "splits": list(splits),
         "reports": source + (", lower-cased" if data_args.get("lowercase_reports") else ""),
+        "report_fields": report_fields,
     }
 
 

@@ -58,6 +58,9 @@ REPO = Path(__file__).resolve().parents[1]
 STUDY_FORMAT_VERSION = 1
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # Flags the study sets itself, per run or for the evaluation: a recipe or shared list must not set them too.
+# Bumped when what `measure` computes changes, so that records of the same weights are measured again.
+# 2: the held-out reports follow the run's --report_fields (1 wrote every field).
+MEASURE_VERSION = 2
 TRAIN_FLAGS_OWNED = ("--output_dir", "--seed", "--resume_from_checkpoint", "--overwrite_output_dir", "--manifest",
                      "--split_column", "--cache_dir")
 EVAL_FLAGS_OWNED = ("--models", "--model_names", "--reference", "--output_dir", "--tasks", "--add_baselines",
@@ -339,14 +342,14 @@ class RecipeStudy:
 
     def measure(self, run: str, recipe: Recipe, seed: int) -> dict[str, Any]:
         """The held-out alignment loss and the movement of a finished run, cached in `<results_dir>/runs/<run>.json`
-        under the run's weights (recomputed when they change)."""
+        under the run's weights and `MEASURE_VERSION` (recomputed when either changes)."""
         study = self.study
         folder = study.run_dir(run)
         record_path = study.results_path / "runs" / f"{run}.json"
         fingerprint = model_fingerprint(folder)
         if record_path.is_file():
             record = json.loads(record_path.read_text(encoding="utf-8"))
-            if record.get("fingerprint") == fingerprint:
+            if record.get("fingerprint") == fingerprint and record.get("measure_version") == MEASURE_VERSION:
                 self.say(f"[study {study.name}] {run}: held-out loss and movement already measured")
                 return record
         self.say(f"[study {study.name}] {run}: held-out alignment loss and movement on {study.heldout_splits}")
@@ -357,6 +360,7 @@ class RecipeStudy:
         settings = embedding_settings(study)
         movement = encoder_movement(study.start, folder, paths, show_progress=False, **settings)
         record = {"run": run, "recipe": recipe.name, "seed": seed, "folder": str(folder), "fingerprint": fingerprint,
+                  "measure_version": MEASURE_VERSION,
                   "train": training_summary(folder), "heldout": heldout, "movement": movement}
         write_json_atomic(record_path, record)
         return record

@@ -2,7 +2,8 @@
 
 An acula output folder keeps the heads in `alignment/` (an [`AculaForPreTraining`]) and the teacher's identity in
 `teacher.json`; the teacher is reloaded with exactly that identity (layer, pooling, max length), so the text side
-is the one the heads were trained against.
+is the one the heads were trained against, and report texts are written from the fields the run's reports used
+(`training_args.json`: `data.report_fields`).
 
 Audio and text projections are compared through the folder's readout (`alignment/readout.json`, see
 [`~acula_train.readout.AlignmentReadout`]): plain cosine for InfoNCE-trained heads, a map fitted on
@@ -13,6 +14,7 @@ reported as not valid.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -61,6 +63,14 @@ def resolve_readout(model_dir: str | os.PathLike, alignment_loss: str) -> tuple[
     return readout, None
 
 
+def trained_report_fields(model_dir: str | os.PathLike) -> list[str] | None:
+    """The `--report_fields` a run's templated reports used (`training_args.json`), `None` for every field."""
+    args_file = Path(model_dir) / "training_args.json"
+    if not args_file.is_file():
+        return None
+    return json.loads(args_file.read_text(encoding="utf-8")).get("data", {}).get("report_fields") or None
+
+
 class AlignedSpace:
     """
     The shared audio-text space of an aligned model, read through the folder's readout ([`resolve_readout`]).
@@ -87,6 +97,11 @@ class AlignedSpace:
         self.readout, self.invalid_reason = resolve_readout(folder, self.alignment_loss)
         self.teacher = load_teacher(folder, self.device)
         self.teacher.check_compatible(model.config.teacher_hidden_size)
+        self.report_fields = trained_report_fields(folder)
+
+    def write_report(self, row: Mapping[str, Any]) -> str:
+        """A row's templated report, from the fields the run's own reports were written from."""
+        return write_report(row, fields=self.report_fields)
 
     @property
     def valid(self) -> bool:
@@ -121,8 +136,9 @@ class AlignedSpace:
 
 def retrieval_for_rows(space: AlignedSpace, embeddings: np.ndarray, rows: Sequence[Mapping[str, Any]],
                        ks: Sequence[int] = (1, 5, 10)) -> dict[str, Any]:
-    """Recall@k between recordings (pooled embeddings) and their templated reports (`write_report`)."""
-    reports = [write_report(row) for row in rows]
+    """Recall@k between recordings (pooled embeddings) and their templated reports (`AlignedSpace.write_report`:
+    the fields the run's own reports used)."""
+    reports = [space.write_report(row) for row in rows]
     keep = [i for i, report in enumerate(reports) if report.strip()]
     if len(keep) < 2:
         raise ValueError("Retrieval needs at least two recordings with a non-empty report.")
@@ -163,5 +179,6 @@ __all__ = [
     "resolve_readout",
     "resolve_teacher_path",
     "retrieval_for_rows",
+    "trained_report_fields",
     "zero_shot_scores",
 ]

@@ -300,22 +300,28 @@ def _provenance_sentence(row: Mapping[str, Any]) -> str:
     return f"Recording from the {readable(source)} collection."
 
 
-def write_report(row: Mapping[str, Any]) -> str:
+def write_report(row: Mapping[str, Any], fields: Sequence[str] | None = None) -> str:
     """
     A short deterministic clinical report (2-3 sentences) from a metadata row.
 
-    Reads only `REPORT_FIELDS`; empty fields are left out. Example (KAUH):
+    Reads only `REPORT_FIELDS` (or `fields`); empty fields are left out. Example (KAUH):
     "Lung sound recording of a 70-year-old female patient at the posterior right middle chest, taken with
     a 3M Littmann Electronic Stethoscope 3200 in bell mode (low frequencies). Normal lung sounds with
     normal breath sounds; diagnosis: normal (no disease). Clinical recording from hospital patients."
 
     Args:
         row (`Mapping[str, Any]`): one manifest row.
+        fields (`Sequence[str]`, *optional*): read only these fields (`resolve_report_fields`: names or `findings`),
+            as a run trained with `--report_fields` wrote its reports; default: every report field.
 
     Returns:
         `str`: the report; a row with none of the fields gives only "Body sound recording." (which
         `build_reports` refuses).
     """
+    if fields is not None:
+        chosen = resolve_report_fields(fields)
+        if chosen != REPORT_FIELDS:
+            row = {name: row[name] for name in chosen if name in row}
     modality = (_value(row, "modality") or "").lower()
     default_noun = f"{readable(modality).capitalize()} sound" if modality else "Body sound"
     noun = _table("modality_nouns").get(modality, default_noun)
