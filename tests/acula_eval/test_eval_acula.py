@@ -195,6 +195,20 @@ def test_aligned_space_reloads_minilm_teacher_and_scores_zero_shot(aligned_model
     assert probabilities.shape == (4, 2) and np.allclose(probabilities.sum(1), 1.0, atol=1e-5)
 
 
+def test_retrieval_texts_follow_the_report_fields_the_run_trained_with(aligned_model, dev_pack, tmp_path):
+    import shutil
+
+    from acula_train.reports import FINDINGS_FIELDS, write_report
+
+    row = next(r for r in load_task("yaseen_valve", dev_pack=dev_pack, max_recordings=5).rows)
+    assert AlignedSpace(aligned_model).write_report(row) == write_report(row)  # a full-report run
+    findings_run = shutil.copytree(aligned_model, tmp_path / "findings-run")
+    (findings_run / "training_args.json").write_text(json.dumps({"data": {"report_fields": ["findings"]}}))
+    text = AlignedSpace(findings_run).write_report(row)
+    # Independently: the template of the row cut down to the findings fields.
+    assert text == write_report({name: row[name] for name in FINDINGS_FIELDS if name in row}) != write_report(row)
+
+
 def test_leakage_check_finds_trained_recordings_and_patients(aligned_model, dev_pack):
     trained = training_manifest(aligned_model)
     assert len(trained) == 96 and all(row["group_id"] for row in trained.rows)  # PASCAL murmur/normal val rows

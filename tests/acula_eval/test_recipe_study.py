@@ -94,7 +94,7 @@ def write_study(root: Path, circor_sample: Path) -> Path:
         "eval_args": ["--circor", str(circor_sample), "--max_windows_per_recording", "1", "--seeds", "0",
                       "--bootstrap_samples", "200", "--no_plots", "--quiet", "--no_retrieval",
                       "--shared_prefix_layers", "1"],
-        "recipes": [{"name": "cka", "seeds": [0]},
+        "recipes": [{"name": "cka", "args": ["--report_fields", "findings"], "seeds": [0]},
                     {"name": "infonce", "args": ["--alignment_loss", "infonce"], "seeds": [0],
                      "description": "symmetric InfoNCE"}],
     }
@@ -159,12 +159,18 @@ def test_a_study_trains_measures_evaluates_and_tabulates_every_run(study_run):
     extractor = AculaFeatureExtractor.from_pretrained(folder)
     waveforms = [decode_audio(manifest.audio_paths[i], extractor.sampling_rate) for i in first]
     features = extractor(waveforms, sampling_rate=extractor.sampling_rate, return_tensors="pt")["input_values"]
-    vectors = load_teacher(folder).encode([write_report(manifest.rows[i]) for i in first])
+    # The run trained on findings-only reports (--report_fields findings): its held-out reports are those too.
+    from acula_train.reports import FINDINGS_FIELDS
+
+    findings = [{name: manifest.rows[i][name] for name in FINDINGS_FIELDS if name in manifest.rows[i]} for i in first]
+    vectors = load_teacher(folder).encode([write_report(row) for row in findings])
     with torch.no_grad():
         output = AculaForPreTraining.from_pretrained(folder / "alignment").eval()(input_values=features,
                                                                                    teacher_embeds=vectors)
-    batch_losses = json.loads((root / "results" / "runs" / "cka-s0.json").read_text())["heldout"]["batch_losses"]
-    assert batch_losses[0] == pytest.approx(float(output.alignment_loss), abs=1e-4)
+    heldout = json.loads((root / "results" / "runs" / "cka-s0.json").read_text())["heldout"]
+    assert heldout["report_fields"] == ["findings"]
+    assert json.loads((root / "results" / "runs" / "infonce-s0.json").read_text())["heldout"]["report_fields"] is None
+    assert heldout["batch_losses"][0] == pytest.approx(float(output.alignment_loss), abs=1e-4)
     # Three steps barely train InfoNCE: on held-out batches of 4 it stays near chance, log(4).
     assert rows["infonce-s0"]["alignment_loss_kind"] == "infonce"
     assert rows["infonce-s0"]["heldout_alignment_loss"] == pytest.approx(math.log(4), abs=0.1)
@@ -189,6 +195,15 @@ def test_a_second_call_skips_what_is_done_and_resumes_an_interrupted_run(study_r
     calls: list[list[str]] = []
     RecipeStudy(Study.from_file(path), launcher=in_process(calls), say=lambda line: None).run()
     assert calls == []  # both runs finished and measured, the evaluation up to date
+
+    # A record measured by an older version of the measurements is measured again, with nothing retrained.
+    from acula_eval.recipe_study import MEASURE_VERSION
+
+    record_path = root / "results" / "runs" / "cka-s0.json"
+    record = json.loads(record_path.read_text())
+    record_path.write_text(json.dumps({**record, "measure_version": MEASURE_VERSION - 1, "heldout": {}}))
+    RecipeStudy(Study.from_file(path), launcher=in_process(calls), say=lambda line: None).run()
+    assert calls == [] and json.loads(record_path.read_text()) == record
 
     # A run killed after a checkpoint, before its folder was written: only checkpoints/ and logs/ are left.
     from acula_eval.embeddings import model_fingerprint

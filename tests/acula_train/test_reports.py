@@ -584,6 +584,10 @@ def test_findings_only_reports_keep_the_murmur_and_drop_subject_site_and_source(
     kauh = _first(manifest, source_dataset="KAUH_lung_sounds")
     text, _ = build_reports(manifest.select([manifest.rows.index(kauh)]), fields=["findings"])
     assert "diagnosis" in text[0].lower() and "Stethoscope" not in text[0] and "chest" not in text[0]
+    # write_report with the same fields, as the evaluator writes a findings-only run's retrieval texts.
+    assert write_report(kauh, fields=["findings"]) == text[0]
+    assert [write_report(row, fields=["findings"]) for row in circor_rows] == only
+    assert write_report(kauh, fields=None) == write_report(kauh) != text[0]
 
 
 def test_report_fields_are_checked(manifest):
