@@ -300,6 +300,11 @@ def _provenance_sentence(row: Mapping[str, Any]) -> str:
     return f"Recording from the {readable(source)} collection."
 
 
+def _only_fields(row: Mapping[str, Any], fields: tuple[str, ...]) -> Mapping[str, Any]:
+    """The row cut down to resolved report `fields` (the row itself when they are every report field)."""
+    return row if fields == REPORT_FIELDS else {name: row[name] for name in fields if name in row}
+
+
 def write_report(row: Mapping[str, Any], fields: Sequence[str] | None = None) -> str:
     """
     A short deterministic clinical report (2-3 sentences) from a metadata row.
@@ -319,9 +324,7 @@ def write_report(row: Mapping[str, Any], fields: Sequence[str] | None = None) ->
         `build_reports` refuses).
     """
     if fields is not None:
-        chosen = resolve_report_fields(fields)
-        if chosen != REPORT_FIELDS:
-            row = {name: row[name] for name in chosen if name in row}
+        row = _only_fields(row, resolve_report_fields(fields))
     modality = (_value(row, "modality") or "").lower()
     default_noun = f"{readable(modality).capitalize()} sound" if modality else "Body sound"
     noun = _table("modality_nouns").get(modality, default_noun)
@@ -730,7 +733,7 @@ def build_reports(
             raise ValueError(f"{len(problems)} invalid report(s):\n  " + "\n  ".join(problems))
         return reports, {"source": "column", "total": len(reports), "accepted": len(reports), "fallback": 0}
     fields = resolve_report_fields(fields)
-    rows = [{name: row[name] for name in fields if name in row} for row in rows] if fields != REPORT_FIELDS else rows
+    rows = [_only_fields(row, fields) for row in rows]
     templates = [write_report(row) for row in rows]
     # A row with none of the fields would get the bare "Body sound recording.": refuse it rather than align to that.
     empty = [
