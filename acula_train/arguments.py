@@ -101,6 +101,13 @@ class DataArguments:
                           "sound type, COVID status, conditions and the murmur fields): no age, sex, site, device or "
                           "source. Not with --report_column."},
     )
+    group_batches_by: str | None = field(
+        default=None,
+        metadata={"help": "Manifest column (e.g. source_dataset) whose value every optimiser step's recordings share: "
+                          "the alignment loss then has to order recordings within a source rather than tell sources "
+                          "apart. Rows left over once a value's full steps are taken fill mixed steps. Default: each "
+                          "step draws from all rows. See acula_train/grouped_sampler.py."},
+    )
     lowercase_reports: bool = field(
         default=False,
         metadata={"help": "Lower-case every report before the teacher embeds it, as the authors' released dataloader "

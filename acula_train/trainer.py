@@ -46,6 +46,7 @@ from .arguments import DEFAULT_WHISPER_LORA_TOP_LAYERS, AlignmentTrainingArgumen
 from .audio_batches import decoded_batches
 from .dataset import pair_dataset, spectrogram_cache
 from .gradient_cache import WindowLosses, backward_over_window, backward_per_micro_batch, release_freed_memory
+from .grouped_sampler import GroupedStepSampler
 from .hf_datasets import SPLIT_COLUMN, load_dataset_manifest
 from .leakage import apply_leakage_guard
 from .manifest import load_manifest
@@ -240,6 +241,7 @@ def run_config(data_args: DataArguments, model_args: ModelArguments, train_args:
         "allow_leakage": data_args.allow_leakage,
         "rewrite_model": data_args.rewrite_model,
         "lowercase_reports": data_args.lowercase_reports,
+        "group_batches_by": data_args.group_batches_by,
         "max_train_samples": data_args.max_train_samples,
         "keep_silent_recordings": data_args.keep_silent_recordings,
         "spectrogram_dtype": data_args.spectrogram_dtype,
@@ -428,8 +430,21 @@ class AlignmentTrainer:
                 "--per_device_train_batch_size."
             )
         # drop_last: every process must hold a full, equal shard for the global-batch alignment loss.
-        self.dataloader = DataLoader(self.train_dataset, batch_size=self.args.per_device_train_batch_size, shuffle=True,
-                                     drop_last=True, num_workers=self.args.dataloader_num_workers)
+        sampler = self.grouped_sampler()
+        self.dataloader = DataLoader(self.train_dataset, batch_size=self.args.per_device_train_batch_size,
+                                     sampler=sampler, shuffle=sampler is None, drop_last=True,
+                                     num_workers=self.args.dataloader_num_workers)
+
+    def grouped_sampler(self) -> GroupedStepSampler | None:
+        """With --group_batches_by, the data order in which each step's rows share that column's value."""
+        column = self.data_args.group_batches_by
+        if column is None:
+            return None
+        step_size = self.global_batch * self.args.gradient_accumulation_steps
+        sampler = GroupedStepSampler([str(self.kept[i].get(column) or "") for i in range(len(self.kept))],
+                                     step_size=step_size, seed=self.args.seed)
+        self.log(f"--group_batches_by {column}: {sampler.summary()}")
+        return sampler
 
     def load_rows(self) -> None:
         """The manifest (or the --dataset_name rows), through the leakage guard and --max_train_samples."""
@@ -451,6 +466,10 @@ class AlignmentTrainer:
             exclude_manifests=data_args.exclude, allow_leakage=data_args.allow_leakage,
         )
         self.log(self.guard_report.summary())
+        column = data_args.group_batches_by
+        if column is not None and column not in self.kept.columns:  # checked before hours of caching, not after
+            raise ValueError(f"--group_batches_by {column!r}: the manifest has no such column; its columns are "
+                             f"{self.kept.columns}.")
         self.labels, self.label_skipped = None, []
         if data_args.supervised_label_column:
             guarded = self.kept
