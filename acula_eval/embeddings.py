@@ -4,7 +4,7 @@ acula encoders get acula's own sliding windows (`AculaFeatureExtractor(sliding_w
 audio encoders (AST, wav2vec2, ...) get their own feature extractor on fixed-length windows cut here. Either way
 the window embeddings of one recording are averaged into one vector (optionally of its first windows only:
 `max_windows_per_recording`). Vectors are cached as safetensors, one file per (model identity, extraction settings,
-recording path + size + mtime), so a second run reads them back; within one embedder every recording is also kept
+recording content), so a second run reads them back; within one embedder every recording is also kept
 in memory, so that the tasks of a run that share recordings (and both sides of their probes) embed each recording
 once, also without a disk cache.
 """
@@ -67,7 +67,7 @@ def model_fingerprint(model_dir: str | os.PathLike) -> str:
 
 class EmbeddingCache:
     """One safetensors file per recording for one model and extraction setting: the package's per-recording tensor
-    cache ([`~acula_train.tensor_cache.TensorCache`], keyed by resolved path + size + mtime, atomic
+    cache ([`~acula_train.tensor_cache.TensorCache`], keyed by the recording's sha256, atomic
     writes, a torn entry counts as a miss) under the model key.
 
     Args:

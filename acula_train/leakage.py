@@ -20,7 +20,6 @@ the check holds wherever the data lives when the model is evaluated.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -31,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from modeling_acula.file_utils import atomic_write, file_sha256
+from modeling_acula.file_utils import atomic_write, memoized_file_sha256
 from .manifest import Manifest, load_manifest
 from .public_paths import manifest_relative_path
 
@@ -163,16 +162,8 @@ def recording_keys(manifest: Manifest, *, by_content: bool = False) -> list[str 
     for i, path in enumerate(manifest.audio_paths):
         if not path.is_file():
             raise ValueError(f"{manifest.describe_row(i)}: {path} not found; cannot hash its content.")
-        stat = path.stat()
-        keys.append("sha256:" + _cached_sha256(os.path.realpath(path), stat.st_size, stat.st_mtime_ns))
+        keys.append("sha256:" + memoized_file_sha256(path))
     return keys
-
-
-@functools.lru_cache(maxsize=1 << 18)
-def _cached_sha256(real_path: str, size: int, mtime_ns: int) -> str:
-    """A file's sha256, computed once per (path, size, mtime) in a process: an evaluation checks every model
-    against the same test recordings."""
-    return file_sha256(real_path)
 
 
 def _group_values(manifest: Manifest, column: str) -> list[str | None]:
@@ -345,8 +336,7 @@ def aligned_recording_entries(manifest: Manifest, *, group_column: str | None = 
     """
     def digest(path) -> str | None:
         try:  # through the guard's cache: a training run hashed these files once already, at its start
-            stat = os.stat(path)
-            return _cached_sha256(os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+            return memoized_file_sha256(path)
         except OSError as error:  # the run's folder must still be written: this recording is reported unchecked
             logger.warning("cannot hash %s for %s: %s", path, ALIGNED_RECORDINGS_FILE, error)
             return None

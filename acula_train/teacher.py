@@ -25,7 +25,6 @@ import inspect
 import json
 import logging
 import os
-import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer, PreTrainedConfig, PreTrainedModel
 
-from modeling_acula.file_utils import file_sha256
+from modeling_acula.file_utils import memoized_file_sha256
 
 from .mpnet_teacher import is_mpnet_name, mpnet_teacher_path
 
@@ -61,9 +60,6 @@ _CONTENT_FILE_NAMES = (
     "merges.txt",
 )
 _CONTENT_FILE_SUFFIXES = (".safetensors", ".bin", ".model", ".tiktoken", ".py", ".index.json")
-# sha256 of files already hashed in this process, keyed on (real path, size, mtime_ns, inode).
-_FILE_HASHES: dict[tuple[str, int, int, int], str] = {}
-_FILE_HASHES_LOCK = threading.Lock()
 
 
 def default_teacher_path() -> str:
@@ -198,19 +194,6 @@ def pool_hidden_states(hidden_states: torch.Tensor, attention_mask: torch.Tensor
     return hidden_states[torch.arange(hidden_states.shape[0], device=hidden_states.device), positions]
 
 
-def _cached_file_sha256(path: Path) -> str:
-    """`file_sha256`, computed once per process per file version (path + size + mtime_ns + inode)."""
-    stat = path.stat()
-    memo_key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
-    with _FILE_HASHES_LOCK:
-        known = _FILE_HASHES.get(memo_key)
-    if known is None:
-        known = file_sha256(path)
-        with _FILE_HASHES_LOCK:
-            _FILE_HASHES[memo_key] = known
-    return known
-
-
 def folder_content_hash(folder: str | os.PathLike) -> str:
     """sha256 over the names and bytes of the files of a model folder that decide its vectors (config,
     tokenizer files, weights, remote code; see `_CONTENT_FILE_NAMES` / `_CONTENT_FILE_SUFFIXES`).
@@ -236,7 +219,7 @@ def folder_content_hash(folder: str | os.PathLike) -> str:
         raise ValueError(f"{folder} holds no config, tokenizer or weight file to identify the teacher by.")
     digest = hashlib.sha256()
     for path in files:
-        digest.update(f"{path.name}\0{_cached_file_sha256(path)}\n".encode("utf-8"))
+        digest.update(f"{path.name}\0{memoized_file_sha256(path)}\n".encode("utf-8"))
     return digest.hexdigest()
 
 

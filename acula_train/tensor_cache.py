@@ -11,11 +11,11 @@ once and stored. Layout (one safetensors file per recording, written atomically)
 
 Choices:
 
-- Key = sha256 of (featurizer identity hash, resolved audio path, file size, mtime_ns). `os.stat` costs
-  nothing next to decoding, so every epoch can look up 100k recordings cheaply; editing or replacing a
-  file changes size or mtime and so misses the cache. A copy that keeps size and mtime (`cp -p` of
-  different content) would be missed; pass `key_mode="content"` to key on the file's sha256 instead
-  (reads every file once per lookup, still far cheaper than decoding, and survives moving the data).
+- Key = sha256 of (featurizer identity hash, the audio file's sha256). Content, not path and mtime: data that is
+  copied, moved or re-extracted (a shared dataset whose files get new mtimes at each mount) keeps its entries, and
+  a file edited in place misses. Each file is read once per process (`memoized_file_sha256`; later lookups only
+  `stat` it), about 1.5 s per GB, far below decoding. `key_mode="stat"` keys on (resolved path, size, mtime_ns)
+  instead: no read at all, but every new mtime is a miss.
 - A different featurizer identity gets its own sub-folder instead of being refused: several feature
   settings can share one cache folder, and a stale entry can never be read for the wrong settings.
 - One file per key, written to a temporary file in the same folder and moved into place with
@@ -47,7 +47,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from modeling_acula.file_utils import atomic_write, file_sha256
+from modeling_acula.file_utils import atomic_write, memoized_file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -131,8 +131,8 @@ class TensorCache:
         folder (`str` or `os.PathLike`): cache folder (created); entries go to a sub-folder per identity.
         featurizer_identity (`Mapping[str, Any]`): everything that decides the spectrogram, e.g.
             `feature_extractor.to_dict()` plus the sampling rate. Arrays are hashed by content.
-        key_mode (`str`, *optional*, defaults to `"stat"`): `"stat"` keys on path + size + mtime_ns,
-            `"content"` on the file's sha256 (see the module docstring).
+        key_mode (`str`, *optional*, defaults to `"content"`): `"content"` keys on the file's sha256, `"stat"` on
+            path + size + mtime_ns (see the module docstring).
         kind (`str`, *optional*, defaults to `"spectrogram"`): what the entries are, for messages (the prefix
             cache of `acula_train.prefix_cache` stores encoder states with the same layout).
     """
@@ -142,7 +142,7 @@ class TensorCache:
         folder: str | os.PathLike,
         featurizer_identity: Mapping[str, Any],
         *,
-        key_mode: str = "stat",
+        key_mode: str = "content",
         kind: str = "spectrogram",
     ) -> None:
         if key_mode not in KEY_MODES:
@@ -183,7 +183,7 @@ class TensorCache:
         except OSError as error:
             raise ValueError(f"{path}: cannot stat the audio file for the {self.kind} cache ({error}).") from error
         if self.key_mode == "content":
-            parts: dict[str, Any] = {"sha256": file_sha256(path)}
+            parts: dict[str, Any] = {"sha256": memoized_file_sha256(path)}
         else:
             parts = {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
         parts["identity"] = self.identity_hash

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,26 @@ def file_sha256(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+# sha256 of the files already hashed in this process, keyed on (real path, size, mtime_ns, inode).
+_KNOWN_SHA256: dict[tuple[str, int, int, int], str] = {}
+_KNOWN_SHA256_LOCK = threading.Lock()
+
+
+def memoized_file_sha256(path: str | os.PathLike) -> str:
+    """`file_sha256`, read once per process per file version: a file whose real path, size, mtime and inode are
+    unchanged is not read again (caches key every epoch's lookups on content; the leakage guard hashes every
+    evaluated recording once per model). Thread-safe."""
+    stat = os.stat(path)
+    memo_key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    with _KNOWN_SHA256_LOCK:
+        known = _KNOWN_SHA256.get(memo_key)
+    if known is None:
+        known = file_sha256(path)
+        with _KNOWN_SHA256_LOCK:
+            _KNOWN_SHA256[memo_key] = known
+    return known
 
 
 def verify_sha256s(folder: str | os.PathLike, recorded: Iterable[tuple[str, str]], record_name: str, *,
@@ -106,4 +127,4 @@ def write_json_atomic(path: str | os.PathLike, payload: Any, indent: int = 2) ->
     atomic_write(path, write)
 
 
-__all__ = ["acula_cache_dir", "atomic_write", "default_dev_pack", "file_sha256", "verify_sha256s", "write_json_atomic"]
+__all__ = ["acula_cache_dir", "atomic_write", "default_dev_pack", "file_sha256", "memoized_file_sha256", "verify_sha256s", "write_json_atomic"]

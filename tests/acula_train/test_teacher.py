@@ -22,6 +22,7 @@ from transformers import (
 )
 
 import acula_train.teacher as teacher_module
+import modeling_acula.file_utils as file_utils
 from acula_train.teacher import (
     AculaTeacher,
     default_teacher_path,
@@ -237,8 +238,8 @@ def test_local_folder_identified_by_content(tiny_llama_path, tmp_path, monkeypat
     assert folder_content_hash(copy) == identity["content_hash"]
 
     calls = []
-    original = teacher_module.file_sha256
-    monkeypatch.setattr(teacher_module, "file_sha256", lambda path: calls.append(Path(path).name) or original(path))
+    original = file_utils.file_sha256
+    monkeypatch.setattr(file_utils, "file_sha256", lambda path: calls.append(Path(path).name) or original(path))
     assert folder_content_hash(copy) == identity["content_hash"] and calls == []  # hashed once per process
     config = copy / "tokenizer_config.json"
     config.write_text(config.read_text().replace("</s>", "<s>", 1))

@@ -76,15 +76,24 @@ def test_identity_and_file_changes_miss(small_manifest, tmp_path):
     other = TensorCache(tmp_path / "cache", {**IDENTITY, "n_fft": 512})
     assert other.folder != cache.folder and other.get(audio) is None  # kept apart, never mixed
 
+    by_stat = TensorCache(tmp_path / "cache_stat", IDENTITY, key_mode="stat")
+    by_stat.put(audio, torch.ones(1, 2, 3))
     stat = audio.stat()
     os.utime(audio, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
-    assert cache.get(audio) is None  # a rewritten file is a miss
+    assert torch.equal(cache.get(audio), torch.ones(1, 2, 3))  # by content (the default): a new mtime still hits
+    assert by_stat.get(audio) is None  # by stat: a touched file is a miss
 
     moved = tmp_path / "moved.flac"
     shutil.copy(audio, moved)
-    by_content = TensorCache(tmp_path / "cache2", IDENTITY, key_mode="content")
-    by_content.put(audio, torch.zeros(1, 2, 3))
-    assert torch.equal(by_content.get(moved), torch.zeros(1, 2, 3))  # same bytes, other path
+    assert torch.equal(cache.get(moved), torch.ones(1, 2, 3))  # same bytes, other path
+    assert by_stat.get(moved) is None
+
+    data = bytearray(audio.read_bytes())
+    data[-1] ^= 0xFF  # the same file edited in place: one byte of content
+    audio.write_bytes(bytes(data))
+    assert cache.get(audio) is None and torch.equal(cache.get(moved), torch.ones(1, 2, 3))
+    with pytest.raises(ValueError, match="key_mode"):
+        TensorCache(tmp_path / "cache3", IDENTITY, key_mode="mtime")
 
 
 def test_identity_hash_handles_arrays_and_rejects_objects():
