@@ -178,14 +178,14 @@ class TensorCache:
     def key(self, path: str | os.PathLike) -> str:
         """Cache key of an audio file under this featurizer identity."""
         path = Path(path).expanduser().resolve()
-        try:
-            stat = path.stat()
+        try:  # one stat per lookup: the content key's memo stats the file itself
+            if self.key_mode == "content":
+                parts: dict[str, Any] = {"sha256": memoized_file_sha256(path)}
+            else:
+                stat = path.stat()
+                parts = {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
         except OSError as error:
-            raise ValueError(f"{path}: cannot stat the audio file for the {self.kind} cache ({error}).") from error
-        if self.key_mode == "content":
-            parts: dict[str, Any] = {"sha256": memoized_file_sha256(path)}
-        else:
-            parts = {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+            raise ValueError(f"{path}: cannot read the audio file for the {self.kind} cache ({error}).") from error
         parts["identity"] = self.identity_hash
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode("utf-8")).hexdigest()
 

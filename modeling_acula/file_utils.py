@@ -127,4 +127,5 @@ def write_json_atomic(path: str | os.PathLike, payload: Any, indent: int = 2) ->
     atomic_write(path, write)
 
 
-__all__ = ["acula_cache_dir", "atomic_write", "default_dev_pack", "file_sha256", "memoized_file_sha256", "verify_sha256s", "write_json_atomic"]
+__all__ = ["acula_cache_dir", "atomic_write", "default_dev_pack", "file_sha256", "memoized_file_sha256", "verify_sha256s",
+           "write_json_atomic"]

@@ -94,6 +94,9 @@ def test_identity_and_file_changes_miss(small_manifest, tmp_path):
     assert cache.get(audio) is None and torch.equal(cache.get(moved), torch.ones(1, 2, 3))
     with pytest.raises(ValueError, match="key_mode"):
         TensorCache(tmp_path / "cache3", IDENTITY, key_mode="mtime")
+    for keyed in (cache, by_stat):  # a missing file is named in a clear error, in either mode
+        with pytest.raises(ValueError, match="gone.flac: cannot read the audio file for the spectrogram cache"):
+            keyed.get(tmp_path / "gone.flac")
 
 
 def test_identity_hash_handles_arrays_and_rejects_objects():
