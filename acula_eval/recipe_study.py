@@ -15,6 +15,7 @@ The study file (JSON) names the shared settings and the recipes:
       "eval_args": ["--circor", "../circor/data", "--max_windows_per_recording", "1", "--seeds", "0"],
       "heldout_splits": ["val"],                     # the held-out alignment loss and the movement read these rows
       "cache_dir": null,                             # acula's cache root (default: $ACULA_CACHE, ...)
+      "evaluations": ["results/circor-recipes/eval-seed-1/results.json"],  # optional: other evaluations' columns
       "recipes": [{"name": "default", "args": [], "seeds": [0, 1, 2]},
                   {"name": "infonce", "args": ["--alignment_loss", "infonce"], "seeds": [0]}]
     }
@@ -29,6 +30,12 @@ shared) are written to `<results_dir>/runs/<run>.json` (recomputed only when the
 `ceiling:<folder>`), with `--reference <start>` (skipped when its command and the runs' weights are those of the
 last evaluation), and `study.md` / `study.json` are written: one row per run and one per recipe (mean ± std over its
 seeds). Re-running the command after a crash continues where it stopped.
+
+A run's record outlives its folder: the tables hold every run with a record (`--tables_only` rewrites them from the
+records alone, training and measuring nothing). Runs evaluated by separate `eval_acula.py` commands (a seed trained
+later, a run folder since lost) take their AUROCs from the `evaluations` listed, the study's own evaluation first;
+those must score the reference column alike on their shared tasks (the same probes on the same embeddings), else
+their columns would not compare and the tables are refused.
 """
 
 from __future__ import annotations
@@ -117,6 +124,8 @@ class Study:
         results_dir (`str`, *optional*): default `results/<name>`.
         cache_dir (`str`, *optional*): acula's cache root for training, the held-out loss and the evaluation
             (default: acula's own default, `$ACULA_CACHE` when set).
+        evaluations (`list[str]`, *optional*): `results.json` files of other `eval_acula.py` runs (with
+            `--reference <start>`) whose columns fill the AUROCs of the runs the study's own evaluation lacks.
     """
 
     name: str
@@ -132,6 +141,7 @@ class Study:
     heldout_splits: list[str] = field(default_factory=lambda: ["val"])
     results_dir: str | None = None
     cache_dir: str | None = None
+    evaluations: list[str] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Study":
@@ -296,18 +306,22 @@ class RecipeStudy:
             raise RuntimeError(f"{what} failed (exit status {status}): {shlex.join(command)}\nRe-run the study to "
                                "continue from here.")
 
-    def run(self, dry_run: bool = False, evaluate: bool = True) -> dict[str, Any] | None:
+    def run(self, dry_run: bool = False, evaluate: bool = True, tables_only: bool = False) -> dict[str, Any] | None:
         """Train (or resume, or skip) every run, measure it, evaluate once and write the tables.
 
         Args:
             dry_run (`bool`, *optional*, defaults to `False`): print the commands and what would happen, do nothing.
             evaluate (`bool`, *optional*, defaults to `True`): run `eval_acula.py` (else the tables hold the
                 losses and the movement only, and the AUROCs of an earlier evaluation if there is one).
+            tables_only (`bool`, *optional*, defaults to `False`): train, measure and evaluate nothing: rewrite the
+                tables from the runs' records and the evaluations there are.
 
         Returns:
             The `study.json` payload (`None` for a dry run).
         """
         study = self.study
+        if tables_only:
+            return self.write_tables(self.recorded_runs())
         runs = [run for run in study.runs() if run[1].name in self.selected]
         self.say(f"[study {study.name}] {len(runs)} runs of {len(self.selected)} recipes; results in "
                  f"{study.results_path}")
@@ -336,7 +350,14 @@ class RecipeStudy:
                 self.evaluate(command, finished)
         if dry_run:
             return None
-        return self.write_tables(finished)
+        return self.write_tables(finished + [run for run in self.recorded_runs() if run not in finished])
+
+    def recorded_runs(self) -> list[str]:
+        """The study's runs that have a record (measured once, whether or not their folder is still there)."""
+        return [run for run, _, _ in self.study.runs() if self.record_path(run).is_file()]
+
+    def record_path(self, run: str) -> Path:
+        return self.study.results_path / "runs" / f"{run}.json"
 
     # ------------------------------------------------------------------------------------------------ per run
 
@@ -345,7 +366,7 @@ class RecipeStudy:
         under the run's weights and `MEASURE_VERSION` (recomputed when either changes)."""
         study = self.study
         folder = study.run_dir(run)
-        record_path = study.results_path / "runs" / f"{run}.json"
+        record_path = self.record_path(run)
         fingerprint = model_fingerprint(folder)
         if record_path.is_file():
             record = json.loads(record_path.read_text(encoding="utf-8"))
@@ -386,16 +407,19 @@ class RecipeStudy:
     # ------------------------------------------------------------------------------------------------ tables
 
     def write_tables(self, runs: Sequence[str]) -> dict[str, Any]:
-        """`study.json` and `study.md` from the per-run records and the evaluation's `results.json`."""
+        """`study.json` and `study.md` from the per-run records and the evaluations' `results.json` (the study's own,
+        then the study file's `evaluations`)."""
         study = self.study
-        results_file = study.results_path / "eval" / "results.json"
-        evaluation = json.loads(results_file.read_text(encoding="utf-8")) if results_file.is_file() else None
+        own = study.results_path / "eval" / "results.json"
+        files = [path for path in [own, *map(Path, study.evaluations)] if path != own or own.is_file()]
+        evaluations = load_evaluations(files, study.start_name)
         rows = []
         for run in runs:
-            record_path = study.results_path / "runs" / f"{run}.json"
+            record_path = self.record_path(run)
             if record_path.is_file():
+                evaluation = next((e for e in evaluations if run in model_names(e)), None)
                 rows.append(run_row(json.loads(record_path.read_text(encoding="utf-8")), evaluation))
-        tasks = task_names(evaluation)
+        tasks = list(dict.fromkeys(task for evaluation in evaluations for task in task_names(evaluation)))
         payload = {
             "format_version": STUDY_FORMAT_VERSION,
             "study": {key: value for key, value in asdict(study).items()},
@@ -404,8 +428,9 @@ class RecipeStudy:
             "runs": rows,
             "recipes": [recipe_row(recipe, [row for row in rows if row["recipe"] == recipe.name], tasks)
                         for recipe in study.recipes],
-            "baselines": baseline_rows(evaluation, {row["run"] for row in rows}),
-            "evaluation": str(results_file) if evaluation else None,
+            "baselines": baseline_rows(evaluations, {row["run"] for row in rows}),
+            "evaluation": str(files[0]) if evaluations else None,
+            "evaluations": [str(path) for path in files],
         }
         write_json_atomic(study.results_path / "study.json", payload)
         (study.results_path / "study.md").write_text(study_markdown(payload), encoding="utf-8")
@@ -414,6 +439,31 @@ class RecipeStudy:
 
 
 # ---------------------------------------------------------------------------------------------------- rows
+
+
+def model_names(evaluation: dict[str, Any]) -> set[str]:
+    return {model["name"] for model in evaluation.get("models", [])}
+
+
+def load_evaluations(files: Sequence[Path], reference: str) -> list[dict[str, Any]]:
+    """The evaluations' `results.json`, checked to compare: each has the reference column, scored alike on the tasks
+    they share (the same probes on the same embeddings; else the runs of one would not compare with another's)."""
+    evaluations, seen = [], {}
+    for path in files:
+        try:
+            evaluation = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise ValueError(f"Evaluation {path}: not readable JSON ({error}).") from error
+        if reference not in model_names(evaluation):
+            raise ValueError(f"Evaluation {path} has no column {reference!r} (the study's start): run eval_acula.py "
+                             f"with the start among its --models and --reference {reference}.")
+        for task, score in model_scores(evaluation, reference)["auroc"].items():
+            first = seen.setdefault(task, (path, score))
+            if score is None or first[1] is None or abs(score - first[1]) > 1e-6:
+                raise ValueError(f"Evaluations {first[0]} and {path} score {reference!r} differently on {task} "
+                                 f"({first[1]} vs {score}): their settings differ, so their columns do not compare.")
+        evaluations.append(evaluation)
+    return evaluations
 
 
 def task_names(evaluation: dict[str, Any] | None) -> list[str]:
@@ -469,12 +519,16 @@ def recipe_row(recipe: Recipe, rows: Sequence[dict[str, Any]], tasks: Sequence[s
     }
 
 
-def baseline_rows(evaluation: dict[str, Any] | None, runs: set[str]) -> list[dict[str, Any]]:
-    """The evaluation's other columns (log-mel statistics, random weights, the start, the ceiling)."""
-    if not evaluation:
-        return []
-    return [{"name": model["name"], "kind": model["kind"], **model_scores(evaluation, model["name"])}
-            for model in evaluation.get("models", []) if model["name"] not in runs]
+def baseline_rows(evaluations: Sequence[dict[str, Any]], runs: set[str]) -> list[dict[str, Any]]:
+    """The evaluations' other columns (log-mel statistics, random weights, the start, a ceiling), each from the first
+    evaluation that has it."""
+    rows, seen = [], set(runs)
+    for evaluation in evaluations:
+        for model in evaluation.get("models", []):
+            if model["name"] not in seen:
+                seen.add(model["name"])
+                rows.append({"name": model["name"], "kind": model["kind"], **model_scores(evaluation, model["name"])})
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------------- Markdown
@@ -513,6 +567,9 @@ def study_markdown(payload: dict[str, Any]) -> str:
              "with headroom, with its patient-level bootstrap interval (eval_acula.py).", ""]
     if payload["evaluation"] is None:
         lines += ["No evaluation yet: the AUROC columns are empty.", ""]
+    elif len(payload.get("evaluations", [])) > 1:
+        lines += ["AUROCs from " + ", ".join(f"`{path}`" for path in payload["evaluations"]) + " (each run's from the "
+                  f"first that holds it; all score `{reference}` alike); each other column from the first that holds it.", ""]
     head = ["run", "recipe", "seed", "steps", "train align. loss (last step)", "held-out align. loss", "movement",
             *tasks, "mean AUROC", f"paired − {reference} [95% CI]"]
     lines += ["## Runs", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -534,7 +591,7 @@ def study_markdown(payload: dict[str, Any]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     if payload["baselines"]:
         head = ["column", "kind", *tasks, "mean AUROC", f"paired − {reference} [95% CI]"]
-        lines += ["", "## Other columns of the evaluation", "", "| " + " | ".join(head) + " |",
+        lines += ["", "## Other columns of the evaluations", "", "| " + " | ".join(head) + " |",
                   "|" + "---|" * len(head)]
         for row in payload["baselines"]:
             cells = [row["name"], row["kind"], *(_number(row["auroc"].get(task)) for task in tasks),

@@ -239,6 +239,56 @@ def test_dry_run_prints_the_commands_and_runs_nothing(study_run, tmp_path, capsy
     assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()
 
 
+def test_tables_only_keeps_runs_whose_folders_are_gone_and_reads_other_evaluations(study_run, tmp_path):
+    """A run's record and its AUROCs outlive its folder; a seed evaluated separately fills its columns from that
+    evaluation, which must score the start alike (else its columns would not compare)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("recipe_study_script", REPO / "scripts" / "recipe_study.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    root, before = study_run["root"], study_run["payload"]
+    results = tmp_path / "results"
+    shutil.copytree(root / "results", results)
+    # A second seed of "cka", trained and evaluated on its own: its record, and an evaluation holding it.
+    record = json.loads((results / "runs" / "cka-s0.json").read_text())
+    (results / "runs" / "cka-s1.json").write_text(json.dumps({**record, "run": "cka-s1", "seed": 1}))
+    own = (results / "eval" / "results.json").read_text()
+    separate = json.loads(own.replace('"cka-s0"', '"cka-s1"'))
+    separate["models"] = [m for m in separate["models"] if m["name"] != "infonce-s0"]
+    (tmp_path / "seed-1.json").write_text(json.dumps(separate))
+    study = json.loads(study_run["path"].read_text())
+    study.update(runs_dir=str(tmp_path / "no-runs"), results_dir=str(results),
+                 evaluations=[str(tmp_path / "seed-1.json")])
+    study["recipes"][0]["seeds"] = [0, 1]
+    (tmp_path / "study.json").write_text(json.dumps(study))
+
+    payload = script.main([str(tmp_path / "study.json"), "--tables_only"])  # no run folder exists: nothing trains
+    assert not (tmp_path / "no-runs").exists()
+    rows = {row["run"]: row for row in payload["runs"]}
+    assert set(rows) == {"cka-s0", "cka-s1", "infonce-s0"}
+    old = {row["run"]: row for row in before["runs"]}
+    assert rows["cka-s0"] == old["cka-s0"] and rows["infonce-s0"] == old["infonce-s0"]
+    assert rows["cka-s1"]["auroc"] == old["cka-s0"]["auroc"] and rows["cka-s1"]["seed"] == 1
+    cka = next(row for row in payload["recipes"] if row["recipe"] == "cka")
+    assert cka["seeds"] == [0, 1] and cka["mean_auroc"]["n"] == 2
+    assert payload["evaluations"] == [str(results / "eval" / "results.json"), str(tmp_path / "seed-1.json")]
+    assert "seed-1.json" in (results / "study.md").read_text()
+
+    # An evaluation that scores the start differently (other settings) is refused, naming both files and the task.
+    task = separate["results"][0]["task"]
+    for cell in separate["results"]:
+        if cell["model"] == "start" and cell["task"] == task and cell.get("metric") == "roc_auc":
+            cell["mean"] += 0.01
+    (tmp_path / "seed-1.json").write_text(json.dumps(separate))
+    with pytest.raises(ValueError, match=f"score 'start' differently on {task}"):
+        script.main([str(tmp_path / "study.json"), "--tables_only"])
+    separate["models"] = [m for m in separate["models"] if m["name"] != "start"]
+    (tmp_path / "seed-1.json").write_text(json.dumps(separate))
+    with pytest.raises(ValueError, match="has no column 'start'"):
+        script.main([str(tmp_path / "study.json"), "--tables_only"])
+
+
 def test_recipe_rows_aggregate_seeds_and_the_study_file_is_checked():
     from acula_eval.recipe_study import Recipe
 
