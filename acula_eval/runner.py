@@ -15,6 +15,7 @@ from acula_train.public_paths import local_display_path
 from modeling_acula.file_utils import default_dev_pack
 
 from .baselines import ModelSpec, column_order, open_embedder, resolve_models
+from .embeddings import model_fingerprint
 from .model_evaluation import ModelEvaluation, ProbeSettings, evaluate_model
 from .paired import paired_differences
 from .report import (
@@ -257,7 +258,7 @@ def run_evaluation(args: EvalArguments) -> dict[str, Any]:
             headroom_tasks=[task["name"] for task in task_records.values() if _headroom_task(task)],
             samples=args.bootstrap_samples, confidence_level=args.confidence_level)
     payload = {
-        "models": [spec.to_dict() for spec in specs],
+        "models": [_model_record(spec) for spec in specs],
         "tasks": list(task_records.values()),
         "results": results,
         "summary": {"mean_auroc_over_tasks_with_headroom": headroom_summary(results, names,
@@ -306,6 +307,18 @@ def run_evaluation(args: EvalArguments) -> dict[str, Any]:
         say(message)
     say(f"Results written to {output.resolve()} ({payload['wall_time_s']} s).")
     return payload
+
+
+def _model_record(spec: ModelSpec) -> dict[str, Any]:
+    """A column of results.json, with the sha256 of the weights it scored (`model_fingerprint`: config, preprocessor
+    config and weight files) where it is a model folder, so that a released folder can be tied to its figures."""
+    record = spec.to_dict()
+    if spec.kind != "random" and spec.folder is not None:
+        try:
+            record["fingerprint"] = model_fingerprint(spec.folder)
+        except ValueError:  # a folder without the files a fingerprint reads (scored all the same)
+            record["fingerprint"] = None
+    return record
 
 
 def parse_few_shot(values: Sequence[str | int]) -> tuple[int, ...]:

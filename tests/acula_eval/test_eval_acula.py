@@ -367,6 +367,13 @@ def test_cli_circor_comparison_with_baselines_ceiling_paired_differences_and_few
     kinds = {m["name"]: m["kind"] for m in payload["models"]}
     assert kinds == {"aligned": "model", "supervised": "ceiling", "logmel-stats": "logmel-stats",
                      "random:aligned": "random", "start": "start"}
+    # Each folder's column names the weights it scored (a released folder is tied to its figures by this sha256).
+    from acula_eval.embeddings import model_fingerprint
+
+    fingerprints = {m["name"]: m.get("fingerprint") for m in payload["models"]}
+    assert fingerprints["aligned"] == model_fingerprint(aligned) != fingerprints["start"] == model_fingerprint(start)
+    assert fingerprints["supervised"] == model_fingerprint(ceiling)
+    assert fingerprints["random:aligned"] is None and fingerprints["logmel-stats"] is None
     patient_task = next(t for t in payload["tasks"] if t["name"] == "circor_murmur_patient")
     assert patient_task["unit"] == "patient_id" and patient_task["num_units"] == 7  # the val + test patients
     assert patient_task["num_recordings"] == 21
