@@ -29,7 +29,7 @@ from acula_train.audio_batches import decoded_batches
 from acula_train.tensor_cache import TensorCache
 from modeling_acula.audio_utils import cut_windows
 from modeling_acula.feature_extraction_acula import AculaFeatureExtractor
-from modeling_acula.file_utils import acula_cache_dir, file_sha256
+from modeling_acula.file_utils import acula_cache_dir, memoized_file_sha256
 from modeling_acula.modeling_acula import mean_per_recording, pool_audio_encoder_output
 
 # Bump when the extraction recipe changes, so that old cache entries are not reused.
@@ -62,7 +62,9 @@ def model_fingerprint(model_dir: str | os.PathLike) -> str:
     if not weights:
         raise ValueError(f"Model folder {folder} has no weight file (*.safetensors or *.bin).")
     files = [folder / name for name in _IDENTITY_FILES if (folder / name).is_file()] + weights
-    return hashlib.sha256("".join(f"{path.name}\0{file_sha256(path)}\n" for path in files).encode()).hexdigest()
+    # Memoized per file version: the embedder, the results' columns and the recipe study fingerprint the same folders.
+    return hashlib.sha256("".join(f"{path.name}\0{memoized_file_sha256(path)}\n"
+                                  for path in files).encode()).hexdigest()
 
 
 class EmbeddingCache:

@@ -350,7 +350,7 @@ class RecipeStudy:
                 self.evaluate(command, finished)
         if dry_run:
             return None
-        return self.write_tables(finished + [run for run in self.recorded_runs() if run not in finished])
+        return self.write_tables(self.recorded_runs())
 
     def recorded_runs(self) -> list[str]:
         """The study's runs that have a record (measured once, whether or not their folder is still there)."""
@@ -407,18 +407,14 @@ class RecipeStudy:
     # ------------------------------------------------------------------------------------------------ tables
 
     def write_tables(self, runs: Sequence[str]) -> dict[str, Any]:
-        """`study.json` and `study.md` from the per-run records and the evaluations' `results.json` (the study's own,
+        """`study.json` and `study.md` from the records of `runs` (each must have one) and the evaluations' `results.json` (the study's own,
         then the study file's `evaluations`)."""
         study = self.study
         own = study.results_path / "eval" / "results.json"
-        files = [path for path in [own, *map(Path, study.evaluations)] if path != own or own.is_file()]
+        files = ([own] if own.is_file() else []) + [Path(path) for path in study.evaluations]
         evaluations = load_evaluations(files, study.start_name)
-        rows = []
-        for run in runs:
-            record_path = self.record_path(run)
-            if record_path.is_file():
-                evaluation = next((e for e in evaluations if run in model_names(e)), None)
-                rows.append(run_row(json.loads(record_path.read_text(encoding="utf-8")), evaluation))
+        rows = [run_row(json.loads(self.record_path(run).read_text(encoding="utf-8")),
+                        next((e for e in evaluations if run in model_names(e)), None)) for run in runs]
         tasks = list(dict.fromkeys(task for evaluation in evaluations for task in task_names(evaluation)))
         payload = {
             "format_version": STUDY_FORMAT_VERSION,
@@ -568,8 +564,8 @@ def study_markdown(payload: dict[str, Any]) -> str:
     if payload["evaluation"] is None:
         lines += ["No evaluation yet: the AUROC columns are empty.", ""]
     elif len(payload.get("evaluations", [])) > 1:
-        lines += ["AUROCs from " + ", ".join(f"`{path}`" for path in payload["evaluations"]) + " (each run's from the "
-                  f"first that holds it; all score `{reference}` alike); each other column from the first that holds it.", ""]
+        lines += ["AUROCs from " + ", ".join(f"`{path}`" for path in payload["evaluations"]) + " (each run's and "
+                  f"each other column's from the first that holds it; all score `{reference}` alike).", ""]
     head = ["run", "recipe", "seed", "steps", "train align. loss (last step)", "held-out align. loss", "movement",
             *tasks, "mean AUROC", f"paired − {reference} [95% CI]"]
     lines += ["## Runs", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
